@@ -1,0 +1,51 @@
+# pushtrain: every target does its own set-up, so `make test` and `make demo` work on a fresh machine.
+# Steps are cached (venv keyed on the requirements files, images on their content, data sets on their
+# split version): a second run takes seconds.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: help setup venv images datasets test test-unit test-docker lint demo bench clean
+
+help:
+	@echo "make demo   - set up everything and run the main job end to end (web UI on http://localhost:8080)"
+	@echo "make test   - set up everything and run the test suite"
+	@echo "make images / datasets / lint / bench / clean"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@echo "[venv] installing requirements-dev.txt into $(VENV) (about a minute the first time)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+images: venv
+	@$(PY) -m pushtrain images
+
+datasets: venv
+	@$(PY) -m pushtrain datasets
+
+setup: venv images datasets
+
+lint: venv
+	@$(PY) -m ruff check .
+
+test: setup lint
+	@$(PY) -m pytest
+
+test-unit: venv
+	@$(PY) -m pytest -m "not docker"
+
+demo: setup
+	@$(PY) -m pushtrain.demo
+
+bench: setup
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean:
+	rm -rf $(VENV) data airflow_home

@@ -1,0 +1,88 @@
+"""The ``pushtrain`` command for data scientists and platform engineers.
+
+Run with ``plugins/`` on ``PYTHONPATH`` (as Airflow has it)::
+
+    PYTHONPATH=plugins python -m pushtrain train --model model.py --data data/datasets/digits/v1/train --out /tmp/a1
+    PYTHONPATH=plugins python -m pushtrain detect model.py
+    PYTHONPATH=plugins python -m pushtrain images          # build the training images (cached)
+    PYTHONPATH=plugins python -m pushtrain datasets        # export the offline data sets (cached)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pushtrain", description="pushtrain command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run one training attempt locally, in the sandboxed image")
+    train.add_argument("--model", required=True, type=Path, help="model file (HPARAMS + builder)")
+    train.add_argument("--data", required=True, type=Path, help="image folder: <data>/<label>/*.png")
+    train.add_argument("--out", required=True, type=Path, help="output directory of this attempt")
+    train.add_argument("--hparams", default="{}", help='JSON overrides of HPARAMS, e.g. \'{"epochs": 5}\'')
+    train.add_argument("--kind", choices=("cnn", "linear", "knn"), help="model kind (default: detected)")
+    train.add_argument("--memory", help="memory cap, Docker syntax (default PUSHTRAIN_CONTAINER_MEMORY)")
+    train.add_argument("--cpus", type=float, help="CPU cap in cores (default PUSHTRAIN_CONTAINER_CPUS)")
+    train.add_argument("--name", help="container name (default derived from the output directory)")
+
+    detect = commands.add_parser("detect", help="print the model kind of a file (parsed, never run)")
+    detect.add_argument("path", type=Path)
+
+    images = commands.add_parser("images", help="build the training images that are not built yet")
+    images.add_argument("names", nargs="*", help="tensorflow, sklearn (default: all)")
+    images.add_argument("--print-tags", action="store_true", help="print the tags of the current source")
+
+    datasets = commands.add_parser("datasets", help="export the offline data sets as image folders")
+    datasets.add_argument("names", nargs="*", help="digits, mnist5k (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "detect":
+        from pushtrain import detect
+
+        return detect.main([str(args.path)])
+    if args.command == "images":
+        from pushtrain import images
+
+        names = tuple(args.names) or images.IMAGE_NAMES
+        if args.print_tags:
+            for name in names:
+                print(images.image_reference(name))
+            return 0
+        try:
+            images.ensure_all_images(names)
+        except images.ImageBuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "datasets":
+        from pushtrain import datasets
+
+        for name in args.names or datasets.DATASET_NAMES:
+            manifest = datasets.ensure_dataset(name)
+            print(f"{name}: {manifest.root} ({manifest.counts['train']} train / {manifest.counts['test']} test, "
+                  f"sha256 {manifest.dataset_sha256[:12]})")
+        return 0
+    from pushtrain import localrun
+
+    try:
+        result = localrun.train(
+            model=args.model, data=args.data, out=args.out, hparams=json.loads(args.hparams),
+            kind=args.kind, memory=args.memory, cpus=args.cpus, name=args.name,
+        )
+    except localrun.LocalRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.summary(), indent=2))
+    return 0 if result.succeeded else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Entry point of the training images: ``python -m pushtrain.runner {train,evaluate} ...``.
+
+Exit codes are documented in ``pushtrain.runner.contract``; every failure the runner understands also
+leaves ``error.json`` in the output directory and one line on stderr that names the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from pushtrain.runner import contract
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushtrain-runner", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one attempt (resumes from its checkpoints)")
+    train.add_argument("--model", required=True, type=Path, help="the user's model file (read-only mount)")
+    train.add_argument("--data", required=True, type=Path, help="training images: <data>/<label>/*.png")
+    train.add_argument("--out", required=True, type=Path, help="this attempt's writable output directory")
+    train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
+    train.add_argument("--kind", choices=contract.KINDS, help="model kind (default: from the builder name)")
+    train.add_argument("--run-key", default="local", help="pipeline run and attempt; keys the checkpoints")
+
+    evaluate = commands.add_parser("evaluate", help="score a saved model on held-out images")
+    evaluate.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
+    evaluate.add_argument("--data", required=True, type=Path, help="held-out images: <data>/<label>/*.png")
+    evaluate.add_argument("--out", required=True, type=Path, help="where evaluation.json is written")
+    evaluate.add_argument("--model", type=Path, help="the model file, for custom layers it defines")
+    return parser
+
+
+def _fail(out_dir: Path | None, exit_code: int, message: str) -> int:
+    print(f"[pushtrain] ERROR ({contract.EXIT_CODE_MEANINGS[exit_code]}): {message}", file=sys.stderr,
+          flush=True)
+    if out_dir is not None and out_dir.is_dir() and os.access(out_dir, os.W_OK):
+        contract.write_json_atomic(out_dir / contract.ERROR_FILE, {
+            "exit_code": exit_code, "reason": contract.EXIT_CODE_MEANINGS[exit_code], "message": message})
+    return exit_code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pushtrain.runner.data import DataError, load_image_folder
+    from pushtrain.runner.train import Attempt, Progress, Terminated, TerminationGuard, train_keras, \
+        train_sklearn
+    from pushtrain.runner.usercode import KERAS_BUILDER, ContractError, UserCodeError, load_model_file
+
+    guard = TerminationGuard()
+    guard.install()
+    out_dir = args.out
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
+        return _fail(None, contract.EXIT_USAGE, f"output directory {out_dir} is missing or not writable")
+    (out_dir / contract.ERROR_FILE).unlink(missing_ok=True)
+    try:
+        overrides = json.loads(args.hparams)
+        if not isinstance(overrides, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return _fail(out_dir, contract.EXIT_USAGE, f"--hparams must be a JSON object: {exc}")
+
+    try:
+        model = load_model_file(args.model)
+        kind = args.kind or ("cnn" if hasattr(model.module, KERAS_BUILDER) else "linear")
+        data = load_image_folder(args.data)
+        attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
+                          out_dir=out_dir, run_key=args.run_key,
+                          progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard)
+        metrics = train_keras(attempt) if kind == "cnn" else train_sklearn(attempt)
+    except Terminated:
+        return _fail(out_dir, contract.EXIT_TERMINATED, "SIGTERM before training completed; "
+                     "the last completed epoch is checkpointed and a restart resumes from it")
+    except UserCodeError as exc:
+        return _fail(out_dir, contract.EXIT_USER_CODE_ERROR, str(exc))
+    except ContractError as exc:
+        return _fail(out_dir, contract.EXIT_CONTRACT_ERROR, str(exc))
+    except DataError as exc:
+        return _fail(out_dir, contract.EXIT_DATA_ERROR, str(exc))
+    print(f"[pushtrain] done: accuracy={metrics['accuracy']:.4f} ({metrics['evaluated_on']}) "
+          f"epochs={metrics['epochs_run']} train_seconds={metrics['train_seconds']:.1f}", flush=True)
+    return contract.EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pushtrain.runner.data import DataError
+    from pushtrain.runner.evaluate import evaluate_saved_model
+    from pushtrain.runner.usercode import ContractError, UserCodeError
+
+    if not args.out.is_dir() or not os.access(args.out, os.W_OK):
+        return _fail(None, contract.EXIT_USAGE, f"output directory {args.out} is missing or not writable")
+    try:
+        result = evaluate_saved_model(args.model_dir, args.data, args.out, args.model)
+    except UserCodeError as exc:
+        return _fail(args.out, contract.EXIT_USER_CODE_ERROR, str(exc))
+    except ContractError as exc:
+        return _fail(args.out, contract.EXIT_CONTRACT_ERROR, str(exc))
+    except DataError as exc:
+        return _fail(args.out, contract.EXIT_DATA_ERROR, str(exc))
+    print(f"[pushtrain] evaluation: accuracy={result['accuracy']:.4f} on {result['n_evaluated']} held-out "
+          "images", flush=True)
+    return contract.EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _evaluate(args)
+    except Exception:
+        # A bug of ours: keep the traceback, it is what a platform engineer needs.
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The runner contract: what a training container is given and what it leaves behind.
+
+Both sides import this module: the runner inside the images and the Airflow side that launches containers
+and validates their output. It uses the standard library only, so it can travel into any image.
+
+Inputs (mounts)
+    ``/workspace/model``  read-only, the user's repository checkout (the model file inside it)
+    ``/data``             read-only, the training images: ``<label>/<name>.png``
+    ``/out``              writable, one directory per (pipeline run, attempt)
+
+Outputs (in the attempt's output directory)
+    ``checkpoints/<key>/``  per-epoch checkpoints, key = hash of (run key, code hash, hyperparameters)
+    ``model/``              the saved model and ``signature.json`` (kind, classes, input shape)
+    ``metrics.json``        written once, atomically, when training completed (schema below)
+    ``error.json``          written when the attempt failed for a reason the runner understands
+    ``progress.log``        one plain line per epoch, the same lines the container prints
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Exit codes. 137 (SIGKILL, also the kernel's OOM killer) is not ours: the launcher reads Docker's
+# OOMKilled flag to tell the two apart.
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad arguments or a missing mount: a platform bug, not the user's
+EXIT_DATA_ERROR = 3  # the data set is missing, empty or unreadable
+EXIT_CONTRACT_ERROR = 4  # the model file lacks HPARAMS or its builder, or they have the wrong shape
+EXIT_USER_CODE_ERROR = 5  # user code failed: syntax error or an exception raised in it
+EXIT_TERMINATED = 143  # SIGTERM before training completed (128 + 15)
+EXIT_KILLED = 137  # SIGKILL: docker kill, or out of memory when Docker reports OOMKilled
+
+EXIT_CODE_MEANINGS = {
+    EXIT_OK: "completed",
+    EXIT_USAGE: "usage error (platform bug: bad runner arguments or a missing mount)",
+    EXIT_DATA_ERROR: "data set error",
+    EXIT_CONTRACT_ERROR: "model file does not follow the contract (HPARAMS and builder)",
+    EXIT_USER_CODE_ERROR: "error in user code",
+    EXIT_TERMINATED: "terminated (SIGTERM) before training completed",
+    EXIT_KILLED: "killed (SIGKILL)",
+}
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.json"
+PROGRESS_FILE = "progress.log"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+SIGNATURE_FILE = "signature.json"
+
+KINDS = ("cnn", "linear", "knn")
+
+# metrics.json: name -> (type, required). Per-class scores are {label: {precision, recall, f1, support}}.
+METRICS_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "schema_version": (int, True),
+    "kind": (str, True),
+    "evaluated_on": (str, True),  # "validation" (carved from the training images) or "test"
+    "accuracy": (float, True),
+    "precision": (float, True),  # macro average over classes
+    "recall": (float, True),  # macro average over classes
+    "f1": (float, True),
+    "loss": ((float, type(None)), True),  # cross-entropy on the evaluated images; None if not probabilistic
+    "per_class": (dict, True),
+    "n_train": (int, True),
+    "n_evaluated": (int, True),
+    "epochs_run": (int, True),  # epochs completed in total, across restarts
+    "resumed_from_epoch": (int, True),  # 0 for a fresh start, else the last checkpointed epoch
+    "train_seconds": (float, True),  # seconds spent training, summed over restarts
+    "history": (list, True),  # one dict per epoch: epoch, loss, accuracy, val_accuracy, seconds
+    "hparams": (dict, True),
+    "code_sha256": (str, True),
+    "dataset_sha256": (str, True),
+    "versions": (dict, True),  # library versions: python, numpy, tensorflow/keras or scikit-learn
+    "finished_at": (str, True),
+}
+
+
+def validate_metrics(metrics: Any) -> list[str]:
+    """Return the problems of a metrics document; an empty list means it follows the schema."""
+    if not isinstance(metrics, dict):
+        return [f"metrics must be a JSON object, got {type(metrics).__name__}"]
+    problems = []
+    for name, (expected, required) in METRICS_SCHEMA.items():
+        if name not in metrics:
+            if required:
+                problems.append(f"missing field {name!r}")
+            continue
+        value = metrics[name]
+        # JSON has one number type: accept ints where floats are expected, never bools.
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            problems.append(f"field {name!r} has type {type(value).__name__}")
+    if metrics.get("schema_version") not in (None, SCHEMA_VERSION):
+        problems.append(f"schema_version {metrics.get('schema_version')} is not {SCHEMA_VERSION}")
+    for name in ("accuracy", "precision", "recall", "f1"):
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not (0.0 <= value <= 1.0 and math.isfinite(value)):
+            problems.append(f"field {name!r} = {value} is outside [0, 1]")
+    if metrics.get("kind") not in (None, *KINDS):
+        problems.append(f"kind {metrics.get('kind')!r} is not one of {', '.join(KINDS)}")
+    return problems
+
+
+def read_metrics(out_dir: Path) -> dict[str, Any]:
+    """Read and validate an attempt's metrics.json; raise ValueError naming every problem."""
+    path = Path(out_dir) / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: the attempt did not complete") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    problems = validate_metrics(metrics)
+    if problems:
+        raise ValueError(f"{path} does not follow metrics schema v{SCHEMA_VERSION}: " + "; ".join(problems))
+    return metrics
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write JSON so that a reader (or a kill) never sees a half-written file: temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,339 @@
+"""Train one attempt with per-epoch checkpoints, resuming from the last completed epoch after a restart.
+
+A checkpoint is written to a temporary name and renamed into place, then ``state.json`` (itself written
+atomically) points at it: a kill at any moment leaves either the previous consistent state or the new one.
+Checkpoints are keyed on (run key, code hash, hyperparameters, data set hash), so a restarted container
+resumes only work that is really its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pushtrain.runner import contract
+from pushtrain.runner.data import ImageFolder, validation_mask
+from pushtrain.runner.metrics import classification_scores
+from pushtrain.runner.usercode import (
+    KERAS_BUILDER,
+    SKLEARN_BUILDER,
+    ContractError,
+    ModelFile,
+    run_user_code,
+)
+
+VALIDATION_FRACTION = 0.15
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived before training completed (a BaseException so user code cannot swallow it)."""
+
+
+class TerminationGuard:
+    """SIGTERM ends a running attempt with exit 143, but a completed one with 0."""
+
+    def __init__(self) -> None:
+        self.completed = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.completed:
+            raise SystemExit(contract.EXIT_OK)
+        raise Terminated()
+
+
+@dataclass
+class Progress:
+    """Prints one plain line per event and keeps the same lines in ``progress.log``."""
+
+    log_path: Path
+
+    def __call__(self, message: str) -> None:
+        line = f"[pushtrain] {message}"
+        print(line, flush=True)
+        with self.log_path.open("a") as handle:
+            handle.write(line + "\n")
+
+
+@dataclass
+class CheckpointStore:
+    directory: Path
+    suffix: str  # ".keras" or ".joblib": Keras picks the format from the file name
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out_dir: Path, key: str, suffix: str) -> CheckpointStore:
+        directory = out_dir / contract.CHECKPOINT_DIR / key
+        directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".tmp-*"):  # a write that a kill interrupted
+            leftover.unlink(missing_ok=True)
+        store = cls(directory, suffix)
+        state_path = directory / "state.json"
+        if state_path.exists():
+            store.state = json.loads(state_path.read_text())
+        return store
+
+    @property
+    def last_epoch(self) -> int:
+        return int(self.state.get("epoch", 0))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.state.get("history", []))
+
+    @property
+    def train_seconds(self) -> float:
+        return float(self.state.get("train_seconds", 0.0))
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        name = self.state.get("file")
+        return self.directory / name if name else None
+
+    def save(self, epoch: int, history: list[dict], train_seconds: float, write: Callable[[Path], None]) -> None:
+        name = f"epoch-{epoch:04d}{self.suffix}"
+        temporary = self.directory / f".tmp-{epoch:04d}{self.suffix}"
+        write(temporary)
+        os.replace(temporary, self.directory / name)
+        previous = self.checkpoint_path
+        self.state = {"epoch": epoch, "file": name, "history": history, "train_seconds": train_seconds}
+        contract.write_json_atomic(self.directory / "state.json", self.state)
+        if previous and previous.name != name:
+            previous.unlink(missing_ok=True)
+
+
+def checkpoint_key(run_key: str, model: ModelFile, hparams: dict, dataset_sha256: str) -> str:
+    material = json.dumps([run_key, model.code_sha256, hparams, dataset_sha256], sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Attempt:
+    """Everything one training run needs; built by ``__main__`` from the command line."""
+
+    kind: str
+    model: ModelFile
+    hparams: dict[str, Any]
+    data: ImageFolder
+    out_dir: Path
+    run_key: str
+    progress: Progress
+    guard: TerminationGuard
+
+    def split(self) -> tuple[ImageFolder, ImageFolder, str]:
+        mask = validation_mask(self.data.relative_paths, VALIDATION_FRACTION)
+        if mask.sum() == 0 or mask.sum() == len(mask):
+            return self.data, self.data, "training"
+        return self.data.subset(~mask), self.data.subset(mask), "validation"
+
+
+def already_completed(out_dir: Path, key: str) -> dict | None:
+    """The metrics of a completed attempt with this checkpoint key, if it already finished."""
+    try:
+        metrics = contract.read_metrics(out_dir)
+    except ValueError:
+        return None
+    return metrics if metrics.get("checkpoint_key") == key else None
+
+
+def _versions(*modules: Any) -> dict[str, str]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for module in modules:
+        versions[module.__name__] = getattr(module, "__version__", "unknown")
+    return versions
+
+
+def _finish(attempt: Attempt, key: str, scores: dict, store: CheckpointStore, resumed_from: int,
+            evaluated_on: str, n_train: int, versions: dict[str, str], signature: dict) -> dict:
+    contract.write_json_atomic(attempt.out_dir / contract.MODEL_DIR / contract.SIGNATURE_FILE, signature)
+    metrics = {
+        "schema_version": contract.SCHEMA_VERSION,
+        "kind": attempt.kind,
+        "evaluated_on": evaluated_on,
+        **scores,
+        "n_train": n_train,
+        "epochs_run": store.last_epoch,
+        "resumed_from_epoch": resumed_from,
+        "train_seconds": round(store.train_seconds, 3),
+        "history": store.history,
+        "hparams": attempt.hparams,
+        "code_sha256": attempt.model.code_sha256,
+        "dataset_sha256": attempt.data.sha256,
+        "checkpoint_key": key,
+        "run_key": attempt.run_key,
+        "versions": versions,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    problems = contract.validate_metrics(metrics)
+    if problems:  # our bug, not the user's: fail loudly rather than write a document the platform rejects
+        raise RuntimeError("runner produced invalid metrics: " + "; ".join(problems))
+    contract.write_json_atomic(attempt.out_dir / contract.METRICS_FILE, metrics)
+    attempt.guard.completed = True
+    return metrics
+
+
+def _epoch_line(epoch: int, total: int, record: dict) -> str:
+    scores = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds"))
+    return f"epoch {epoch}/{total} {scores} seconds={record['seconds']:.2f}"
+
+
+def train_keras(attempt: Attempt) -> dict:
+    import keras
+    import tensorflow as tf
+
+    hp = attempt.hparams
+    epochs = _positive_int(hp, "epochs")
+    batch_size = _positive_int(hp, "batch_size", default=32)
+    train, validation, evaluated_on = attempt.split()
+    key = checkpoint_key(attempt.run_key, attempt.model, hp, attempt.data.sha256)
+    done = already_completed(attempt.out_dir, key)
+    if done:
+        attempt.guard.completed = True
+        attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
+        return done
+
+    store = CheckpointStore.open(attempt.out_dir, key, ".keras")
+    custom_objects = {k: v for k, v in vars(attempt.model.module).items() if isinstance(v, type)}
+    keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
+    resumed_from = store.last_epoch
+    if store.checkpoint_path and store.checkpoint_path.exists():
+        model = keras.models.load_model(store.checkpoint_path, custom_objects=custom_objects)
+        attempt.progress(f"resuming from checkpoint at epoch {resumed_from}/{epochs}")
+    else:
+        resumed_from = 0
+        builder = attempt.model.builder(KERAS_BUILDER)
+        model = run_user_code(attempt.model.path, f"calling {KERAS_BUILDER}()", builder,
+                              dict(hp), train.input_shape, len(train.class_names))
+        if not isinstance(model, keras.Model):
+            raise ContractError(f"{KERAS_BUILDER}() returned {type(model).__name__}, not a keras.Model")
+        if not model.compiled:
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        attempt.progress(f"training {epochs} epochs on {len(train.labels)} images, "
+                         f"{evaluated_on} on {len(validation.labels)}")
+
+    history = store.history
+    epoch_started = [0.0]
+
+    class CheckpointEveryEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            epoch_started[0] = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seconds = time.perf_counter() - epoch_started[0]
+            record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                      "seconds": round(seconds, 3)}
+            history.append(record)
+            store.save(epoch + 1, history, store.train_seconds + seconds, self.model.save)
+            attempt.progress(_epoch_line(epoch + 1, epochs, record))
+
+    if store.last_epoch < epochs:
+        run_user_code(
+            attempt.model.path, "training (model.fit)", model.fit,
+            train.images, train.labels, batch_size=batch_size, epochs=epochs, initial_epoch=store.last_epoch,
+            validation_data=(validation.images, validation.labels), callbacks=[CheckpointEveryEpoch()],
+            shuffle=True, verbose=0,
+        )
+    probabilities = model.predict(validation.images, batch_size=256, verbose=0)
+    scores = classification_scores(validation.labels, probabilities.argmax(axis=1), train.class_names,
+                                   probabilities)
+    _save_atomically(attempt.out_dir / contract.MODEL_DIR / "model.keras", model.save)
+    signature = {"kind": attempt.kind, "format": "keras", "file": "model.keras",
+                 "class_names": train.class_names, "input_shape": list(train.input_shape)}
+    return _finish(attempt, key, scores, store, resumed_from, evaluated_on, len(train.labels),
+                   _versions(tf, keras), signature)
+
+
+def train_sklearn(attempt: Attempt) -> dict:
+    import joblib
+    import sklearn
+
+    hp = attempt.hparams
+    train, validation, evaluated_on = attempt.split()
+    x_train, x_validation = _flatten(train.images), _flatten(validation.images)
+    key = checkpoint_key(attempt.run_key, attempt.model, hp, attempt.data.sha256)
+    done = already_completed(attempt.out_dir, key)
+    if done:
+        attempt.guard.completed = True
+        attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
+        return done
+
+    store = CheckpointStore.open(attempt.out_dir, key, ".joblib")
+    resumed_from = store.last_epoch
+    if store.checkpoint_path and store.checkpoint_path.exists():
+        estimator = joblib.load(store.checkpoint_path)
+        attempt.progress(f"resuming from checkpoint at epoch {resumed_from}")
+    else:
+        resumed_from = 0
+        builder = attempt.model.builder(SKLEARN_BUILDER)
+        estimator = run_user_code(attempt.model.path, f"calling {SKLEARN_BUILDER}()", builder, dict(hp))
+        if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+            raise ContractError(f"{SKLEARN_BUILDER}() returned {type(estimator).__name__}, "
+                                "not a scikit-learn classifier (it needs fit and predict)")
+
+    # Estimators with partial_fit learn one pass at a time and are checkpointed after each; the rest
+    # (KNN, most pipelines) fit once, which counts as one epoch.
+    incremental = hasattr(estimator, "partial_fit") and "epochs" in hp
+    epochs = _positive_int(hp, "epochs") if incremental else 1
+    if resumed_from == 0:
+        attempt.progress(f"training {epochs} epoch(s) on {len(train.labels)} images, "
+                         f"{evaluated_on} on {len(validation.labels)}")
+    history = store.history
+    classes = np.arange(len(train.class_names))
+    for epoch in range(store.last_epoch + 1, epochs + 1):
+        started = time.perf_counter()
+        if incremental:
+            order = np.random.default_rng([int(hp.get("seed", 0)), epoch]).permutation(len(train.labels))
+            run_user_code(attempt.model.path, "training (partial_fit)", estimator.partial_fit,
+                          x_train[order], train.labels[order], classes=classes)
+        else:
+            run_user_code(attempt.model.path, "training (fit)", estimator.fit, x_train, train.labels)
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch,
+                  "accuracy": float((estimator.predict(x_train) == train.labels).mean()),
+                  "val_accuracy": float((estimator.predict(x_validation) == validation.labels).mean()),
+                  "seconds": round(seconds, 3)}
+        history.append(record)
+        store.save(epoch, history, store.train_seconds + seconds,
+                   lambda path, model=estimator: joblib.dump(model, path))
+        attempt.progress(_epoch_line(epoch, epochs, record))
+
+    probabilities = estimator.predict_proba(x_validation) if hasattr(estimator, "predict_proba") else None
+    predicted = estimator.predict(x_validation)
+    scores = classification_scores(validation.labels, predicted, train.class_names, probabilities)
+    _save_atomically(attempt.out_dir / contract.MODEL_DIR / "model.joblib",
+                     lambda path: joblib.dump(estimator, path))
+    signature = {"kind": attempt.kind, "format": "joblib", "file": "model.joblib",
+                 "class_names": train.class_names, "input_shape": list(train.input_shape)}
+    return _finish(attempt, key, scores, store, resumed_from, evaluated_on, len(train.labels),
+                   _versions(sklearn, joblib), signature)
+
+
+def _flatten(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1)
+
+
+def _save_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{path.name}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _positive_int(hp: dict, name: str, default: int | None = None) -> int:
+    value = hp.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ContractError(f"HPARAMS[{name!r}] must be a positive integer, got {value!r}")
+    return value

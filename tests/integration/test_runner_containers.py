@@ -1,0 +1,216 @@
+"""The training images and the runner, exercised through real containers on the real offline data sets."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from docker.types import Mount
+
+from pushtrain import images, localrun
+from pushtrain.runner import contract
+from pushtrain.sandbox import (
+    ROLE_LABEL,
+    ContainerSpec,
+    Sandbox,
+    prepare_output_dir,
+    remove_container,
+    start_or_adopt,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
+STRONG_CNN = {"epochs": 10, "filters": 16, "dense_units": 64, "learning_rate": 0.003}
+
+
+def train(model: Path, data: Path, out: Path, **kwargs) -> localrun.LocalRunResult:
+    lines: list[str] = []
+    result = localrun.train(model=model, data=data, out=out, log=lines.append, **kwargs)
+    result.lines = lines
+    return result
+
+
+def test_image_labels_and_user(training_images, docker):
+    for name, tag in training_images.items():
+        config = docker.inspect_image(tag)["Config"]
+        assert config["Labels"]["io.pushtrain.image"] == name
+        assert config["Labels"]["io.pushtrain.content-key"] == images.source_key(name)
+        assert config["User"] == "10001:10001"
+        assert config["Entrypoint"][-2:] == ["-m", "pushtrain.runner"]
+
+
+def test_keras_attempt_on_digits_meets_the_templates_stated_figure(training_images, digits, templates_dir,
+                                                                   tmp_path):
+    result = train(templates_dir / "cnn_keras.py", digits.train_dir, tmp_path / "a1", hparams=STRONG_CNN)
+    assert result.succeeded, result.summary()
+    metrics = contract.read_metrics(tmp_path / "a1")
+    assert metrics["kind"] == "cnn"
+    assert metrics["accuracy"] >= 0.90
+    assert metrics["epochs_run"] == 10 and metrics["resumed_from_epoch"] == 0
+    assert len(metrics["history"]) == 10
+    assert metrics["dataset_sha256"] == digits.train_sha256
+    assert set(metrics["per_class"]) == set(digits.class_names)
+    assert "tensorflow" in metrics["versions"] and "keras" in metrics["versions"]
+    assert (tmp_path / "a1" / "model" / "model.keras").stat().st_size > 0
+    epoch_lines = [line for line in result.lines if re.search(r"\bepoch \d+/10\b", line)]
+    assert len(epoch_lines) == 10
+    assert not any("\r" in line or "\x1b" in line or "━" in line for line in result.lines)
+
+
+def test_weak_cnn_template_is_weak(training_images, digits, templates_dir, tmp_path):
+    result = train(templates_dir / "cnn_keras.py", digits.train_dir, tmp_path / "weak")
+    assert result.succeeded, result.summary()
+    assert result.metrics["accuracy"] < 0.6
+
+
+@pytest.mark.parametrize(
+    ("template", "kind", "strong", "strong_floor", "weak_ceiling"),
+    [
+        ("linear_sklearn.py", "linear", {"epochs": 30, "alpha": 1e-4, "eta0": 0.05, "average": True}, 0.93, 0.93),
+        ("knn_sklearn.py", "knn", {"n_neighbors": 3, "weights": "distance", "p": 2}, 0.97, 0.93),
+    ],
+)
+def test_sklearn_templates_meet_their_stated_figures(training_images, digits, templates_dir, tmp_path,
+                                                     template, kind, strong, strong_floor, weak_ceiling):
+    weak = train(templates_dir / template, digits.train_dir, tmp_path / "weak", kind=kind)
+    strong_run = train(templates_dir / template, digits.train_dir, tmp_path / "strong", kind=kind,
+                       hparams=strong)
+    assert weak.succeeded and strong_run.succeeded, (weak.summary(), strong_run.summary())
+    assert weak.metrics["kind"] == kind
+    assert weak.metrics["accuracy"] < weak_ceiling
+    assert strong_run.metrics["accuracy"] >= strong_floor
+    assert "sklearn" in strong_run.metrics["versions"]
+    assert (tmp_path / "strong" / "model" / "model.joblib").exists()
+
+
+def _spec(name: str, image: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
+    return ContainerSpec(
+        name=name,
+        image=image,
+        command=localrun.training_command(model.name, hparams, kind, name),
+        mounts=[Mount(localrun.MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
+                Mount(localrun.DATA_MOUNT, str(data), type="bind", read_only=True),
+                Mount(localrun.OUT_MOUNT, str(out), type="bind")],
+        labels={ROLE_LABEL: "train"},
+    )
+
+
+def _wait_for_line(name: str, pattern: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        match = re.search(pattern, logs)
+        if match:
+            return match.group(0)
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} never appeared in the logs of {name}")
+
+
+def _wait_exit(docker, name: str, timeout: float = 300) -> int:
+    return int(docker.wait(name, timeout=timeout)["StatusCode"])
+
+
+def test_killed_container_resumes_from_last_completed_epoch(training_images, docker, mnist5k, templates_dir,
+                                                            tmp_path):
+    name = "pushtrain-test-resume"
+    out = tmp_path / "resume"
+    prepare_output_dir(out)
+    hparams = {"epochs": 6, "filters": 8, "dense_units": 32}
+    spec = _spec(name, images.image_for_kind("cnn"), templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
+                 hparams, "cnn")
+    container_id, adopted = start_or_adopt(docker, spec, Sandbox())
+    assert not adopted
+    try:
+        _wait_for_line(name, r"epoch 2/6 ")
+        subprocess.run(["docker", "kill", name], check=True, capture_output=True)
+        assert _wait_exit(docker, name) == 137
+        assert not (out / contract.METRICS_FILE).exists()
+        state = json.loads(next((out / "checkpoints").glob("*/state.json")).read_text())
+        killed_after = state["epoch"]
+        assert 2 <= killed_after < 6
+
+        subprocess.run(["docker", "start", name], check=True, capture_output=True)
+        assert _wait_exit(docker, name) == 0
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        assert f"resuming from checkpoint at epoch {killed_after}/6" in logs
+        metrics = contract.read_metrics(out)
+        assert metrics["resumed_from_epoch"] == killed_after
+        assert metrics["epochs_run"] == 6
+        assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4, 5, 6]
+        # Epochs after the kill were trained once each: the second start printed only those.
+        second_start = logs.split(f"resuming from checkpoint at epoch {killed_after}/6")[1]
+        assert re.findall(r"epoch (\d+)/6 ", second_start) == [str(e) for e in range(killed_after + 1, 7)]
+        written = (out / contract.METRICS_FILE).stat().st_mtime_ns
+
+        subprocess.run(["docker", "start", name], check=True, capture_output=True)
+        assert _wait_exit(docker, name) == 0
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        assert "already completed (6 epochs): not retraining" in logs
+        assert (out / contract.METRICS_FILE).stat().st_mtime_ns == written
+    finally:
+        remove_container(docker, container_id)
+
+
+def test_sigterm_during_training_exits_non_zero(training_images, docker, mnist5k, templates_dir, tmp_path):
+    name = "pushtrain-test-sigterm"
+    out = tmp_path / "sigterm"
+    prepare_output_dir(out)
+    spec = _spec(name, images.image_for_kind("cnn"), templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
+                 {"epochs": 20, "filters": 8}, "cnn")
+    container_id, _ = start_or_adopt(docker, spec, Sandbox())
+    try:
+        _wait_for_line(name, r"epoch 1/20 ")
+        subprocess.run(["docker", "stop", "--time", "60", name], check=True, capture_output=True)
+        assert _wait_exit(docker, name) == contract.EXIT_TERMINATED
+        error = json.loads((out / contract.ERROR_FILE).read_text())
+        assert error["exit_code"] == contract.EXIT_TERMINATED
+        assert not (out / contract.METRICS_FILE).exists()
+    finally:
+        remove_container(docker, container_id)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "exit_code", "expected"),
+    [
+        ("syntax_error.py", contract.EXIT_USER_CODE_ERROR, r"syntax_error\.py, line 4: SyntaxError"),
+        ("builder_raises.py", contract.EXIT_USER_CODE_ERROR,
+         r"builder_raises\.py, line 6: KeyError: 'n_neigbors' \(while calling build_estimator\(\)\)"),
+        ("no_builder.py", contract.EXIT_CONTRACT_ERROR, r"defines no function build_estimator\(\)"),
+    ],
+)
+def test_user_code_errors_name_file_and_line(training_images, digits, tmp_path, fixture, exit_code, expected):
+    result = train(FIXTURES / fixture, digits.train_dir, tmp_path / "err", kind="knn")
+    assert not result.succeeded
+    assert result.outcome.exit_code == exit_code
+    assert re.search(expected, result.error["message"]), result.error["message"]
+    assert any(re.search(expected, line) for line in result.lines)
+    assert not (tmp_path / "err" / contract.METRICS_FILE).exists()
+
+
+def test_sandbox_seen_from_inside(training_images, digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "must-not-leak")
+    result = train(FIXTURES / "sandbox_probe.py", digits.train_dir, tmp_path / "probe", kind="knn",
+                   memory="512m")
+    assert result.succeeded, result.summary()
+    line = next(line for line in result.lines if line.startswith("SANDBOX-PROBE "))
+    report = json.loads(line.removeprefix("SANDBOX-PROBE "))
+    assert report["interfaces"] == ["lo"]
+    assert report["routes"] == 0
+    assert report["uid"] != 0
+    assert report["root_writable"] is False and report["root_write_error"] == "Read-only file system"
+    assert int(report["memory_limit"]) == 512 * 1024**2
+    assert report["docker_socket"] is False
+    assert report["airflow_env"] == []
+    assert int(report["cap_eff"], 16) == 0
+    assert report["no_new_privs"] == "1"
+
+
+def test_memory_limit_is_enforced_and_reported_as_oom(training_images, digits, tmp_path):
+    result = train(FIXTURES / "memory_hog.py", digits.train_dir, tmp_path / "oom", kind="knn", memory="256m")
+    assert result.outcome.exit_code == 137
+    assert result.outcome.oom_killed
+    assert "out of memory" in result.summary()["reason"]
+    assert "256m" in result.summary()["reason"]
