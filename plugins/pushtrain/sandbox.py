@@ -146,9 +146,12 @@ def run_container(
     log: Callable[[str], None],
     *,
     remove: bool = True,
+    on_start: Callable[[str], None] | None = None,
 ) -> ContainerOutcome:
     """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it."""
     container_id, adopted = start_or_adopt(client, spec, sandbox)
+    if on_start:
+        on_start(container_id)
     if adopted:
         log(f"adopting container {spec.name}, already running")
     try:

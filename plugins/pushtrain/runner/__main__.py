@@ -47,8 +47,14 @@ def _fail(out_dir: Path | None, exit_code: int, message: str) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from pushtrain.runner.data import DataError, load_image_folder
-    from pushtrain.runner.train import Attempt, Progress, Terminated, TerminationGuard, train_keras, \
-        train_sklearn
+    from pushtrain.runner.train import (
+        Attempt,
+        Progress,
+        Terminated,
+        TerminationGuard,
+        train_keras,
+        train_sklearn,
+    )
     from pushtrain.runner.usercode import KERAS_BUILDER, ContractError, UserCodeError, load_model_file
 
     guard = TerminationGuard()

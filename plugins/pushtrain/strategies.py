@@ -1,0 +1,589 @@
+"""Tweak strategies: which hyperparameters the next attempt tries after one missed its target.
+
+The retrain loop (``tweak_and_retrain``) is a chain of DAG runs, each one attempt, so a strategy must be a
+pure function of what the chain already knows: the kind of model, every earlier attempt (its hparams,
+accuracy and training time) and a seed. It keeps no state of its own, which makes an attempt re-runnable
+and its choice explainable from the attempt records alone.
+
+Every strategy obeys two invariants the loop relies on:
+
+* it stays inside the knob bounds that the model templates document (``KNOB_SPACES`` copies those tables;
+  a value outside them could crash the training container or run for hours), and
+* it never proposes hyperparameters an earlier attempt already trained, so no attempt of the bounded
+  budget is wasted on a repeat.
+
+Three strategies exist: ``escalate`` reproduces the fixed escalation of the student projects this
+descends from (a baseline to compare against), ``random`` samples the knob space, and ``default`` is a
+greedy coordinate search from the best attempt so far that reaches the templates' stated targets in a
+few attempts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+INT = "int"
+FLOAT = "float"
+BOOL = "bool"
+CHOICE = "choice"
+
+# Floats a strategy writes into a user's file keep 3 significant digits: the diff shows 0.002, not
+# 0.0020000000000000005, and finer steps than that change nothing a training run can measure.
+_PROPOSAL_DIGITS = 3
+# Two attempts whose floats agree to this many digits count as the same attempt.
+_SAME_ATTEMPT_DIGITS = 6
+_RANDOM_TRIES = 500
+_MAX_ENUMERATED_COMBINATIONS = 200_000
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One hyperparameter a strategy may set: its type and the bounds the model template documents.
+
+    ``low``/``high`` are inclusive and ``None`` where the template says "any". ``log`` marks knobs whose
+    useful values span orders of magnitude, so sampling and steps are multiplicative. ``tuned=False`` marks
+    knobs a strategy never changes (a seed: changing it only reshuffles luck).
+    """
+
+    type: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    log: bool = False
+    tuned: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type not in (INT, FLOAT, BOOL, CHOICE):
+            raise ValueError(f"unknown knob type {self.type!r}")
+        if self.type == CHOICE and not self.choices:
+            raise ValueError("a choice knob needs choices")
+
+
+# The bounds tables of include/model_templates/*.py docstrings, knob for knob.
+KNOB_SPACES: dict[str, dict[str, Knob]] = {
+    "cnn": {
+        "epochs": Knob(INT, 1, 60),
+        "batch_size": Knob(INT, 8, 512, log=True),
+        "learning_rate": Knob(FLOAT, 1e-5, 0.05, log=True),
+        "conv_blocks": Knob(INT, 1, 4),
+        "filters": Knob(INT, 2, 128, log=True),
+        "kernel_size": Knob(INT, 2, 5),
+        "dense_units": Knob(INT, 4, 512, log=True),
+        "dropout": Knob(FLOAT, 0.0, 0.6),
+        "seed": Knob(INT, tuned=False),
+    },
+    "linear": {
+        "epochs": Knob(INT, 1, 200),
+        "alpha": Knob(FLOAT, 1e-7, 1.0, log=True),
+        "eta0": Knob(FLOAT, 1e-4, 1.0, log=True),
+        "average": Knob(BOOL),
+        "seed": Knob(INT, tuned=False),
+    },
+    "knn": {
+        "n_neighbors": Knob(INT, 1, 100, log=True),
+        "weights": Knob(CHOICE, choices=("uniform", "distance")),
+        "p": Knob(INT, 1, 2),
+    },
+}
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What a strategy may know about one finished attempt. Attempt 1 is the user's file as committed."""
+
+    attempt: int
+    hparams: dict[str, Any]
+    accuracy: float
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, for the lineage a DAG run passes on in ``conf``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttemptRecord:
+        return cls(
+            attempt=int(data["attempt"]),
+            hparams=dict(data["hparams"]),
+            accuracy=float(data["accuracy"]),
+            train_seconds=float(data.get("train_seconds", 0.0)),
+        )
+
+
+Strategy = Callable[[str, Sequence[AttemptRecord], int], dict[str, Any]]
+
+
+class StrategyExhaustedError(RuntimeError):
+    """Every combination of the tunable knobs has been trained already; nothing new is left to try."""
+
+
+# --------------------------------------------------------------------------------------------------- bounds
+
+
+def knob_space(kind: str) -> dict[str, Knob]:
+    """The knobs of ``kind``, or a ValueError naming the kinds there are."""
+    try:
+        return KNOB_SPACES[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(KNOB_SPACES))}"
+        ) from None
+
+
+def clamp(kind: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``hparams`` with every known knob of ``kind`` coerced to its type and clipped to its bounds.
+
+    Keys that are not knobs of ``kind`` pass through untouched: they are the user's, not ours to judge.
+    A value that cannot be coerced (text for a number, an unknown choice, NaN) raises ValueError rather
+    than being replaced by a guess.
+    """
+    space = knob_space(kind)
+    return {
+        name: _coerce(name, space[name], value) if name in space else value for name, value in hparams.items()
+    }
+
+
+def _coerce(name: str, knob: Knob, value: Any) -> Any:
+    if knob.type == BOOL:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    if knob.type == CHOICE:
+        if value in knob.choices and isinstance(value, type(knob.choices[0])):
+            return value
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, knob.choices))}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    low = -math.inf if knob.low is None else knob.low
+    high = math.inf if knob.high is None else knob.high
+    clipped = min(max(value, low), high)
+    if knob.type == INT:
+        if math.isinf(clipped):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return int(round(clipped))
+    return float(clipped)
+
+
+def within_bounds(kind: str, hparams: Mapping[str, Any]) -> bool:
+    """True when clamping would change nothing (used by tests and as a last check before training)."""
+    try:
+        clamped = clamp(kind, hparams)
+    except ValueError:
+        return False
+    return all(
+        type(clamped[name]) is type(hparams[name]) and _same(clamped[name], hparams[name]) for name in hparams
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- moves
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A named change of a few knobs. Operations, per knob:
+
+    ``("mul", f)`` multiply; ``("add", d)`` add; ``("set", v)`` set; ``("flip",)`` negate a bool, mirror an
+    int in its range (1 <-> 2) or take the next choice; ``("toward", lo, hi, f)`` multiply (or divide) by f
+    towards the band [lo, hi] and stop inside it; a value already inside stays.
+    ``strength`` < 1 softens mul/add/toward steps (a gentler retry of a bold move that did not pay).
+    """
+
+    name: str
+    changes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+def _apply(
+    kind: str, hparams: Mapping[str, Any], move: _Move, strength: float = 1.0
+) -> dict[str, Any] | None:
+    """``hparams`` after ``move``, within bounds; None when the move changes nothing (e.g. at a bound)."""
+    space = knob_space(kind)
+    proposed = dict(hparams)
+    for name, operation in move.changes.items():
+        knob = space.get(name)
+        if knob is None or not knob.tuned or name not in hparams:
+            continue  # the user's file does not have this knob: their model does not read it
+        proposed[name] = _step(knob, hparams[name], operation, strength)
+    proposed = clamp(kind, proposed)
+    if all(_same(proposed[name], hparams[name]) for name in hparams):
+        return None
+    return proposed
+
+
+def _step(knob: Knob, value: Any, operation: tuple[Any, ...], strength: float) -> Any:
+    op = operation[0]
+    if op == "set":
+        return operation[1]
+    if op == "flip":
+        if knob.type == BOOL:
+            return not value
+        if knob.type == INT and knob.low is not None and knob.high is not None:
+            return int(knob.low + knob.high - value)  # the mirror image in the range: 1 <-> 2 for p
+        choices = knob.choices
+        return choices[(choices.index(value) + 1) % len(choices)] if value in choices else choices[0]
+    if op == "mul":
+        factor = operation[1] ** strength
+        raw = value * factor
+        direction = 1 if factor > 1 else -1
+    elif op == "add":
+        delta = operation[1] * strength
+        if knob.type == INT:
+            delta = math.copysign(max(1, round(abs(delta))), delta)
+        raw = value + delta
+        direction = 1 if delta > 0 else -1
+    elif op == "toward":
+        low, high, factor = operation[1], operation[2], operation[3] ** strength
+        if value < low:
+            raw, direction = min(value * factor, high), 1
+        elif value > high:
+            raw, direction = max(value / factor, low), -1
+        else:
+            return value
+    else:
+        raise ValueError(f"unknown move operation {op!r}")
+    if knob.type == INT:
+        stepped = int(round(raw))
+        # A multiplicative step that rounds back to the same int still has to move, or the search stalls.
+        return stepped if stepped != value else value + direction
+    return _round_sig(raw, _PROPOSAL_DIGITS)
+
+
+def _round_sig(value: float, digits: int) -> float:
+    return float(f"{value:.{digits}g}") if value else 0.0
+
+
+# -------------------------------------------------------------------------------------------------- history
+
+
+def _validated(kind: str, history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
+    knob_space(kind)
+    if not history:
+        raise ValueError("history is empty; it must hold at least attempt 1 (the hparams as committed)")
+    return sorted(history, key=lambda record: record.attempt)
+
+
+def _score(record: AttemptRecord) -> float:
+    """Accuracy, with a failed attempt (NaN) ranked below every real one."""
+    return record.accuracy if record.accuracy == record.accuracy else -math.inf
+
+
+def _best(records: Sequence[AttemptRecord]) -> AttemptRecord:
+    # On a tie the earlier attempt wins: a change that gained nothing is not worth keeping.
+    return max(records, key=lambda record: (_score(record), -record.attempt))
+
+
+def _fingerprint(hparams: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A comparable form of hparams in which 0 and 0.0, or 0.001 and 0.0010000000001, are the same attempt."""
+
+    def normal(value: Any) -> Any:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return (type(value).__name__, value)
+        if isinstance(value, float) and math.isfinite(value):
+            rounded = _round_sig(value, _SAME_ATTEMPT_DIGITS)
+            return ("number", int(rounded) if rounded.is_integer() else rounded)
+        if isinstance(value, int):
+            return ("number", value)
+        if isinstance(value, list | tuple):
+            return ("sequence", tuple(normal(item) for item in value))
+        return (type(value).__name__, repr(value))
+
+    return tuple(sorted((name, normal(value)) for name, value in hparams.items()))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _fingerprint({"v": a}) == _fingerprint({"v": b})
+
+
+def _updates(records: Sequence[AttemptRecord], proposed: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``proposed`` that differ from the latest attempt or from attempt 1.
+
+    Merged into either of the two (the file the last attempt trained, or the file as committed), the
+    result is ``proposed``; the tweak's diff stays minimal because equal values are not rewritten.
+    """
+    first, latest = records[0].hparams, records[-1].hparams
+    missing = object()
+    return {
+        name: value
+        for name, value in proposed.items()
+        if not _same(latest.get(name, missing), value) or not _same(first.get(name, missing), value)
+    }
+
+
+def _unseen(candidate: Mapping[str, Any] | None, seen: set[tuple]) -> bool:
+    return candidate is not None and _fingerprint(candidate) not in seen
+
+
+def _tuned_names(kind: str, hparams: Mapping[str, Any]) -> list[str]:
+    space = knob_space(kind)
+    return [name for name, knob in space.items() if knob.tuned and name in hparams]
+
+
+def _sample(kind: str, base: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A uniform draw over the tuned knobs of ``base`` (log-uniform for log knobs); other keys kept."""
+    space = knob_space(kind)
+    drawn = dict(base)
+    for name in _tuned_names(kind, base):
+        knob = space[name]
+        if knob.type == BOOL:
+            drawn[name] = rng.random() < 0.5
+        elif knob.type == CHOICE:
+            drawn[name] = rng.choice(knob.choices)
+        else:
+            low, high = knob.low, knob.high
+            if knob.log and low is not None and low > 0:
+                raw = math.exp(rng.uniform(math.log(low), math.log(high)))
+            else:
+                raw = rng.uniform(low, high)
+            drawn[name] = int(round(raw)) if knob.type == INT else _round_sig(raw, _PROPOSAL_DIGITS)
+    return clamp(kind, drawn)
+
+
+def _anything_new(kind: str, base: Mapping[str, Any], seen: set[tuple], rng: random.Random) -> dict[str, Any]:
+    """Last resort when a strategy's own ideas are all tried: a random draw, else any untried combination."""
+    for _ in range(_RANDOM_TRIES):
+        candidate = _sample(kind, base, rng)
+        if _unseen(candidate, seen):
+            return candidate
+    # Only small, fully discrete spaces get here; walk them in order to find what is left.
+    space = knob_space(kind)
+    names = _tuned_names(kind, base)
+    domains = []
+    for name in names:
+        knob = space[name]
+        if knob.type == BOOL:
+            domains.append((False, True))
+        elif knob.type == CHOICE:
+            domains.append(knob.choices)
+        elif knob.type == INT and knob.low is not None and knob.high is not None:
+            domains.append(range(int(knob.low), int(knob.high) + 1))
+        else:
+            domains.append(None)
+    if all(domain is not None for domain in domains) and math.prod(map(len, domains)) <= (
+        _MAX_ENUMERATED_COMBINATIONS
+    ):
+        for values in itertools.product(*domains):
+            candidate = clamp(kind, {**base, **dict(zip(names, values, strict=True))})
+            if _unseen(candidate, seen):
+                return candidate
+    raise StrategyExhaustedError(
+        f"every combination of the {kind} knobs {', '.join(names)} has been tried; stop the loop or widen "
+        f"the search by adding knobs to HPARAMS"
+    )
+
+
+def _finish(
+    kind: str,
+    records: Sequence[AttemptRecord],
+    candidates: Iterator[dict[str, Any] | None],
+    rng: random.Random,
+    fallback_base: Mapping[str, Any],
+) -> dict[str, Any]:
+    seen = {_fingerprint(record.hparams) for record in records}
+    proposed = next((candidate for candidate in candidates if _unseen(candidate, seen)), None)
+    if proposed is None:
+        proposed = _anything_new(kind, fallback_base, seen, rng)
+    return _updates(records, proposed)
+
+
+# ------------------------------------------------------------------------------------------------- escalate
+
+# The student projects' fixed escalation. cnn and linear rotate through their rungs (attempt 2 takes the
+# first, attempt 3 the second, ...), skipping a rung already at its bound; knn takes the first rung that
+# still changes something, so it walks n_neighbors down before it switches to distance weighting.
+_ESCALATION: dict[str, tuple[bool, tuple[_Move, ...]]] = {
+    "cnn": (
+        True,
+        (
+            _Move("more epochs", {"epochs": ("mul", 2)}),
+            _Move("another conv block", {"conv_blocks": ("add", 1)}),
+            _Move("more filters and dense units", {"filters": ("mul", 2), "dense_units": ("mul", 2)}),
+        ),
+    ),
+    "linear": (
+        True,
+        (
+            _Move("more epochs", {"epochs": ("mul", 2)}),
+            _Move("lower alpha", {"alpha": ("mul", 0.1)}),
+            _Move("raise eta0", {"eta0": ("mul", 3)}),
+            _Move("average weights", {"average": ("set", True)}),
+        ),
+    ),
+    "knn": (
+        False,
+        (
+            _Move("halve n_neighbors down to 5", {"n_neighbors": ("toward", 1, 5, 2)}),
+            _Move("distance weights", {"weights": ("set", "distance")}),
+            _Move("n_neighbors one lower", {"n_neighbors": ("add", -1)}),
+            _Move("other Minkowski power", {"p": ("flip",)}),
+        ),
+    ),
+}
+
+
+def escalate(kind: str, history: Sequence[AttemptRecord], rng_seed: int) -> dict[str, Any]:
+    """The fixed ladder from the latest attempt, whatever the results were (a baseline, not a search)."""
+    records = _validated(kind, history)
+    latest = records[-1]
+    rotate, rungs = _ESCALATION[kind]
+    start = (len(records) - 1) % len(rungs) if rotate else 0
+    ordered = rungs[start:] + rungs[:start]
+    candidates = (_apply(kind, latest.hparams, move) for move in ordered)
+    # Deterministic even in the fallback: the seed comes from the history, not from the caller.
+    rng = random.Random(f"escalate:{kind}:{latest.attempt}")
+    return _finish(kind, records, candidates, rng, latest.hparams)
+
+
+# --------------------------------------------------------------------------------------------------- random
+
+
+def random_search(kind: str, history: Sequence[AttemptRecord], rng_seed: int) -> dict[str, Any]:
+    """A fresh uniform draw over the knob space, reproducible from (rng_seed, next attempt number)."""
+    records = _validated(kind, history)
+    latest = records[-1]
+    rng = random.Random(f"{rng_seed}:{latest.attempt + 1}")
+    candidates = (_sample(kind, latest.hparams, rng) for _ in range(_RANDOM_TRIES))
+    return _finish(kind, records, candidates, rng, latest.hparams)
+
+
+# -------------------------------------------------------------------------------------------------- default
+
+# Moves in the order they are tried from the best attempt, boldest and most useful first. Each kind's
+# first move goes straight towards the region where the template's stated figures live (for cnn: many
+# more epochs, more capacity, learning rate 1e-3..3e-3), so a weak start reaches the target in a few
+# attempts instead of one knob at a time.
+_DEFAULT_MOVES: dict[str, tuple[_Move, ...]] = {
+    "cnn": (
+        _Move(
+            "bold: epochs x3, filters and dense units x2, learning rate into 1e-3..3e-3",
+            {
+                "epochs": ("mul", 3),
+                "filters": ("mul", 2),
+                "dense_units": ("mul", 2),
+                "learning_rate": ("toward", 0.001, 0.003, 4),
+            },
+        ),
+        _Move("epochs x2", {"epochs": ("mul", 2)}),
+        _Move("filters and dense units x2", {"filters": ("mul", 2), "dense_units": ("mul", 2)}),
+        _Move("learning rate into 1e-3..3e-3", {"learning_rate": ("toward", 0.001, 0.003, 4)}),
+        _Move("another conv block", {"conv_blocks": ("add", 1)}),
+        _Move("learning rate x3", {"learning_rate": ("mul", 3)}),
+        _Move("learning rate /3", {"learning_rate": ("mul", 1 / 3)}),
+        _Move("batch size /2", {"batch_size": ("mul", 0.5)}),
+        _Move("more dropout", {"dropout": ("add", 0.2)}),
+        _Move("larger kernel", {"kernel_size": ("add", 1)}),
+        _Move("one conv block fewer", {"conv_blocks": ("add", -1)}),
+        _Move("batch size x2", {"batch_size": ("mul", 2)}),
+        _Move("less dropout", {"dropout": ("add", -0.2)}),
+        _Move("smaller kernel", {"kernel_size": ("add", -1)}),
+    ),
+    "linear": (
+        _Move(
+            "bold: epochs x3, alpha /10, eta0 into 0.01..0.1, averaged weights",
+            {
+                "epochs": ("mul", 3),
+                "alpha": ("mul", 0.1),
+                "eta0": ("toward", 0.01, 0.1, 10),
+                "average": ("set", True),
+            },
+        ),
+        _Move("epochs x2", {"epochs": ("mul", 2)}),
+        _Move("alpha /10", {"alpha": ("mul", 0.1)}),
+        _Move("eta0 x3", {"eta0": ("mul", 3)}),
+        _Move("toggle averaging", {"average": ("flip",)}),
+        _Move("alpha x10", {"alpha": ("mul", 10)}),
+        _Move("eta0 /3", {"eta0": ("mul", 1 / 3)}),
+    ),
+    "knn": (
+        _Move(
+            "bold: n_neighbors /3, distance weights",
+            {"n_neighbors": ("mul", 1 / 3), "weights": ("set", "distance")},
+        ),
+        _Move("n_neighbors /3", {"n_neighbors": ("mul", 1 / 3)}),
+        _Move("other Minkowski power", {"p": ("flip",)}),
+        _Move("n_neighbors x2", {"n_neighbors": ("mul", 2)}),
+        _Move("toggle distance weights", {"weights": ("flip",)}),
+        _Move("n_neighbors one lower", {"n_neighbors": ("add", -1)}),
+        _Move("n_neighbors one higher", {"n_neighbors": ("add", 1)}),
+    ),
+}
+_BOLD, _GENTLE = 1.0, 0.5
+
+
+def _default_plan(kind: str) -> list[tuple[_Move, float]]:
+    moves = _DEFAULT_MOVES[kind]
+    return [(move, _BOLD) for move in moves] + [(move, _GENTLE) for move in moves]
+
+
+def _move_that_made(
+    kind: str, records: Sequence[AttemptRecord], best: AttemptRecord
+) -> tuple[_Move, float] | None:
+    """The move that turned the best attempt's predecessor-best into it, if it gained; else None."""
+    earlier = [record for record in records if record.attempt < best.attempt]
+    if not earlier:
+        return None
+    parent = _best(earlier)
+    if _score(best) <= _score(parent):
+        return None
+    target = _fingerprint(best.hparams)
+    for move, strength in _default_plan(kind):
+        result = _apply(kind, parent.hparams, move, strength)
+        if result is not None and _fingerprint(result) == target:
+            return move, strength
+    return None
+
+
+def default(kind: str, history: Sequence[AttemptRecord], rng_seed: int) -> dict[str, Any]:
+    """Greedy coordinate search: from the best attempt, repeat a move that gained, else try the next move."""
+    records = _validated(kind, history)
+    best = _best(records)
+    plan = _default_plan(kind)
+    momentum = _move_that_made(kind, records, best)
+    if momentum is not None:
+        plan = [momentum] + [step for step in plan if step != momentum]
+    # A move tried from this best and not kept is now "seen", so the loop below backs off to the next one.
+    candidates = (_apply(kind, best.hparams, move, strength) for move, strength in plan)
+    rng = random.Random(f"{rng_seed}:{records[-1].attempt + 1}")
+    return _finish(kind, records, candidates, rng, best.hparams)
+
+
+# ------------------------------------------------------------------------------------------------- registry
+
+STRATEGIES: dict[str, Strategy] = {
+    "escalate": escalate,
+    "random": random_search,
+    "default": default,
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called ``name``, or a ValueError listing the valid names."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown tweak strategy {name!r}; valid names: {', '.join(sorted(STRATEGIES))}"
+        ) from None
+
+
+def no_real_gain(history: Sequence[AttemptRecord], k: int, min_gain: float) -> bool:
+    """True when each of the last ``k`` attempts raised the best accuracy so far by less than ``min_gain``.
+
+    Needs ``k`` attempts that had a predecessor (so at least k + 1 in all): with fewer there is not yet
+    evidence of a plateau and the loop should go on.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    records = sorted(history, key=lambda record: record.attempt)
+    if len(records) < k + 1:
+        return False
+    for index in range(len(records) - k, len(records)):
+        best_before = max(_score(record) for record in records[:index])
+        if _score(records[index]) - best_before >= min_gain:
+            return False
+    return True

@@ -1,0 +1,466 @@
+"""Unit tests of pushtrain.strategies: bounds, no repeats, determinism, and the stopping rule.
+
+Strategies are driven here against made-up accuracy surfaces, shaped like the templates' stated figures
+(more epochs and capacity help, a learning rate near 2e-3 is best), so no training is needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import random
+import re
+
+import pytest
+
+from pushtrain.strategies import (
+    KNOB_SPACES,
+    STRATEGIES,
+    AttemptRecord,
+    Knob,
+    StrategyExhaustedError,
+    clamp,
+    default,
+    escalate,
+    get_strategy,
+    no_real_gain,
+    random_search,
+    within_bounds,
+)
+from pushtrain.tweak import read_hparams
+
+TEMPLATE_OF_KIND = {"cnn": "cnn_keras.py", "linear": "linear_sklearn.py", "knn": "knn_sklearn.py"}
+KINDS = sorted(TEMPLATE_OF_KIND)
+STEPS = 20
+
+
+def surface(kind: str, hparams: dict) -> float:
+    """A smooth, made-up accuracy for hparams of ``kind``, best where the templates say it is."""
+    if kind == "cnn":
+        score = (
+            0.25 * math.log(hparams["epochs"] + 1) / math.log(61)
+            + 0.25 * math.log2(hparams["filters"]) / 7
+            + 0.2 * math.log2(hparams["dense_units"]) / 9
+            + 0.05 * (hparams["conv_blocks"] - 1) / 3
+            - 0.1 * abs(math.log10(hparams["learning_rate"] / 0.002))
+            - 0.1 * hparams["dropout"] ** 2
+            + 0.25
+        )
+    elif kind == "linear":
+        score = (
+            0.7
+            + 0.1 * math.log(hparams["epochs"]) / math.log(200)
+            + 0.1 * min(1.0, -math.log10(hparams["alpha"]) / 4)
+            + 0.05 * hparams["average"]
+            - 0.05 * abs(math.log10(hparams["eta0"] / 0.05))
+        )
+    else:
+        score = (
+            0.85
+            + 0.1 * (1 - abs(hparams["n_neighbors"] - 3) / 100)
+            + 0.02 * (hparams["weights"] == "distance")
+            + 0.01 * (hparams["p"] == 2)
+        )
+    return max(0.0, min(1.0, score))
+
+
+def template_hparams(templates_dir, kind: str) -> dict:
+    return read_hparams((templates_dir / TEMPLATE_OF_KIND[kind]).read_text())
+
+
+def run_loop(
+    strategy, kind: str, start: dict, steps: int, seed: int, noise: float = 0.0
+) -> list[AttemptRecord]:
+    """Drive ``strategy`` the way tweak_and_retrain does: merge its updates into the latest file, train."""
+    rng = random.Random(seed)
+    history = [AttemptRecord(1, dict(start), surface(kind, start), 1.0)]
+    for attempt in range(2, steps + 2):
+        updates = strategy(kind, list(history), seed)
+        hparams = {**history[-1].hparams, **updates}
+        accuracy = surface(kind, hparams) + rng.uniform(-noise, noise)
+        history.append(AttemptRecord(attempt, hparams, accuracy, 1.0))
+    return history
+
+
+def fingerprint(hparams: dict) -> tuple:
+    return tuple(sorted(hparams.items()))
+
+
+# ---------------------------------------------------------------------------------------------- knob spaces
+
+
+def bounds_table(docstring: str) -> dict[str, str]:
+    """{knob: bounds cell} from the reStructuredText table of a template's docstring."""
+    lines = docstring.splitlines()
+    rule = next(line for line in lines if line.startswith("====="))
+    last_column = rule.rindex(" ") + 1  # cells start where the separator's runs of "=" start
+    rows = {}
+    for line in lines:
+        if match := re.match(r"``(\w+)``\s", line):
+            rows[match[1]] = line[last_column:].strip()
+    return rows
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_knob_spaces_are_the_templates_tables(templates_dir, kind):
+    source = (templates_dir / TEMPLATE_OF_KIND[kind]).read_text()
+    docstring = ast.get_docstring(ast.parse(source))
+    rows = bounds_table(docstring)
+    space = KNOB_SPACES[kind]
+    assert set(space) == set(rows) == set(read_hparams(source))
+    for name, bounds in rows.items():
+        knob = space[name]
+        if ".." in bounds:
+            low, high = (float(part) for part in bounds.split(".."))
+            assert (knob.low, knob.high) == (low, high), name
+            assert knob.type == ("float" if "." in bounds.replace("..", "") or "e" in bounds else "int"), name
+        elif bounds == "any int":
+            assert (knob.type, knob.low, knob.high, knob.tuned) == ("int", None, None, False)
+        elif bounds == "True / False":
+            assert knob.type == "bool"
+        else:
+            assert bounds == "enum" and knob.type == "choice"
+            assert set(knob.choices) == set(re.findall(r'``"(\w+)"``', docstring))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_templates_start_within_bounds(templates_dir, kind):
+    assert within_bounds(kind, template_hparams(templates_dir, kind))
+
+
+def test_knob_rejects_unknown_type():
+    with pytest.raises(ValueError, match="unknown knob type"):
+        Knob("complex")
+
+
+# ---------------------------------------------------------------------------------------------------- clamp
+
+
+def test_clamp_clips_and_fixes_types():
+    clamped = clamp(
+        "cnn",
+        {"epochs": 500, "learning_rate": 1, "filters": 3.6, "dropout": -1, "seed": 12345678901, "mine": "x"},
+    )
+    assert clamped == {
+        "epochs": 60,
+        "learning_rate": 0.05,
+        "filters": 4,
+        "dropout": 0.0,
+        "seed": 12345678901,
+        "mine": "x",
+    }
+    assert type(clamped["learning_rate"]) is float and type(clamped["filters"]) is int
+
+
+def test_clamp_bool_and_choice():
+    assert clamp("linear", {"average": 1}) == {"average": True}
+    assert clamp("knn", {"weights": "distance", "p": 7}) == {"weights": "distance", "p": 2}
+
+
+@pytest.mark.parametrize(
+    ("kind", "hparams", "message"),
+    [
+        ("knn", {"weights": "closest"}, "weights must be one of 'uniform', 'distance'"),
+        ("linear", {"average": "yes"}, "average must be True or False"),
+        ("cnn", {"epochs": "10"}, "epochs must be a number"),
+        ("cnn", {"dropout": float("nan")}, "dropout must be a number"),
+        ("cnn", {"epochs": True}, "epochs must be a number"),
+        ("svm", {}, "unknown model kind 'svm'; known kinds: cnn, knn, linear"),
+    ],
+)
+def test_clamp_refuses_what_it_cannot_fix(kind, hparams, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        clamp(kind, hparams)
+
+
+def test_within_bounds_is_strict_about_types():
+    assert not within_bounds("cnn", {"epochs": 61})
+    assert not within_bounds("cnn", {"epochs": 10.0})
+    assert not within_bounds("knn", {"weights": "closest"})
+    assert within_bounds("cnn", {"epochs": 10, "anything": object()})
+
+
+# ------------------------------------------------------------------------------------------- every strategy
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("kind", KINDS)
+def test_strategy_stays_in_bounds_and_never_repeats(templates_dir, name, kind):
+    start = template_hparams(templates_dir, kind)
+    for seed in range(4):
+        # Noise makes the strategies take different paths (gains and set-backs) for each seed.
+        history = run_loop(get_strategy(name), kind, start, STEPS, seed, noise=0.05)
+        seen = set()
+        for record in history:
+            assert within_bounds(kind, record.hparams), (seed, record)
+            assert set(record.hparams) == set(start)
+            assert fingerprint(record.hparams) not in seen, (seed, record)
+            seen.add(fingerprint(record.hparams))
+            # Knobs a strategy must leave alone stay as the user committed them.
+            assert record.hparams.get("seed") == start.get("seed")
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_stays_in_bounds_from_a_wild_start(name):
+    start = {
+        "epochs": 60,
+        "batch_size": 8,
+        "learning_rate": 0.05,
+        "conv_blocks": 4,
+        "filters": 128,
+        "kernel_size": 5,
+        "dense_units": 512,
+        "dropout": 0.6,
+        "seed": 3,
+    }
+    history = run_loop(get_strategy(name), "cnn", start, 10, seed=1)
+    assert all(within_bounds("cnn", record.hparams) for record in history)
+    assert len({fingerprint(record.hparams) for record in history}) == len(history)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_updates_merge_into_latest_or_committed_file_alike(templates_dir, name):
+    start = template_hparams(templates_dir, "cnn")
+    history = run_loop(get_strategy(name), "cnn", start, 4, seed=5, noise=0.05)
+    updates = get_strategy(name)("cnn", history, 5)
+    assert {**history[-1].hparams, **updates} == {**history[0].hparams, **updates}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_is_a_pure_function_of_its_inputs(templates_dir, name):
+    start = template_hparams(templates_dir, "linear")
+    history = run_loop(get_strategy(name), "linear", start, 5, seed=2, noise=0.05)
+    snapshot = json.dumps([record.to_dict() for record in history], sort_keys=True)
+    first = get_strategy(name)("linear", history, 2)
+    assert get_strategy(name)("linear", list(reversed(history)), 2) == first  # order of records is irrelevant
+    assert json.dumps([record.to_dict() for record in history], sort_keys=True) == snapshot  # not mutated
+
+
+def test_small_space_runs_out_with_a_clear_error():
+    history = [AttemptRecord(1, {"p": 1}, 0.5, 1.0), AttemptRecord(2, {"p": 2}, 0.6, 1.0)]
+    for strategy in STRATEGIES.values():
+        with pytest.raises(StrategyExhaustedError, match="every combination of the knn knobs p"):
+            strategy("knn", history, 0)
+
+
+def test_small_space_is_searched_to_the_last_combination():
+    """knn with p and weights only has 4 combinations: the fourth must still be found."""
+    tried = [{"p": 1, "weights": "uniform"}, {"p": 2, "weights": "uniform"}, {"p": 1, "weights": "distance"}]
+    history = [AttemptRecord(n, hp, 0.5, 1.0) for n, hp in enumerate(tried, start=1)]
+    for strategy in STRATEGIES.values():
+        updates = strategy("knn", history, 0)
+        assert {**tried[-1], **updates} == {"p": 2, "weights": "distance"}
+
+
+def test_strategies_refuse_empty_history_and_unknown_kind():
+    for strategy in STRATEGIES.values():
+        with pytest.raises(ValueError, match="attempt 1"):
+            strategy("cnn", [], 0)
+        with pytest.raises(ValueError, match="unknown model kind"):
+            strategy("svm", [AttemptRecord(1, {}, 0.1, 1.0)], 0)
+
+
+def test_get_strategy():
+    assert get_strategy("default") is default
+    assert get_strategy("escalate") is escalate
+    assert get_strategy("random") is random_search
+    with pytest.raises(
+        ValueError, match=re.escape("unknown tweak strategy 'greedy'; valid names: default, escalate, random")
+    ):
+        get_strategy("greedy")
+
+
+def test_attempt_record_survives_json():
+    record = AttemptRecord(3, {"epochs": 2, "weights": "distance", "average": True}, 0.71, 12.5)
+    assert AttemptRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+
+
+# ------------------------------------------------------------------------------------------------- escalate
+
+
+def test_escalate_is_deterministic(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    one = run_loop(escalate, "cnn", start, 8, seed=0, noise=0.1)
+    two = run_loop(escalate, "cnn", start, 8, seed=9, noise=0.1)  # other seed, other accuracies
+    assert [record.hparams for record in one] == [record.hparams for record in two]
+
+
+def test_escalate_is_deterministic_when_its_ladder_is_used_up():
+    top = {"n_neighbors": 5, "weights": "distance", "p": 1}
+    # Every rung from `top` is already taken, so escalate has to fall back on an untried combination.
+    history = [
+        AttemptRecord(1, top | {"n_neighbors": 4}, 0.9, 1.0),
+        AttemptRecord(2, top | {"p": 2}, 0.9, 1.0),
+        AttemptRecord(3, top, 0.9, 1.0),
+    ]
+    proposals = {json.dumps(escalate("knn", history, seed), sort_keys=True) for seed in range(5)}
+    assert len(proposals) == 1
+    proposed = top | json.loads(proposals.pop())
+    assert within_bounds("knn", proposed) and proposed not in [record.hparams for record in history]
+
+
+def test_escalate_cnn_ladder(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    history = run_loop(escalate, "cnn", start, 4, seed=0)
+    changes = [
+        {key: value for key, value in after.hparams.items() if before.hparams[key] != value}
+        for before, after in zip(history, history[1:], strict=False)
+    ]
+    assert changes == [
+        {"epochs": 2},
+        {"conv_blocks": 2},
+        {"filters": 4, "dense_units": 16},
+        {"epochs": 4},
+    ]
+
+
+def test_escalate_linear_ladder(templates_dir):
+    start = template_hparams(templates_dir, "linear")
+    history = run_loop(escalate, "linear", start, 5, seed=0)
+    assert [record.hparams for record in history[1:]] == [
+        {**start, "epochs": 2},
+        {**start, "epochs": 2, "alpha": 0.01},
+        {**start, "epochs": 2, "alpha": 0.01, "eta0": 0.003},
+        {**start, "epochs": 2, "alpha": 0.01, "eta0": 0.003, "average": True},
+        {**start, "epochs": 4, "alpha": 0.01, "eta0": 0.003, "average": True},
+    ]
+
+
+def test_escalate_knn_walks_neighbours_down_then_weights(templates_dir):
+    start = template_hparams(templates_dir, "knn")
+    history = run_loop(escalate, "knn", start, 6, seed=0)
+    assert [(r.hparams["n_neighbors"], r.hparams["weights"]) for r in history] == [
+        (75, "uniform"),
+        (38, "uniform"),
+        (19, "uniform"),
+        (10, "uniform"),
+        (5, "uniform"),
+        (5, "distance"),
+        (4, "distance"),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------- random
+
+
+def test_random_is_reproducible_per_seed_and_attempt(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    history = [AttemptRecord(1, start, 0.3, 1.0)]
+    assert random_search("cnn", history, 11) == random_search("cnn", history, 11)
+    assert random_search("cnn", history, 11) != random_search("cnn", history, 12)
+    longer = history + [AttemptRecord(2, start | {"epochs": 5}, 0.3, 1.0)]
+    assert random_search("cnn", longer, 11) != random_search("cnn", history, 11)
+
+
+def test_random_covers_the_space(templates_dir):
+    start = template_hparams(templates_dir, "knn")
+    history = run_loop(random_search, "knn", start, STEPS, seed=4)
+    neighbours = [record.hparams["n_neighbors"] for record in history[1:]]
+    assert min(neighbours) < 10 and max(neighbours) > 30
+    assert {record.hparams["weights"] for record in history} == {"uniform", "distance"}
+
+
+# -------------------------------------------------------------------------------------------------- default
+
+
+def test_default_first_move_is_bold(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    updates = default("cnn", [AttemptRecord(1, start, 0.3, 10.0)], 0)
+    assert updates == {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+
+
+def test_default_repeats_a_move_that_gained(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    second = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 30.0)]
+    assert default("cnn", history, 0) == {
+        "epochs": 9,
+        "filters": 8,
+        "dense_units": 32,
+        "learning_rate": 0.002,
+    }
+
+
+def test_default_keeps_going_in_a_direction_that_gained_after_a_loss(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    bold = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    longer = start | {"epochs": 2}
+    history = [
+        AttemptRecord(1, start, 0.3, 10.0),
+        AttemptRecord(2, bold, 0.2, 30.0),  # the bold move lost
+        AttemptRecord(3, longer, 0.4, 20.0),  # epochs x2 gained: do it again
+    ]
+    assert {**longer, **default("cnn", history, 0)} == start | {"epochs": 4}
+
+
+def test_default_backs_off_from_a_move_that_lost(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    second = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.2, 30.0)]
+    updates = default("cnn", history, 0)
+    proposed = {**second, **updates}
+    # Back at attempt 1's hparams, with the next move of the list: epochs alone.
+    assert proposed == start | {"epochs": 2}
+
+
+def test_default_starts_from_the_best_attempt_not_the_latest(templates_dir):
+    start = template_hparams(templates_dir, "linear")
+    good = start | {"epochs": 3, "alpha": 0.01, "eta0": 0.01, "average": True}
+    worse = good | {"epochs": 9, "alpha": 0.001}
+    history = [
+        AttemptRecord(1, start, 0.6, 1.0),
+        AttemptRecord(2, good, 0.8, 1.0),
+        AttemptRecord(3, worse, 0.7, 1.0),
+    ]
+    proposed = {**worse, **default("linear", history, 0)}
+    differing = {key for key in proposed if proposed[key] != good[key]}
+    assert len(differing) == 1, proposed  # one move away from the best, not from the latest
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_beats_escalate(templates_dir, kind):
+    start = template_hparams(templates_dir, kind)
+    best_default = max(r.accuracy for r in run_loop(default, kind, start, 5, seed=0))
+    best_escalate = max(r.accuracy for r in run_loop(escalate, kind, start, 5, seed=0))
+    assert best_default > best_escalate + 0.01
+
+
+def test_default_reaches_the_stated_region_for_cnn(templates_dir):
+    """The template says epochs=10, filters=16, dense_units=64, lr=0.003 reaches the target."""
+    start = template_hparams(templates_dir, "cnn")
+    history = run_loop(default, "cnn", start, 3, seed=0)
+    last = history[-1].hparams
+    assert last["epochs"] >= 10 and last["filters"] >= 16 and last["dense_units"] >= 64
+    assert 0.001 <= last["learning_rate"] <= 0.003
+
+
+# --------------------------------------------------------------------------------------------- no_real_gain
+
+
+def records(*accuracies: float) -> list[AttemptRecord]:
+    return [AttemptRecord(n, {"epochs": n}, accuracy, 1.0) for n, accuracy in enumerate(accuracies, start=1)]
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "k", "min_gain", "expected"),
+    [
+        ((0.5, 0.6, 0.7), 2, 0.01, False),  # still climbing
+        ((0.5, 0.505, 0.508), 2, 0.01, True),  # two tiny gains
+        ((0.5, 0.4, 0.45), 2, 0.01, True),  # two set-backs below the best
+        ((0.5, 0.6, 0.601, 0.59), 2, 0.01, True),
+        ((0.5, 0.6, 0.601, 0.59), 3, 0.01, False),  # the gain to 0.6 is within the last 3
+        ((0.5, 0.505), 2, 0.01, False),  # too little history to call a plateau
+        ((0.5, 0.505), 1, 0.01, True),
+        ((0.5, 0.51), 1, 0.01, False),  # a gain of exactly min_gain counts as real (allowing float error)
+        ((0.5, float("nan"), 0.5), 2, 0.01, True),  # a failed attempt gains nothing
+    ],
+)
+def test_no_real_gain(accuracies, k, min_gain, expected):
+    assert no_real_gain(records(*accuracies), k, min_gain - 1e-12) is expected
+
+
+def test_no_real_gain_ignores_record_order_and_checks_k():
+    assert no_real_gain(list(reversed(records(0.5, 0.505, 0.508))), 2, 0.01) is True
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        no_real_gain(records(0.5), 0, 0.01)
