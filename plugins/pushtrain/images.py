@@ -210,7 +210,6 @@ def ensure_image(name: str, base_image: str | None = None) -> str:
     build = subprocess.run(
         ["docker", "build", "--build-arg", f"BASE_IMAGE={base_image}",
          "--build-arg", f"CONTENT_KEY={source_key(name)}", "--build-arg", f"PUSHTRAIN_VERSION={__version__}",
-         "--label", f"io.pushtrain.base-image={base_image}",
          "-t", tag, "-t", f"pushtrain/{name}:latest", str(context)],
         capture_output=True, text=True,
     )

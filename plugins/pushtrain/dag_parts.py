@@ -1,0 +1,142 @@
+"""The part both pipeline DAGs share: train one prepared attempt, evaluate it, gate it, act on the gate.
+
+``train_on_push`` (attempt 1) and ``tweak_and_retrain`` (attempts 2..N) differ only in how an attempt is
+prepared; from ``prepare_attempt`` on they run the same tasks, built here once::
+
+    prepare_attempt >> choose_trainer ─cnn────> train_cnn ────┐
+                                      ─linear─> train_linear ─┼─> evaluate >> judge_attempt
+                                      ─knn────> train_knn ────┘
+    judge_attempt >> target_met    >> register_model        (success mail)
+                  >> retry_allowed >> trigger_retrain       (next tweak_and_retrain run)
+                  >> budget_spent  >> report_budget_spent   (leaderboard mail)
+    all of them   >> finish_pipeline                        (clean-up once the pipeline ended)
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Label, TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from pushtrain import steps
+from pushtrain.mail import BUDGET_SPENT, FAILURE, SUCCESS, PipelineMailNotifier
+from pushtrain.operators import EvaluateAttemptOperator, TrainAttemptOperator
+from pushtrain.runner.contract import KINDS
+
+RETRAIN_DAG_ID = "tweak_and_retrain"
+TRAINER_LABELS = {"cnn": "cnn: Keras image", "linear": "linear: scikit-learn image",
+                  "knn": "knn: scikit-learn image"}
+TRAINING_TIMEOUT = timedelta(hours=2)
+
+
+def default_task_args() -> dict[str, Any]:
+    """Owner, retries and the failure mail for every task of the pipeline DAGs."""
+    return {
+        "owner": "pushtrain",
+        "retries": 1,
+        "retry_delay": timedelta(seconds=30),
+        "on_failure_callback": PipelineMailNotifier(FAILURE),
+    }
+
+
+def user_errors_fail_fast(function):
+    """Bad input fails the task at once: a retry of the same input cannot succeed."""
+
+    @functools.wraps(function)  # keeps the signature: Airflow passes context by parameter names
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except steps.UserFacingError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    return wrapper
+
+
+def remote_for(params: dict):
+    from pushtrain import gitops
+
+    return gitops.remote_from_connection(url=params.get("repo_url") or None)
+
+
+def attempt_tail(prepared) -> None:
+    """Add the shared tasks downstream of ``prepared`` (the XComArg of the ``prepare_attempt`` task)."""
+
+    @task.branch(task_id="choose_trainer")
+    def choose_trainer(attempt: dict) -> str:
+        """Route to the training task whose image fits the detected kind."""
+        return f"train_{attempt['kind']}"
+
+    trainers = [TrainAttemptOperator(task_id=f"train_{kind}", kind=kind, execution_timeout=TRAINING_TIMEOUT)
+                for kind in KINDS]
+    evaluate = EvaluateAttemptOperator(task_id="evaluate", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+                                       execution_timeout=timedelta(minutes=30))
+
+    @task(task_id="judge_attempt", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def judge_attempt(attempt: dict, evaluation: dict, **context: Any) -> dict:
+        """Record the attempt's lineage and decide: target met, retrain, or stop."""
+        ti = context["ti"]
+        trained = next(t for t in ti.xcom_pull(task_ids=[f"train_{k}" for k in KINDS]) if t)
+        return steps.judge_attempt(attempt, trained, evaluation, {"dag_id": ti.dag_id, "run_id": ti.run_id})
+
+    @task.short_circuit(task_id="target_met", ignore_downstream_trigger_rules=False)
+    def target_met(decision: dict) -> bool:
+        """The accuracy gate: held-out accuracy >= target."""
+        return decision["action"] == "met"
+
+    @task.short_circuit(task_id="retry_allowed", ignore_downstream_trigger_rules=False)
+    def retry_allowed(decision: dict) -> bool:
+        """Below target with budget left and still gaining."""
+        return decision["action"] == "retrain"
+
+    @task.short_circuit(task_id="budget_spent", ignore_downstream_trigger_rules=False)
+    def budget_spent(decision: dict) -> bool:
+        """Below target and out of attempts, or no real gain any more."""
+        return decision["action"] == "stop"
+
+    @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS))
+    def register_model(decision: dict) -> dict:
+        """Register the model with its lineage, move production if not worse, push the tuned file back."""
+        return steps.register_model(decision, _remote_of_pipeline(decision["pipeline_id"]))
+
+    @task(task_id="report_budget_spent", on_success_callback=PipelineMailNotifier(BUDGET_SPENT))
+    def report_budget_spent(decision: dict) -> dict:
+        """Stop the loop and mail the leaderboard."""
+        return steps.report_budget_spent(decision)
+
+    trigger_retrain = TriggerDagRunOperator(
+        task_id="trigger_retrain",
+        trigger_dag_id=RETRAIN_DAG_ID,
+        trigger_run_id="{{ ti.xcom_pull(task_ids='judge_attempt')['next_run_id'] }}",
+        conf={"pipeline_id": "{{ ti.xcom_pull(task_ids='judge_attempt')['pipeline_id'] }}",
+              "attempt": "{{ ti.xcom_pull(task_ids='judge_attempt')['next_attempt'] }}"},
+        skip_when_already_exists=True,  # a retried trigger never starts a second attempt
+        fail_when_dag_is_paused=True,
+        wait_for_completion=False,
+    )
+
+    @task(task_id="finish_pipeline", trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
+    def finish_pipeline(**context: Any) -> list[str]:
+        """Remove the checkout and checkpoints once the pipeline ended here (met, stopped or failed)."""
+        ti = context["ti"]
+        return steps.finish_pipeline(ti.xcom_pull(task_ids="prepare_attempt"),
+                                     ti.xcom_pull(task_ids="judge_attempt"))
+
+    route = choose_trainer(prepared)
+    for trainer in trainers:
+        route >> Label(TRAINER_LABELS[trainer.kind]) >> trainer >> evaluate
+    decision = judge_attempt(prepared, evaluate.output)
+    met, retry, spent = target_met(decision), retry_allowed(decision), budget_spent(decision)
+    outcomes = [met >> Label("target met") >> register_model(decision),
+                retry >> Label("below target, budget left") >> trigger_retrain,
+                spent >> Label("budget spent") >> report_budget_spent(decision)]
+    outcomes >> finish_pipeline()
+
+
+def _remote_of_pipeline(pipeline_id: str):
+    from pushtrain import gitops, pipeline
+
+    return gitops.remote_from_connection(url=pipeline.Pipeline.load(pipeline_id).repo_url)

@@ -1,0 +1,64 @@
+"""Which commits have been taken for training: each commit is trained once, across restarts.
+
+A claim is a file created with ``O_EXCL`` under ``<data_dir>/ledger/<repo key>/<sha>.json``: the file
+system, not the scheduler's memory, decides who got a commit, so a restarted scheduler, a retried task or
+two DAG runs racing for the same push still train it once. A retry of the run that claimed a commit sees
+its own claim and carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pushtrain import settings
+from pushtrain.runner.contract import write_json_atomic
+
+
+def _folder(repo_url: str) -> Path:
+    return settings.data_dir() / "ledger" / hashlib.sha256(repo_url.encode()).hexdigest()[:16]
+
+
+def claim(repo_url: str, sha: str, run_id: str) -> bool:
+    """Claim ``sha`` for ``run_id``. True if it is ours now (new, or already claimed by this same run)."""
+    folder = _folder(repo_url)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha}.json"
+    record = {"sha": sha, "run_id": run_id, "at": datetime.now(UTC).isoformat()}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        existing = read(repo_url, sha)
+        return existing is not None and existing.get("run_id") == run_id
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle)
+    return True
+
+
+def read(repo_url: str, sha: str) -> dict | None:
+    try:
+        return json.loads((_folder(repo_url) / f"{sha}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def is_taken(repo_url: str, sha: str) -> bool:
+    return (_folder(repo_url) / f"{sha}.json").exists()
+
+
+def mark_superseded(repo_url: str, shas: list[str], by_sha: str, run_id: str) -> None:
+    """Note commits a live run skipped because a newer one arrived first (newest wins).
+
+    A note, not a claim: a backfill over those dates may still train them.
+    """
+    folder = _folder(repo_url)
+    for sha in shas:
+        write_json_atomic(folder / f"{sha}.superseded.json",
+                          {"sha": sha, "superseded_by": by_sha, "run_id": run_id, "at": datetime.now(UTC).isoformat()})
+
+
+def superseded(repo_url: str) -> list[str]:
+    return sorted(p.name.split(".")[0] for p in _folder(repo_url).glob("*.superseded.json"))

@@ -1,0 +1,143 @@
+"""The mails a data scientist gets: target met, budget spent, pipeline failed.
+
+Content comes from the pipeline's files (``pipeline.json``, ``attempt.json``), so every mail can be
+rebuilt from what is on disk. ``PipelineMailNotifier`` is an ``SmtpNotifier``: it sends through the
+``smtp_default`` connection, and it fills in recipient, subject and body only after Airflow rendered its
+templates, so text from a commit (message, diff) is never evaluated as Jinja.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+from pushtrain import pipeline, settings
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+SUCCESS = "success"
+BUDGET_SPENT = "budget_spent"
+FAILURE = "failure"
+
+
+def _recipient(run: pipeline.Pipeline | None) -> str:
+    return os.environ.get("PUSHTRAIN_NOTIFY_TO", "").strip() or (run.author_email if run else "") or \
+        "pushtrain@localhost"
+
+
+def leaderboard_html(records: list[dict[str, Any]], target: float) -> str:
+    rows = []
+    for record in sorted(records, key=lambda r: -r["evaluation"]["accuracy"]):
+        accuracy = record["evaluation"]["accuracy"]
+        hparams = ", ".join(f"{k}={v}" for k, v in sorted(record["hparams"].items()))
+        rows.append(f"<tr><td>{record['attempt']}</td><td>{accuracy:.4f}</td>"
+                    f"<td>{'yes' if accuracy >= target else 'no'}</td>"
+                    f"<td>{record['timings']['train_seconds']:.1f}</td><td>{html.escape(hparams)}</td></tr>")
+    return ("<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
+            "<th>meets target</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>")
+
+
+def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:
+    run = pipeline.Pipeline.load(pipeline_id)
+    records = pipeline.attempt_records(pipeline_id)
+    winner = next(r for r in records if r["attempt"] == registered["attempt"])
+    accuracy = winner["evaluation"]["accuracy"]
+    subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
+               f">= {run.config.target:.2f} after {len(records)} attempt(s)")
+    diff = winner.get("tweak_diff") or "(none: the committed code met the target as it is)"
+    branch = registered.get("pushed_branch")
+    body = f"""<h2>Your model met its target</h2>
+<ul>
+<li>Repository: {html.escape(run.repo_url)} (branch {html.escape(run.branch)})</li>
+<li>Commit: <code>{run.commit}</code> by {html.escape(run.author_name)}: {html.escape(run.commit_message)}</li>
+<li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
+({winner['evaluation']['n_evaluated']} images of {html.escape(run.config.dataset)})</li>
+<li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner['attempt']}</li>
+<li>Registered: {html.escape(registered['model_name'])} version {registered['version']} at \
+<code>{html.escape(registered['path'])}</code>; production: {html.escape(registered['promotion'])}</li>
+<li>Tuned model file: {html.escape(branch) if branch else 'not pushed (commit-back off or read-only remote)'}</li>
+</ul>
+<h3>The winning change to {html.escape(run.config.entry)}</h3>
+<pre>{html.escape(diff)}</pre>
+<h3>All attempts</h3>
+{leaderboard_html(records, run.config.target)}
+"""
+    return subject, body
+
+
+def budget_spent_mail(pipeline_id: str, reason: str) -> tuple[str, str]:
+    run = pipeline.Pipeline.load(pipeline_id)
+    records = pipeline.attempt_records(pipeline_id)
+    best = pipeline.best_record(records)
+    subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target {run.config.target:.2f} not met, best "
+               f"{best['evaluation']['accuracy']:.4f} after {len(records)} attempt(s)")
+    body = f"""<h2>Your model did not reach its target</h2>
+<p>Why it stopped: {html.escape(reason)}.</p>
+<ul>
+<li>Repository: {html.escape(run.repo_url)}, commit <code>{run.commit}</code></li>
+<li>Best: attempt {best['attempt']}, held-out accuracy {best['evaluation']['accuracy']:.4f} against target \
+{run.config.target:.4f}</li>
+<li>Outputs: <code>{html.escape(str(pipeline.pipeline_dir(pipeline_id)))}</code></li>
+</ul>
+<h3>Best attempt's change</h3>
+<pre>{html.escape(best.get('tweak_diff') or '(the committed code)')}</pre>
+<h3>Leaderboard</h3>
+{leaderboard_html(records, run.config.target)}
+<p>Raise max_attempts in pushtrain.toml, lower the target, or change the model's architecture.</p>
+"""
+    return subject, body
+
+
+def failure_mail(context: Context) -> tuple[str, str, pipeline.Pipeline | None]:
+    ti = context["ti"]
+    exception = context.get("exception")
+    run = None
+    prepared = ti.xcom_pull(task_ids="prepare_attempt") or {}
+    pipeline_id = prepared.get("pipeline_id") or (ti.xcom_pull(task_ids="checkout_commit") or {}).get(
+        "pipeline_id")
+    if pipeline_id:
+        try:
+            run = pipeline.Pipeline.load(pipeline_id)
+        except FileNotFoundError:
+            run = None
+    commit = (ti.xcom_pull(task_ids="wait_for_commit") or {}).get("commit") or (run.commit if run else "?")
+    subject = f"[pushtrain] {ti.dag_id} failed at {ti.task_id} (commit {commit[:8]})"
+    body = f"""<h2>pushtrain could not finish this run</h2>
+<p>Step <b>{html.escape(ti.task_id)}</b> of {html.escape(ti.dag_id)} failed (run {html.escape(ti.run_id)}).</p>
+<pre>{html.escape(str(exception) if exception else 'no error message')}</pre>
+<p>The Airflow task log has the full output of the step.</p>
+"""
+    return subject, body, run
+
+
+class PipelineMailNotifier(SmtpNotifier):
+    """Send one of pushtrain's mails through ``smtp_default``.
+
+    :param mail: ``success`` (after ``register_model``), ``budget_spent`` (after ``report_budget_spent``)
+        or ``failure`` (any task).
+    """
+
+    def __init__(self, mail: str, **kwargs: Any) -> None:
+        kwargs.setdefault("from_email", os.environ.get("PUSHTRAIN_MAIL_FROM", "pushtrain@localhost"))
+        kwargs.setdefault("smtp_conn_id", settings.SMTP_CONN_ID)
+        super().__init__(to="pushtrain@localhost", subject="pushtrain", html_content="", **kwargs)
+        self.mail = mail
+
+    def notify(self, context: Context) -> None:
+        ti = context["ti"]
+        run = None
+        if self.mail == FAILURE:
+            self.subject, self.html_content, run = failure_mail(context)
+        else:
+            result = ti.xcom_pull(task_ids=ti.task_id)
+            run = pipeline.Pipeline.load(result["pipeline_id"])
+            if self.mail == SUCCESS:
+                self.subject, self.html_content = success_mail(result["pipeline_id"], result)
+            else:
+                self.subject, self.html_content = budget_spent_mail(result["pipeline_id"], result["reason"])
+        self.to = _recipient(run)
+        super().notify(context)

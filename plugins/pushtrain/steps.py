@@ -1,0 +1,259 @@
+"""What each pipeline task does, as plain functions the DAG files call (and tests call without a scheduler).
+
+Errors a user can fix raise ``UserFacingError`` with the problem and the fix; the DAG turns them into a
+failed task (no retry: retrying bad input changes nothing) and a failure mail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pushtrain import gitops, ledger, pipeline, settings
+from pushtrain.pipeline import Action, Pipeline
+from pushtrain.runner import contract
+
+HISTORY_WALK_LIMIT = 50  # commits inspected behind a new head when marking skipped ones as superseded
+
+
+class UserFacingError(Exception):
+    """Bad input from the model repository or the trigger: the message says what is wrong and how to fix it."""
+
+
+class NothingToTrain(Exception):
+    """This run has no commit to train (already trained, or no commit at its logical date)."""
+
+
+# --- 1. the commit -------------------------------------------------------------------------------------
+
+
+def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: str, run_type: str,
+                         data_interval_end: datetime | None, explicit_commit: str | None) -> dict | None:
+    """The commit this run trains, claimed in the ledger; None while a live run should keep waiting.
+
+    The rule: a live run takes the branch head if nobody took it, and marks the untrained commits between
+    it and the last trained one as superseded (when several pushes arrive while one trains, the newest
+    wins). A backfill run takes the head as of its logical date. An explicit commit is trained as asked.
+    Raises ``NothingToTrain`` where waiting cannot help.
+    """
+    repo = gitops.fetch(remote)
+    if explicit_commit:
+        sha = gitops.resolve_commit(repo, explicit_commit)
+        ledger.claim(remote.display_url, sha, dag_run_id)  # recorded; an explicit request trains regardless
+        return _found(remote, branch, sha, [])
+    if run_type == "backfill":
+        sha = gitops.head_at(repo, branch, data_interval_end) if data_interval_end else None
+        if sha is None:
+            raise NothingToTrain(f"branch {branch} had no commit at {data_interval_end}")
+        if not ledger.claim(remote.display_url, sha, dag_run_id):
+            raise NothingToTrain(f"commit {sha[:8]} (head of {branch} at {data_interval_end}) was trained already")
+        return _found(remote, branch, sha, [])
+
+    sha = gitops.branch_head(repo, branch)
+    if sha is None or not ledger.claim(remote.display_url, sha, dag_run_id):
+        return None
+    skipped = []
+    for commit in repo.iter_commits(sha, first_parent=True, max_count=HISTORY_WALK_LIMIT, skip=1):
+        if ledger.is_taken(remote.display_url, commit.hexsha):
+            break
+        skipped.append(commit.hexsha)
+    ledger.mark_superseded(remote.display_url, skipped, sha, dag_run_id)
+    return _found(remote, branch, sha, skipped)
+
+
+def _found(remote: gitops.GitRemote, branch: str, sha: str, superseded: list[str]) -> dict:
+    return {"repo_url": remote.display_url, "branch": branch, "commit": sha, "superseded": superseded}
+
+
+def checkout_commit(found: dict, params: dict, dag_run_id: str, remote: gitops.GitRemote) -> dict:
+    """Check the commit out into the pipeline's workspace, read its config, write ``pipeline.json``."""
+    repo = gitops.fetch(remote)
+    sha = found["commit"]
+    pipeline_id = pipeline.pipeline_id_for(sha, dag_run_id)
+    workspace = gitops.checkout(repo, sha, pipeline.workspace_dir(pipeline_id) / "repo")
+    overrides = {"target": params.get("target"), "max_attempts": params.get("max_attempts"),
+                 "kind": params.get("kind"), "strategy": params.get("strategy")}
+    try:
+        config = pipeline.load_config(workspace, overrides)
+    except pipeline.ConfigError as exc:
+        raise UserFacingError(str(exc)) from None
+    info = gitops.commit_info(repo, sha)
+    repo_name = Path(remote.display_url.rstrip("/")).name.removesuffix(".git") or "model"
+    Pipeline(pipeline_id=pipeline_id, repo_url=remote.display_url, branch=found["branch"], commit=sha,
+             author_name=info.author_name, author_email=info.author_email, commit_message=info.message,
+             kind="", config=config, origin_dag_run_id=dag_run_id,
+             model_name=config.model_name or gitops.safe_name(repo_name)).save()
+    return {"pipeline_id": pipeline_id, "commit": sha, "entry": config.entry, "author_email": info.author_email}
+
+
+# --- 2. the kind ---------------------------------------------------------------------------------------
+
+
+def detect_model_kind(pipeline_id: str) -> str:
+    from pushtrain.detect import DetectionError, detect_kind
+
+    run = Pipeline.load(pipeline_id)
+    entry = pipeline.workspace_dir(pipeline_id) / "repo" / run.config.entry
+    if not entry.is_file():
+        raise UserFacingError(f"the commit has no model file {run.config.entry!r}: add it, or set `entry` in "
+                              f"{pipeline.CONFIG_FILE} to your model file's path")
+    if run.config.kind != "auto":
+        run.kind = run.config.kind
+        run.detection = [f"kind set to {run.kind} by configuration"]
+    else:
+        try:
+            detection = detect_kind(entry)
+        except DetectionError as exc:
+            raise UserFacingError(str(exc)) from None
+        run.kind = detection.kind
+        run.detection = [str(e) for e in detection.evidence]
+    run.save()
+    return run.kind
+
+
+# --- 3. the attempt ------------------------------------------------------------------------------------
+
+
+def _copy_code(source: Path, destination: Path) -> None:
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".git"))
+
+
+def prepare_first_attempt(pipeline_id: str) -> dict:
+    run = Pipeline.load(pipeline_id)
+    code = pipeline.attempt_dir(pipeline_id, 1) / "code"
+    _copy_code(pipeline.workspace_dir(pipeline_id) / "repo", code)
+    return {"pipeline_id": pipeline_id, "attempt": 1, "kind": run.kind, "diff": "", "updates": {}}
+
+
+def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
+    """Ask the strategy for new hyperparameters and write them into a copy of the best attempt's code."""
+    from pushtrain import strategies, tweak
+
+    run = Pipeline.load(pipeline_id)
+    records = [r for r in pipeline.attempt_records(pipeline_id) if r["attempt"] < attempt]
+    if not records:
+        raise UserFacingError(f"pipeline {pipeline_id} has no evaluated attempt before {attempt}")
+    best = pipeline.best_record(records)
+    base_code = pipeline.attempt_dir(pipeline_id, best["attempt"]) / "code"
+    original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / run.config.entry).read_text()
+    strategy = strategies.get_strategy(run.config.strategy)
+    updates = strategy(run.kind, pipeline.strategy_history(records), int(run.commit[:8], 16))
+    try:
+        tweaked = tweak.apply_hparams((base_code / run.config.entry).read_text(), updates)
+    except tweak.TweakError as exc:
+        raise UserFacingError(f"cannot tweak {run.config.entry}: {exc}") from None
+    code = pipeline.attempt_dir(pipeline_id, attempt) / "code"
+    _copy_code(base_code, code)
+    (code / run.config.entry).write_text(tweaked)
+    diff = tweak.unified_diff(original, tweaked, run.config.entry)
+    (pipeline.attempt_dir(pipeline_id, attempt) / "tweak.diff").write_text(diff)
+    return {"pipeline_id": pipeline_id, "attempt": attempt, "kind": run.kind, "diff": diff,
+            "updates": updates, "based_on_attempt": best["attempt"]}
+
+
+def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: dict) -> dict:
+    """Record the attempt's lineage and decide: target met, retrain, or stop."""
+    pipeline_id, attempt = prepared["pipeline_id"], prepared["attempt"]
+    run = Pipeline.load(pipeline_id)
+    out_dir = pipeline.attempt_dir(pipeline_id, attempt)
+    metrics = contract.read_metrics(out_dir)
+    from pushtrain.datasets import load_manifest
+
+    manifest = load_manifest(run.config.dataset)
+    record = {
+        "attempt": attempt,
+        "pipeline_id": pipeline_id,
+        "repo_url": run.repo_url,
+        "commit": run.commit,
+        "kind": run.kind,
+        "model_file": run.config.entry,
+        "model_file_sha256": metrics["code_sha256"],
+        "tweak_diff": prepared.get("diff", ""),
+        "tweak_updates": prepared.get("updates", {}),
+        "based_on_attempt": prepared.get("based_on_attempt"),
+        "hparams": metrics["hparams"],
+        "dataset": {"name": run.config.dataset, "split_version": manifest.split_version,
+                    "split": manifest.split, "train_sha256": manifest.train_sha256,
+                    "test_sha256": manifest.test_sha256},
+        "image": trained["image"],
+        "image_id": trained["image_id"],
+        "training_metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "loss",
+                                                     "evaluated_on", "epochs_run", "resumed_from_epoch")},
+        "evaluation": evaluation,
+        "timings": {"train_seconds": metrics["train_seconds"],
+                    "train_container_seconds": trained["container_wall_seconds"],
+                    "evaluate_container_seconds": evaluation["container_wall_seconds"]},
+        "container_restarts": trained.get("container_restarts", 0),
+        "airflow": airflow_run,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    pipeline.write_attempt_record(pipeline_id, attempt, record)
+    decision = pipeline.decide(run.config, pipeline.attempt_records(pipeline_id), attempt)
+    return {"pipeline_id": pipeline_id, "attempt": attempt, "action": str(decision.action),
+            "reason": decision.reason, "accuracy": decision.accuracy, "target": decision.target,
+            "next_attempt": attempt + 1, "next_run_id": pipeline.trigger_run_id(pipeline_id, attempt + 1)}
+
+
+# --- 4. the outcome ------------------------------------------------------------------------------------
+
+
+def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
+    """Register the winning attempt, move production if not worse, push the tuned file back."""
+    from pushtrain.registry import ModelRegistry
+
+    pipeline_id, attempt = decision["pipeline_id"], decision["attempt"]
+    run = Pipeline.load(pipeline_id)
+    record = next(r for r in pipeline.attempt_records(pipeline_id) if r["attempt"] == attempt)
+    registry = ModelRegistry(settings.registry_dir())
+    lineage = {**record, "pipeline": {"branch": run.branch, "author_email": run.author_email,
+                                      "origin_dag_run_id": run.origin_dag_run_id, "config": vars(run.config)}}
+    version = registry.register(run.model_name, pipeline.attempt_dir(pipeline_id, attempt) / contract.MODEL_DIR,
+                                record["evaluation"], lineage, pipeline_run_id=pipeline_id)
+    promotion = registry.promote_if_not_worse(run.model_name, version)
+
+    pushed = None
+    if attempt > 1 and run.config.commit_back and remote is not None:
+        branch = f"pushtrain/{run.commit[:8]}"
+        workspace = pipeline.workspace_dir(pipeline_id) / "repo"
+        shutil.copyfile(pipeline.attempt_dir(pipeline_id, attempt) / "code" / run.config.entry,
+                        workspace / run.config.entry)
+        sha = gitops.push_model_branch(
+            remote, workspace, run.config.entry, branch,
+            f"pushtrain: tuned {run.config.entry} (attempt {attempt}, accuracy "
+            f"{record['evaluation']['accuracy']:.4f})\n\n{record['tweak_diff']}")
+        pushed = f"{branch} ({sha[:8]})" if sha else None
+    return {"pipeline_id": pipeline_id, "attempt": attempt, "model_name": run.model_name,
+            "version": version.number, "path": str(version.path), "promotion": promotion.reason,
+            "is_production": promotion.candidate_is_production, "pushed_branch": pushed,
+            "accuracy": record["evaluation"]["accuracy"]}
+
+
+def report_budget_spent(decision: dict) -> dict:
+    records = pipeline.attempt_records(decision["pipeline_id"])
+    best = pipeline.best_record(records)
+    return {"pipeline_id": decision["pipeline_id"], "reason": decision["reason"], "attempts": len(records),
+            "best_attempt": best["attempt"], "best_accuracy": best["evaluation"]["accuracy"]}
+
+
+def finish_pipeline(prepared: dict | None, decision: dict | None) -> list[str]:
+    """Clean up once the pipeline ended here (target met, stopped, or failed); not when it goes on."""
+    if not prepared:
+        return []
+    if decision and decision["action"] == Action.RETRAIN:
+        return []
+    removed = pipeline.cleanup(prepared["pipeline_id"])
+    summary = pipeline.pipeline_dir(prepared["pipeline_id"]) / "summary.json"
+    contract.write_json_atomic(summary, {"ended_after_attempt": prepared["attempt"],
+                                         "outcome": decision["action"] if decision else "failed",
+                                         "reason": decision["reason"] if decision else "a task failed"})
+    return removed
+
+
+def pipeline_summary(pipeline_id: str) -> dict[str, Any]:
+    path = pipeline.pipeline_dir(pipeline_id) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
