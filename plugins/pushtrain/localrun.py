@@ -56,14 +56,15 @@ class LocalRunResult:
                 "reason": self.outcome.describe(), "message": message}
 
 
-def training_command(model_file: str, hparams: dict, kind: str, run_key: str) -> list[str]:
-    return ["train", "--model", f"{MODEL_MOUNT}/{model_file}", "--data", DATA_MOUNT, "--out", OUT_MOUNT,
-            "--hparams", json.dumps(hparams), "--kind", kind, "--run-key", run_key]
+def training_command(model_file: str, hparams: dict, kind: str, run_key: str, checkpoints: bool = True) -> list[str]:
+    command = ["train", "--model", f"{MODEL_MOUNT}/{model_file}", "--data", DATA_MOUNT, "--out", OUT_MOUNT,
+               "--hparams", json.dumps(hparams), "--kind", kind, "--run-key", run_key]
+    return command if checkpoints else [*command, "--no-checkpoints"]
 
 
 def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, kind: str | None = None,
           memory: str | None = None, cpus: float | None = None, name: str | None = None,
-          log=None) -> LocalRunResult:
+          log=None, checkpoints: bool = True) -> LocalRunResult:
     from docker.types import Mount
 
     model, data, out = Path(model).resolve(), Path(data).resolve(), Path(out).resolve()
@@ -89,7 +90,7 @@ def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, ki
     spec = ContainerSpec(
         name=f"pushtrain-{run_key}",
         image=image,
-        command=training_command(model.name, hparams or {}, kind, run_key),
+        command=training_command(model.name, hparams or {}, kind, run_key, checkpoints),
         mounts=[Mount(MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
                 Mount(DATA_MOUNT, str(data), type="bind", read_only=True),
                 Mount(OUT_MOUNT, str(out), type="bind")],

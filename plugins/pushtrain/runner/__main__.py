@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
     train.add_argument("--kind", choices=contract.KINDS, help="model kind (default: from the builder name)")
     train.add_argument("--run-key", default="local", help="pipeline run and attempt; keys the checkpoints")
+    train.add_argument("--no-checkpoints", action="store_true",
+                       help="skip per-epoch checkpoints (benchmarks only: such a run cannot resume)")
 
     evaluate = commands.add_parser("evaluate", help="score a saved model on held-out images")
     evaluate.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
@@ -76,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
         data = load_image_folder(args.data)
         attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
                           out_dir=out_dir, run_key=args.run_key,
-                          progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard)
+                          progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard,
+                          checkpoints=not args.no_checkpoints)
         metrics = train_keras(attempt) if kind == "cnn" else train_sklearn(attempt)
     except Terminated:
         return _fail(out_dir, contract.EXIT_TERMINATED, "SIGTERM before training completed; "

@@ -73,14 +73,15 @@ class CheckpointStore:
     directory: Path
     suffix: str  # ".keras" or ".joblib": Keras picks the format from the file name
     state: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True  # off only to measure what checkpointing costs (benchmarks/); then no resume
 
     @classmethod
-    def open(cls, out_dir: Path, key: str, suffix: str) -> CheckpointStore:
+    def open(cls, out_dir: Path, key: str, suffix: str, enabled: bool = True) -> CheckpointStore:
         directory = out_dir / contract.CHECKPOINT_DIR / key
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob(".tmp-*"):  # a write that a kill interrupted
             leftover.unlink(missing_ok=True)
-        store = cls(directory, suffix)
+        store = cls(directory, suffix, enabled=enabled)
         state_path = directory / "state.json"
         if state_path.exists():
             store.state = json.loads(state_path.read_text())
@@ -104,6 +105,9 @@ class CheckpointStore:
         return self.directory / name if name else None
 
     def save(self, epoch: int, history: list[dict], train_seconds: float, write: Callable[[Path], None]) -> None:
+        if not self.enabled:
+            self.state = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
+            return
         name = f"epoch-{epoch:04d}{self.suffix}"
         temporary = self.directory / f".tmp-{epoch:04d}{self.suffix}"
         write(temporary)
@@ -132,6 +136,7 @@ class Attempt:
     run_key: str
     progress: Progress
     guard: TerminationGuard
+    checkpoints: bool = True
 
     def split(self) -> tuple[ImageFolder, ImageFolder, str]:
         mask = validation_mask(self.data.relative_paths, VALIDATION_FRACTION)
@@ -205,7 +210,7 @@ def train_keras(attempt: Attempt) -> dict:
         attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
         return done
 
-    store = CheckpointStore.open(attempt.out_dir, key, ".keras")
+    store = CheckpointStore.open(attempt.out_dir, key, ".keras", enabled=attempt.checkpoints)
     custom_objects = {k: v for k, v in vars(attempt.model.module).items() if isinstance(v, type)}
     keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
     resumed_from = store.last_epoch
@@ -270,7 +275,7 @@ def train_sklearn(attempt: Attempt) -> dict:
         attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
         return done
 
-    store = CheckpointStore.open(attempt.out_dir, key, ".joblib")
+    store = CheckpointStore.open(attempt.out_dir, key, ".joblib", enabled=attempt.checkpoints)
     resumed_from = store.last_epoch
     if store.checkpoint_path and store.checkpoint_path.exists():
         estimator = joblib.load(store.checkpoint_path)
