@@ -93,8 +93,10 @@ def train_on_push() -> None:
         """Attempt 1 trains the code exactly as committed."""
         return steps.prepare_first_attempt(checkout["pipeline_id"])
 
-    checkout = checkout_commit(wait_for_commit())
-    dag_parts.attempt_tail(prepare_attempt(checkout, detect_kind(checkout)))
+    found = wait_for_commit()
+    checkout = checkout_commit(found)
+    kind = detect_kind(checkout)
+    dag_parts.attempt_tail(prepare_attempt(checkout, kind), earlier=[found, checkout, kind])
 
 
 train_on_push()

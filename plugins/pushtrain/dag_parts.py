@@ -62,8 +62,11 @@ def remote_for(params: dict):
     return gitops.remote_from_connection(url=params.get("repo_url") or None)
 
 
-def attempt_tail(prepared) -> None:
-    """Add the shared tasks downstream of ``prepared`` (the XComArg of the ``prepare_attempt`` task)."""
+def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
+    """Add the shared tasks downstream of ``prepared`` (the XComArg of the ``prepare_attempt`` task).
+
+    ``earlier`` lists the DAG's own tasks before ``prepare_attempt``, so a failure there fails the run too.
+    """
 
     @task.branch(task_id="choose_trainer")
     def choose_trainer(attempt: dict) -> str:
@@ -121,8 +124,11 @@ def attempt_tail(prepared) -> None:
     @task(task_id="finish_pipeline", trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None)
     def finish_pipeline(**context: Any) -> list[str]:
         """Remove the checkout and checkpoints once the pipeline ended here (met, stopped or failed)."""
-        ti = context["ti"]
-        return steps.finish_pipeline(ti.xcom_pull(task_ids="prepare_attempt"),
+        ti, params = context["ti"], context["params"]
+        # The attempt may have failed before prepare_attempt: fall back to what identifies the pipeline.
+        started = (ti.xcom_pull(task_ids="prepare_attempt") or ti.xcom_pull(task_ids="checkout_commit")
+                   or {"pipeline_id": params.get("pipeline_id"), "attempt": params.get("attempt")})
+        return steps.finish_pipeline(started.get("pipeline_id"), int(started.get("attempt") or 1),
                                      ti.xcom_pull(task_ids="judge_attempt"))
 
     route = choose_trainer(prepared)
@@ -133,7 +139,17 @@ def attempt_tail(prepared) -> None:
     outcomes = [met >> Label("target met") >> register_model(decision),
                 retry >> Label("below target, budget left") >> trigger_retrain,
                 spent >> Label("budget spent") >> report_budget_spent(decision)]
-    outcomes >> finish_pipeline()
+    finish = finish_pipeline()
+    outcomes >> finish
+
+    @task(task_id="fail_if_any_step_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0,
+          on_failure_callback=None)
+    def fail_if_any_step_failed() -> None:
+        """Fail the run when a step failed: finish_pipeline, the other leaf, runs and succeeds regardless."""
+        raise AirflowFailException("a step of this pipeline run failed: its task log says why")
+
+    every_step = [*earlier, prepared, route, *trainers, evaluate, decision, met, retry, spent, *outcomes, finish]
+    every_step >> fail_if_any_step_failed()
 
 
 def _remote_of_pipeline(pipeline_id: str):

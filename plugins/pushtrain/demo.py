@@ -24,7 +24,7 @@ from pushtrain import datasets, pipeline, settings
 from pushtrain.mailsink import MailSink, read_mails
 from pushtrain.standalone import EmbeddedAirflow
 
-DAG_IDS = ["train_on_push", "tweak_and_retrain"]
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
 AUTHOR = ("Dana Scientist", "dana@example.com")
 
 
@@ -35,9 +35,10 @@ def git(*args: str, cwd: Path) -> str:
                                "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd)}).stdout.strip()
 
 
-def make_model_repo(root: Path, template: str = "cnn_keras.py", config: dict | None = None) -> tuple[Path, Path]:
+def make_model_repo(root: Path, template: str = "cnn_keras.py", config: dict | None = None,
+                    name: str = "model-repo") -> tuple[Path, Path]:
     """A bare "remote" and a working clone holding the template as model.py and a pushtrain.toml."""
-    bare, work = root / "model-repo.git", root / "model-repo"
+    bare, work = root / f"{name}.git", root / name
     for path in (bare, work):
         shutil.rmtree(path, ignore_errors=True)
     bare.mkdir(parents=True)

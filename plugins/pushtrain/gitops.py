@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pushtrain import settings
 
@@ -40,8 +40,8 @@ class GitRemote:
         """The URL without credentials, for logs, mails and lineage."""
         parts = urlsplit(self.url)
         if parts.password or parts.username:
-            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-            return urlunsplit(parts._replace(netloc=netloc))
+            # The host part as written (keeps an IPv6 literal's brackets, which ``hostname`` drops).
+            return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         return self.url
 
     def fetch_url(self) -> str:
@@ -61,11 +61,11 @@ class GitRemote:
 def remote_from_connection(conn_id: str = settings.GIT_CONN_ID, url: str | None = None) -> GitRemote:
     """The watched remote: ``url`` if given (a Param), else the connection's host; credentials from it."""
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowRuntimeError
+    from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
     try:
         connection = BaseHook.get_connection(conn_id)
-    except AirflowRuntimeError:
+    except (AirflowNotFoundException, AirflowRuntimeError):  # not defined: the URL Param must do
         connection = None
     if connection is None:
         if not url:
@@ -99,9 +99,13 @@ def _locked(path: Path):
 
 
 def _scrub(text: str, remote: GitRemote) -> str:
-    for secret in (remote.password, remote.fetch_url()):
-        if secret and secret != remote.url:
-            text = text.replace(secret, "***")
+    """``text`` without any form of the remote's password: the connection's, or one written in the URL."""
+    secrets = {remote.fetch_url(), remote.url} - {remote.display_url}
+    for password in (remote.password, urlsplit(remote.url).password):
+        if password:
+            secrets |= {password, quote(password, safe=""), unquote(password)}
+    for secret in sorted(secrets, key=len, reverse=True):  # a whole URL before the password inside it
+        text = text.replace(secret, "***")
     return text
 
 
@@ -115,11 +119,11 @@ def fetch(remote: GitRemote):
             if not (mirror / "HEAD").exists():
                 shutil.rmtree(mirror, ignore_errors=True)
                 repo = git.Repo.init(mirror, bare=True)
-                repo.create_remote("origin", remote.fetch_url())
+                repo.create_remote("origin", remote.display_url)
             repo = git.Repo(mirror)
-            repo.remotes.origin.set_url(remote.fetch_url())
+            repo.remotes.origin.set_url(remote.display_url)  # no credentials at rest in the mirror's config
             with repo.git.custom_environment(**remote.environment()):
-                repo.git.fetch("origin", "+refs/heads/*:refs/heads/*", "--prune", "--quiet")
+                repo.git.fetch(remote.fetch_url(), "+refs/heads/*:refs/heads/*", "--prune", "--quiet")
         except git.GitCommandError as exc:
             raise GitError(f"cannot fetch {remote.display_url}: {_scrub(str(exc.stderr).strip(), remote)} "
                            "(check the URL and the git_default connection's credentials)") from None
@@ -186,7 +190,8 @@ def push_model_branch(remote: GitRemote, workspace: Path, relative_file: str, br
         config.set_value("user", "email", os.environ.get("PUSHTRAIN_GIT_EMAIL", "pushtrain@localhost"))
     repo.git.checkout("-B", branch)
     repo.index.add([relative_file])
-    repo.index.commit(message)
+    if repo.index.diff("HEAD"):  # a retry finds its commit made already: push it again, add no empty one
+        repo.index.commit(message)
     try:
         with repo.git.custom_environment(**remote.environment()):
             repo.git.push("--force", remote.fetch_url(), f"HEAD:refs/heads/{branch}")

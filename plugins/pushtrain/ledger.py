@@ -1,9 +1,9 @@
 """Which commits have been taken for training: each commit is trained once, across restarts.
 
-A claim is a file created with ``O_EXCL`` under ``<data_dir>/ledger/<repo key>/<sha>.json``: the file
-system, not the scheduler's memory, decides who got a commit, so a restarted scheduler, a retried task or
-two DAG runs racing for the same push still train it once. A retry of the run that claimed a commit sees
-its own claim and carries on.
+A claim is a file under ``<data_dir>/ledger/<repo key>/<sha>.json``, created with its content in one step
+(a hard link, which fails where the file exists): the file system, not the scheduler's memory, decides who
+got a commit, so a restarted scheduler, a retried task or two DAG runs racing for the same push still train
+it once. A retry of the run that claimed a commit sees its own claim and carries on.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,13 +29,18 @@ def claim(repo_url: str, sha: str, run_id: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sha}.json"
     record = {"sha": sha, "run_id": run_id, "at": datetime.now(UTC).isoformat()}
+    # Write the record to a private file, then link it in place: the claim appears with its content in one
+    # step, so a racing reader or a kill between create and write never leaves an empty claim that even
+    # the claiming run's retry could not recognise as its own.
+    staged = folder / f".{sha}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    staged.write_text(json.dumps(record))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(staged, path)
     except FileExistsError:
         existing = read(repo_url, sha)
         return existing is not None and existing.get("run_id") == run_id
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle)
+    finally:
+        staged.unlink(missing_ok=True)
     return True
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk.exceptions import AirflowException
 
-from pushtrain import images, pipeline
+from pushtrain import health, images, pipeline
 from pushtrain.runner import contract
 from pushtrain.sandbox import (
     OUT_DIR_LABEL,
@@ -28,6 +28,7 @@ from pushtrain.sandbox import (
     RUN_KEY_LABEL,
     ContainerOutcome,
     ContainerSpec,
+    Lease,
     Sandbox,
     prepare_output_dir,
     remove_container,
@@ -58,6 +59,7 @@ class SandboxedDockerOperator(DockerOperator):
         super().__init__(**kwargs)
         self.sandbox = sandbox or Sandbox()
         self.container_wall_seconds = 0.0
+        self.lease: Lease | None = None  # set by subclasses that let container_health restart the container
 
     def execute(self, context: Context) -> Any:
         self._normalize_mounts()
@@ -71,7 +73,7 @@ class SandboxedDockerOperator(DockerOperator):
                              mounts=target_mounts, labels=self.labels or {}, environment=self.environment)
         started = time.monotonic()
         outcome = run_container(self.cli, spec, self.sandbox, self.log.info,
-                                remove=self.auto_remove != "never", on_start=self._remember)
+                                remove=self.auto_remove != "never", on_start=self._remember, lease=self.lease)
         self.container_wall_seconds = time.monotonic() - started
         return outcome
 
@@ -80,6 +82,8 @@ class SandboxedDockerOperator(DockerOperator):
 
     def on_kill(self) -> None:
         """Marked failed or timed out: stop the container (SIGKILL after a grace period) and remove it."""
+        if self.lease:  # first, so container_health cannot restart what is being stopped
+            health.release_lease(self.lease.out_dir, self.lease.role)
         if self.container is None:
             return
         self.log.info("stopping container %s", self.container_name)
@@ -87,6 +91,11 @@ class SandboxedDockerOperator(DockerOperator):
             self.cli.stop(self.container["Id"], timeout=STOP_TIMEOUT_S)
         finally:
             remove_container(self.cli, self.container["Id"])
+
+
+def _lease(context: Context, out_dir: Path, role: str) -> Lease:
+    ti = context["ti"]
+    return Lease(out_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}")
 
 
 def _attempt_from_xcom(context: Context) -> tuple[str, int]:
@@ -129,8 +138,8 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         entry = Path(run.config.entry)
         manifest = datasets.ensure_dataset(run.config.dataset)
         prepare_output_dir(out_dir)
-        (out_dir / contract.METRICS_FILE).unlink(missing_ok=True)  # a retry overwrites its own output
-
+        # No clean-up of earlier output here: the runner's checkpoint key tells a retry of the same attempt
+        # (resume, or nothing to do once complete) from different code (train anew, overwrite).
         run_key = f"{pipeline_id}/attempt-{attempt}"
         self.container_name = pipeline.container_name(pipeline_id, attempt, "train")
         self.command = training_command(str(entry), {}, self.kind, run_key)
@@ -138,6 +147,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
                        Mount(DATA_MOUNT, str(manifest.train_dir), type="bind", read_only=True),
                        Mount(OUT_MOUNT, str(out_dir), type="bind")]
         self.labels = {ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, OUT_DIR_LABEL: str(out_dir)}
+        self.lease = _lease(context, out_dir, "train")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, out_dir))
@@ -152,6 +162,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
             "image": self.image,
             "image_id": self.cli.inspect_image(self.image)["Id"],
             "container_wall_seconds": round(self.container_wall_seconds, 3),
+            "container_restarts": outcome.restarts,
             "train_seconds": metrics["train_seconds"],
             "validation_accuracy": metrics["accuracy"],
             "hparams": metrics["hparams"],
@@ -193,7 +204,8 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
                              read_only=True),
                        Mount(f"{OUT_MOUNT}/evaluation", str(evaluation_dir), type="bind"),
                        Mount(DATA_MOUNT, str(manifest.test_dir), type="bind", read_only=True)]
-        self.labels = {ROLE_LABEL: "evaluate", RUN_KEY_LABEL: run_key, OUT_DIR_LABEL: str(out_dir)}
+        self.labels = {ROLE_LABEL: "evaluate", RUN_KEY_LABEL: run_key, OUT_DIR_LABEL: str(evaluation_dir)}
+        self.lease = _lease(context, evaluation_dir, "evaluate")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, evaluation_dir))

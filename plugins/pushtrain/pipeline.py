@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,9 @@ from pushtrain.strategies import STRATEGIES, AttemptRecord, no_real_gain
 
 CONFIG_FILE = "pushtrain.toml"
 DATASETS = ("digits", "mnist5k")
+# The registry's rule for a model name (a folder name there), checked here so a bad name fails at checkout,
+# not after the whole training loop when the winner is registered.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,11 @@ class PipelineConfig:
             problems.append(f"strategy {self.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
         if self.patience < 1:
             problems.append(f"patience must be at least 1, got {self.patience}")
+        if not 0.0 <= self.min_gain < 1.0:
+            problems.append(f"min_gain must be in [0, 1), got {self.min_gain}")
+        if self.model_name and not MODEL_NAME_PATTERN.fullmatch(self.model_name):
+            problems.append(f"model_name {self.model_name!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit")
         if Path(self.entry).is_absolute() or ".." in Path(self.entry).parts:
             problems.append(f"entry {self.entry!r} must be a path inside the repository")
         if problems:
@@ -87,7 +96,10 @@ def load_config(repo_dir: Path, overrides: dict[str, Any] | None = None) -> Pipe
             document = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{CONFIG_FILE} is not valid TOML: {exc}") from None
-        values.update(document.get("pushtrain", document))
+        table = document.get("pushtrain", document)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{CONFIG_FILE}: `pushtrain` must be a table ([pushtrain]), got {table!r}")
+        values.update(table)
     for key, value in (overrides or {}).items():
         if value is None or value == "" or (key == "kind" and value == "auto"):
             continue  # an empty Param keeps what the repository asked for

@@ -12,8 +12,11 @@ name is adopted rather than started twice.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pushtrain import settings
@@ -91,6 +94,7 @@ class ContainerOutcome:
     oom_killed: bool
     adopted: bool
     memory_limit: str
+    restarts: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -139,6 +143,15 @@ def start_or_adopt(client: APIClient, spec: ContainerSpec, sandbox: Sandbox) -> 
     return container["Id"], False
 
 
+@dataclass
+class Lease:
+    """The running task's claim on its attempt, so the health check knows the container is still wanted."""
+
+    out_dir: os.PathLike
+    role: str
+    holder: str
+
+
 def run_container(
     client: APIClient,
     spec: ContainerSpec,
@@ -147,24 +160,90 @@ def run_container(
     *,
     remove: bool = True,
     on_start: Callable[[str], None] | None = None,
+    lease: Lease | None = None,
 ) -> ContainerOutcome:
-    """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it."""
+    """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it.
+
+    With a ``lease``, a container that dies is not the end: the task keeps its lease fresh and waits for
+    the container_health DAG to restart it (the runner then resumes from its checkpoint), and fails only
+    when the health check gives up or does not restart it in time.
+    """
+    from pushtrain import health
+
     container_id, adopted = start_or_adopt(client, spec, sandbox)
     if on_start:
         on_start(container_id)
     if adopted:
         log(f"adopting container {spec.name}, already running")
+    heartbeat = _Heartbeat(lease, spec.name) if lease else None
     try:
-        for chunk in client.logs(container_id, stream=True, follow=True):
-            for line in chunk.decode(errors="replace").splitlines():
-                log(line)
-        status = client.wait(container_id)
-        state = client.inspect_container(container_id)["State"]
-        return ContainerOutcome(spec.name, int(status["StatusCode"]), bool(state.get("OOMKilled")), adopted,
-                                sandbox.memory)
+        since = None
+        while True:
+            for chunk in client.logs(container_id, stream=True, follow=True, since=since):
+                for line in chunk.decode(errors="replace").splitlines():
+                    log(line)
+            status = client.wait(container_id)
+            state = client.inspect_container(container_id)["State"]
+            restarts = health.RestartLog.load(lease.out_dir, lease.role).total if lease else 0
+            outcome = ContainerOutcome(spec.name, int(status["StatusCode"]), bool(state.get("OOMKilled")),
+                                       adopted, sandbox.memory, restarts)
+            if outcome.succeeded or lease is None:
+                return outcome
+            log(f"{outcome.describe()}; waiting for the container_health DAG to restart it")
+            since = _wait_for_restart(client, container_id, state["StartedAt"], lease, log)
+            if since is None:
+                return outcome
     finally:
+        if heartbeat:
+            heartbeat.stop()
         if remove:
             remove_container(client, container_id)
+
+
+def _wait_for_restart(client: APIClient, container_id: str, started_at: str, lease: Lease,
+                      log: Callable[[str], None]) -> datetime | None:
+    """When the container started again (its new logs begin there), or None if nobody restarted it."""
+    from pushtrain import health
+
+    deadline = time.monotonic() + health.restart_window_s(lease.out_dir, lease.role)
+    while time.monotonic() < deadline:
+        state = client.inspect_container(container_id)["State"]
+        if state["StartedAt"] != started_at and (state["Running"] or state["FinishedAt"] > state["StartedAt"]):
+            log("container restarted by container_health; following it again (it resumes from its checkpoint)")
+            # Docker's RFC 3339 time has nanoseconds; the SDK takes a naive UTC datetime for `since`.
+            return datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z"))
+        gave_up = health.RestartLog.load(lease.out_dir, lease.role).gave_up
+        if gave_up:
+            log(f"container_health gave up: {gave_up}")
+            return None
+        time.sleep(1)
+    log("container_health did not restart the container in time: is the container_health DAG unpaused?")
+    return None
+
+
+class _Heartbeat:
+    """Refreshes the lease in a thread while the task waits; releases it when the task is done."""
+
+    def __init__(self, lease: Lease, container: str) -> None:
+        from pushtrain import health
+
+        self._lease, self._container, self._stopped = lease, container, threading.Event()
+        health.write_lease(lease.out_dir, lease.role, container, lease.holder)
+        self._thread = threading.Thread(target=self._beat, name="pushtrain-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        from pushtrain import health
+
+        while not self._stopped.wait(health.LEASE_HEARTBEAT_S):
+            health.write_lease(self._lease.out_dir, self._lease.role, self._container, self._lease.holder)
+
+    def stop(self) -> None:
+        from pushtrain import health
+
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        health.release_lease(self._lease.out_dir, self._lease.role)
 
 
 def remove_container(client: APIClient, container_id: str) -> None:

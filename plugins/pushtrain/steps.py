@@ -45,7 +45,7 @@ def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: s
         sha = gitops.resolve_commit(repo, explicit_commit)
         ledger.claim(remote.display_url, sha, dag_run_id)  # recorded; an explicit request trains regardless
         return _found(remote, branch, sha, [])
-    if run_type == "backfill":
+    if _is_backfill(run_type):
         sha = gitops.head_at(repo, branch, data_interval_end) if data_interval_end else None
         if sha is None:
             raise NothingToTrain(f"branch {branch} had no commit at {data_interval_end}")
@@ -63,6 +63,16 @@ def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: s
         skipped.append(commit.hexsha)
     ledger.mark_superseded(remote.display_url, skipped, sha, dag_run_id)
     return _found(remote, branch, sha, skipped)
+
+
+def _is_backfill(run_type: Any) -> bool:
+    """True for a backfill run, however the run type is spelled.
+
+    In a task the context's ``dag_run.run_type`` is the Task SDK's ``DagRunType`` enum, whose ``str()`` is
+    ``"DagRunType.BACKFILL"`` (not its value, as the core enum's is): accept the value, the enum and that.
+    """
+    text = str(getattr(run_type, "value", run_type)).lower()
+    return text.rpartition(".")[2] in ("backfill", "backfill_job")
 
 
 def _found(remote: gitops.GitRemote, branch: str, sha: str, superseded: list[str]) -> dict:
@@ -97,10 +107,14 @@ def detect_model_kind(pipeline_id: str) -> str:
     from pushtrain.detect import DetectionError, detect_kind
 
     run = Pipeline.load(pipeline_id)
-    entry = pipeline.workspace_dir(pipeline_id) / "repo" / run.config.entry
+    checkout = pipeline.workspace_dir(pipeline_id) / "repo"
+    entry = checkout / run.config.entry
     if not entry.is_file():
         raise UserFacingError(f"the commit has no model file {run.config.entry!r}: add it, or set `entry` in "
                               f"{pipeline.CONFIG_FILE} to your model file's path")
+    if not entry.resolve().is_relative_to(checkout.resolve()):
+        raise UserFacingError(f"the model file {run.config.entry!r} is a link out of the repository: commit "
+                              "the file itself, or set `entry` to a file inside the repository")
     if run.config.kind != "auto":
         run.kind = run.config.kind
         run.detection = [f"kind set to {run.kind} by configuration"]
@@ -120,7 +134,9 @@ def detect_model_kind(pipeline_id: str) -> str:
 
 def _copy_code(source: Path, destination: Path) -> None:
     shutil.rmtree(destination, ignore_errors=True)
-    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".git"))
+    # Links stay links: following them would copy files of this host (a link to ~/.netrc, say) into the
+    # code dir that training containers mount.
+    shutil.copytree(source, destination, symlinks=True, ignore=shutil.ignore_patterns(".git"))
 
 
 def prepare_first_attempt(pipeline_id: str) -> dict:
@@ -240,17 +256,17 @@ def report_budget_spent(decision: dict) -> dict:
             "best_attempt": best["attempt"], "best_accuracy": best["evaluation"]["accuracy"]}
 
 
-def finish_pipeline(prepared: dict | None, decision: dict | None) -> list[str]:
+def finish_pipeline(pipeline_id: str | None, attempt: int, decision: dict | None) -> list[str]:
     """Clean up once the pipeline ended here (target met, stopped, or failed); not when it goes on."""
-    if not prepared:
-        return []
+    if not pipeline_id or not pipeline.pipeline_dir(pipeline_id).exists():
+        return []  # failed before a pipeline existed (no commit, bad input): nothing to clean
     if decision and decision["action"] == Action.RETRAIN:
         return []
-    removed = pipeline.cleanup(prepared["pipeline_id"])
-    summary = pipeline.pipeline_dir(prepared["pipeline_id"]) / "summary.json"
-    contract.write_json_atomic(summary, {"ended_after_attempt": prepared["attempt"],
-                                         "outcome": decision["action"] if decision else "failed",
-                                         "reason": decision["reason"] if decision else "a task failed"})
+    removed = pipeline.cleanup(pipeline_id)
+    contract.write_json_atomic(pipeline.pipeline_dir(pipeline_id) / "summary.json", {
+        "ended_after_attempt": attempt,
+        "outcome": decision["action"] if decision else "failed",
+        "reason": decision["reason"] if decision else f"a task of attempt {attempt} failed: see its log"})
     return removed
 
 

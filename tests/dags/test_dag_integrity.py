@@ -1,0 +1,200 @@
+"""DAG integrity tests in the Astro CLI template's style: every file under ``dags/`` parses into a DagBag
+without import errors, and every DAG carries the docs, tags, owner, retries and Params the project promises.
+
+``tests/conftest.py`` sets ``AIRFLOW_HOME`` and friends before Airflow is imported and puts ``dags/`` and
+``plugins/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import TriggerRule
+from airflow.sdk.exceptions import ParamValidationError
+
+from pushtrain.runner.contract import KINDS
+from pushtrain.strategies import STRATEGIES
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p.name for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+PIPELINE_DAG_IDS = {"train_on_push", "tweak_and_retrain"}  # the two that share dag_parts.attempt_tail
+OWNER = "pushtrain"
+# Pipeline tasks that deliberately never retry: bad input (a model file of no kind) or a final verdict on
+# the run fails the same way every time.
+NO_RETRY_TASKS = {"detect_kind", "fail_if_any_step_failed"}
+
+
+@pytest.fixture(scope="module")
+def dag_bag() -> DagBag:
+    return DagBag(dag_folder=str(DAGS_DIR))
+
+
+def dags_of(dag_bag: DagBag, file_name: str) -> list:
+    dags = [dag for dag in dag_bag.dags.values() if Path(dag.fileloc).name == file_name]
+    assert dags, f"{file_name} defines no DAG"
+    return dags
+
+
+def test_the_dags_folder_holds_the_pipeline_dags(dag_bag: DagBag) -> None:
+    assert {"train_on_push.py", "tweak_and_retrain.py"} <= set(DAG_FILES)
+    assert PIPELINE_DAG_IDS <= set(dag_bag.dag_ids)
+
+
+@pytest.mark.parametrize("file_name", DAG_FILES)
+def test_file_imports_without_errors_and_defines_a_dag(dag_bag: DagBag, file_name: str) -> None:
+    errors = {Path(path).name: error for path, error in dag_bag.import_errors.items()}
+    assert file_name not in errors, errors.get(file_name)
+    assert dags_of(dag_bag, file_name)
+
+
+@pytest.mark.parametrize("file_name", DAG_FILES)
+def test_dag_has_tags_docs_and_a_sane_run_policy(dag_bag: DagBag, file_name: str) -> None:
+    for dag in dags_of(dag_bag, file_name):
+        assert dag.tags and "pushtrain" in dag.tags, dag.dag_id
+        # A markdown module docstring reused as doc_md: a heading that names the DAG.
+        assert dag.doc_md and dag.doc_md.lstrip().startswith("#"), dag.dag_id
+        assert dag.dag_id in dag.doc_md.lstrip().splitlines()[0], dag.dag_id
+        assert dag.catchup is False, dag.dag_id
+        assert dag.max_active_runs and dag.max_active_runs >= 1, dag.dag_id
+        assert dag.start_date is not None and dag.start_date.tzinfo is not None, dag.dag_id
+
+
+@pytest.mark.parametrize("file_name", DAG_FILES)
+def test_every_task_has_the_owner_and_a_deliberate_retry_count(dag_bag: DagBag, file_name: str) -> None:
+    for dag in dags_of(dag_bag, file_name):
+        assert dag.default_args.get("owner") == OWNER, dag.dag_id
+        assert isinstance(dag.default_args.get("retries"), int), f"{dag.dag_id} sets no default retries"
+        for task in dag.tasks:
+            assert task.owner == OWNER, f"{dag.dag_id}.{task.task_id}"
+            assert isinstance(task.retries, int) and task.retries >= 0, f"{dag.dag_id}.{task.task_id}"
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_pipeline_tasks_retry_unless_a_retry_cannot_help(dag_bag: DagBag, dag_id: str) -> None:
+    dag = dag_bag.dags[dag_id]
+    assert dag.default_args["retries"] >= 1
+    assert dag.default_args.get("on_failure_callback") is not None  # the failure mail
+    for task in dag.tasks:
+        if task.task_id in NO_RETRY_TASKS:
+            assert task.retries == 0, f"{dag_id}.{task.task_id}"
+        else:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+# ----------------------------------------------------------------------------------------- train_on_push
+
+
+def test_train_on_push_runs_on_a_schedule_one_run_at_a_time(dag_bag: DagBag) -> None:
+    dag = dag_bag.dags["train_on_push"]
+
+    assert dag.schedule is not None
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+EXPECTED_PARAMS = {
+    "repo_url": ("", "string"),
+    "branch": ("main", "string"),
+    "commit": ("", "string"),
+    "target": (None, ["null", "number"]),
+    "max_attempts": (None, ["null", "integer"]),
+    "kind": ("auto", None),
+    "strategy": (None, ["null", "string"]),
+}
+
+
+def test_train_on_push_params_are_typed(dag_bag: DagBag) -> None:
+    dag = dag_bag.dags["train_on_push"]
+    params = dag.params
+
+    assert set(params.keys()) == set(EXPECTED_PARAMS)
+    for key, (default, json_type) in EXPECTED_PARAMS.items():
+        param = params.get_param(key)
+        assert param.schema.get("title"), key
+        if key != "branch":  # its default comes from PUSHTRAIN_BRANCH
+            assert param.value == default, key
+        if json_type is not None:
+            assert param.schema["type"] == json_type, key
+    target = params.get_param("target").schema
+    assert (target["minimum"], target["maximum"]) == (0.01, 1.0)
+    attempts = params.get_param("max_attempts").schema
+    assert (attempts["minimum"], attempts["maximum"]) == (1, 50)
+    assert params.get_param("kind").schema["enum"] == ["auto", *KINDS]
+    assert set(params.get_param("strategy").schema["enum"]) == {None, *STRATEGIES}
+    assert params.get_param("branch").schema.get("minLength") == 1
+
+
+@pytest.mark.parametrize(("key", "value", "valid"), [
+    ("target", 0.9, True), ("target", None, True), ("target", 0.0, False), ("target", 1.5, False),
+    ("target", "high", False), ("max_attempts", 3, True), ("max_attempts", 0, False),
+    ("max_attempts", 2.5, False), ("kind", "cnn", True), ("kind", "transformer", False),
+    ("strategy", "random", True), ("strategy", "genetic", False),
+])
+def test_train_on_push_params_reject_bad_values(dag_bag: DagBag, key: str, value: object,
+                                                valid: bool) -> None:
+    param = dag_bag.dags["train_on_push"].params.get_param(key)
+    if valid:
+        assert param.resolve(value) == value
+    else:
+        with pytest.raises(ParamValidationError):
+            param.resolve(value)
+
+
+def test_train_on_push_waits_for_a_commit_before_checking_it_out(dag_bag: DagBag) -> None:
+    dag = dag_bag.dags["train_on_push"]
+
+    assert dag.get_task("wait_for_commit").downstream_task_ids >= {"checkout_commit"}
+    assert dag.get_task("checkout_commit").downstream_task_ids >= {"detect_kind", "prepare_attempt"}
+    assert dag.get_task("detect_kind").downstream_task_ids >= {"prepare_attempt"}
+    assert dag.get_task("wait_for_commit").mode == "reschedule"
+
+
+# ------------------------------------------------------------------------------------- tweak_and_retrain
+
+
+def test_tweak_and_retrain_is_only_triggered(dag_bag: DagBag) -> None:
+    dag = dag_bag.dags["tweak_and_retrain"]
+
+    assert dag.schedule is None
+    assert set(dag.params.keys()) >= {"pipeline_id", "attempt"}
+
+
+# ------------------------------------------------------------------------------------ the shared tail
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_choose_trainer_branches_to_one_train_task_per_kind(dag_bag: DagBag, dag_id: str) -> None:
+    dag = dag_bag.dags[dag_id]
+    choose = dag.get_task("choose_trainer")
+    train_tasks = {f"train_{kind}" for kind in KINDS}
+
+    assert train_tasks == {"train_cnn", "train_linear", "train_knn"}
+    assert choose.downstream_task_ids >= train_tasks
+    for task_id in train_tasks:
+        assert dag.get_task(task_id).downstream_task_ids >= {"evaluate"}
+    assert dag.get_task("evaluate").trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_the_gate_leads_to_register_retrain_or_report(dag_bag: DagBag, dag_id: str) -> None:
+    dag = dag_bag.dags[dag_id]
+
+    gates = {"target_met", "retry_allowed", "budget_spent"}
+    assert dag.get_task("judge_attempt").downstream_task_ids >= gates
+    assert "register_model" in dag.get_task("target_met").downstream_task_ids
+    assert "trigger_retrain" in dag.get_task("retry_allowed").downstream_task_ids
+    assert "report_budget_spent" in dag.get_task("budget_spent").downstream_task_ids
+    assert dag.get_task("finish_pipeline").trigger_rule == TriggerRule.ALL_DONE
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_trigger_retrain_is_idempotent(dag_bag: DagBag, dag_id: str) -> None:
+    trigger = dag_bag.dags[dag_id].get_task("trigger_retrain")
+
+    assert trigger.trigger_dag_id == "tweak_and_retrain"
+    assert trigger.skip_when_already_exists is True
+    assert "trigger_run_id" in trigger.template_fields
+    assert "{{" in trigger.trigger_run_id and "next_run_id" in trigger.trigger_run_id
+    assert trigger.wait_for_completion is False

@@ -1,0 +1,243 @@
+"""End to end under a real scheduler: Airflow standalone, real git repos, real containers, a real SMTP server.
+
+One Airflow instance serves every scenario; they are all started up front and overlap, as pushes and manual
+triggers do in real use, and each test then waits for its own pipeline's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pushtrain import datasets, ledger, pipeline, settings
+from pushtrain.demo import commit_and_push, make_model_repo, wait_for_pipeline
+from pushtrain.mailsink import MailSink
+from pushtrain.registry import ModelRegistry
+from pushtrain.sandbox import ROLE_LABEL
+from pushtrain.standalone import EmbeddedAirflow
+from pushtrain.tweak import apply_hparams
+
+pytestmark = pytest.mark.slow
+PIPELINE_TIMEOUT = 900
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
+HEALTH_INTERVAL_S = 30
+NO_KIND_MODEL = '''"""Plain numpy code: the Conv2D and KNeighborsClassifier mentioned here do not count."""
+import numpy as np
+
+HPARAMS = {"epochs": 1}
+
+
+def build_model(hp, input_shape, num_classes):
+    return np.zeros(num_classes)  # "Conv2D" in a string is no evidence either
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Scenario:
+    def __init__(self, root: Path, name: str, template: str, config: dict) -> None:
+        self.bare, self.work = make_model_repo(root / name, template=template, config=config, name=name)
+        self.name = name
+        self.commit = ""
+
+    def push(self, message: str) -> str:
+        with (self.work / "CHANGES.md").open("a") as changes:  # every push carries a change
+            changes.write(f"- {message}\n")
+        self.commit = commit_and_push(self.work, message)
+        return self.commit
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, training_images, monkeypatch_module):
+    root = tmp_path_factory.mktemp("e2e")
+    data_dir = root / "data"
+    monkeypatch_module.setenv("PUSHTRAIN_DATA_DIR", str(data_dir))
+    datasets.ensure_dataset("digits")
+
+    watched = Scenario(root, "watched", "cnn_keras.py", {"dataset": "digits", "target": 0.90, "max_attempts": 5})
+    knn = Scenario(root, "knn-repo", "knn_sklearn.py", {"dataset": "digits", "target": 0.80, "max_attempts": 3})
+    unreachable = Scenario(root, "linear-repo", "linear_sklearn.py", {"dataset": "digits"})
+    unknown = Scenario(root, "unknown-repo", "knn_sklearn.py", {"dataset": "digits"})
+    (unknown.work / "model.py").write_text(NO_KIND_MODEL)
+    healing = Scenario(root, "healing-repo", "cnn_keras.py", {"dataset": "mnist5k", "target": 0.5, "max_attempts": 1})
+    model = healing.work / "model.py"
+    model.write_text(apply_hparams(model.read_text(), {"epochs": 10, "filters": 8, "dense_units": 32,
+                                                       "learning_rate": 0.002}))
+    datasets.ensure_dataset("mnist5k")
+
+    smtp_port = free_port()
+    sink = MailSink(root / "mail", port=smtp_port)
+    airflow = EmbeddedAirflow(home=root / "airflow", data_dir=data_dir, repo_url=str(watched.bare),
+                              smtp_port=smtp_port, port=free_port(), watch_interval_minutes=1,
+                              extra_env={"PUSHTRAIN_HEALTH_INTERVAL_SECONDS": str(HEALTH_INTERVAL_S)})
+    with sink:
+        airflow.start(root / "standalone.log")
+        try:
+            airflow.wait_until_healthy()
+            airflow.wait_for_dags(DAG_IDS)
+            airflow.unpause(*DAG_IDS)
+            watched.push("Weak CNN")
+            scenarios = ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 2}), (unknown, {}), (healing, {}))
+            for scenario, conf in scenarios:
+                scenario.push(f"{scenario.name} model")
+                airflow.airflow("dags", "trigger", "train_on_push", "--conf",
+                                json.dumps({"repo_url": str(scenario.bare), "commit": "main", **conf}))
+            yield {"airflow": airflow, "sink": sink, "root": root, "data_dir": data_dir, "watched": watched,
+                   "knn": knn, "unreachable": unreachable, "unknown": unknown, "healing": healing}
+        finally:
+            airflow.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def mails_about(sink: MailSink, commit: str) -> list:
+    return [m for m in sink.messages() if commit[:8] in m["subject"]]
+
+
+def body(message) -> str:
+    return message.get_body(("html",)).get_content()
+
+
+def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
+    watched = e2e["watched"]
+    summary = wait_for_pipeline(watched.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "met", summary
+    records = pipeline.attempt_records(summary["pipeline_id"])
+    assert len(records) >= 2, "the weak template should need at least one tweak"
+    winner = records[-1]
+    assert winner["evaluation"]["accuracy"] >= 0.90
+    assert all(r["evaluation"]["accuracy"] < 0.90 for r in records[:-1])
+
+    versions = ModelRegistry(e2e["data_dir"] / "registry").versions("watched")
+    assert len(versions) == 1
+    production = ModelRegistry(e2e["data_dir"] / "registry").production("watched")
+    assert production is not None and production.number == versions[0].number
+    lineage = production.lineage
+    assert lineage["commit"] == watched.commit
+    assert lineage["attempt"] == winner["attempt"]
+    assert lineage["dataset"]["test_sha256"] and lineage["image_id"].startswith("sha256:")
+    assert lineage["tweak_diff"].startswith("--- a/model.py")
+    assert lineage["airflow"]["dag_id"] == "tweak_and_retrain"
+    assert lineage["hparams"] == winner["hparams"]
+
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], watched.commit) if "target met" in m["subject"]],
+                       60, "the success mail")
+    assert len(mails) == 1
+    text = body(mails[0])
+    assert mails[0]["to"] == "dana@example.com"
+    assert f"{winner['evaluation']['accuracy']:.4f}" in text and "0.9000" in text
+    assert f"Attempts: {len(records)}" in text
+    assert str(production.path) in text
+    assert "+    &quot;epochs&quot;" in text  # the winning diff
+
+    branch = subprocess.run(["git", "-C", str(watched.bare), "branch", "--list", f"pushtrain/{watched.commit[:8]}"],
+                            capture_output=True, text=True, check=True).stdout
+    assert branch.strip() == f"pushtrain/{watched.commit[:8]}"
+    assert not pipeline.workspace_dir(summary["pipeline_id"]).exists()
+    assert not list(pipeline.pipeline_dir(summary["pipeline_id"]).glob("attempt-*/checkpoints"))
+
+
+def test_sklearn_repo_routes_to_the_sklearn_image(e2e):
+    knn = e2e["knn"]
+    summary = wait_for_pipeline(knn.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "met", summary
+    record = pipeline.attempt_records(summary["pipeline_id"])[0]
+    assert record["kind"] == "knn"
+    assert record["image"].startswith("pushtrain/sklearn:")
+    assert record["evaluation"]["n_evaluated"] == 359
+
+
+def test_unreachable_target_stops_after_exactly_max_attempts_with_leaderboard(e2e):
+    unreachable = e2e["unreachable"]
+    summary = wait_for_pipeline(unreachable.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "stop", summary
+    assert "budget spent: 2 of 2 attempts" in summary["reason"]
+    records = pipeline.attempt_records(summary["pipeline_id"])
+    assert [r["attempt"] for r in records] == [1, 2]
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unreachable.commit) if "not met" in m["subject"]],
+                       60, "the budget-spent mail")
+    assert len(mails) == 1
+    text = body(mails[0])
+    assert "budget spent" in text and "Leaderboard" in text
+    assert text.count("<tr><td>") == 2  # one leaderboard row per attempt
+    assert ModelRegistry(e2e["data_dir"] / "registry").versions("linear-repo") == []
+
+
+def test_unknown_kind_fails_with_a_clear_message_and_a_mail(e2e):
+    unknown = e2e["unknown"]
+    summary = wait_for_pipeline(unknown.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "failed"
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unknown.commit) if "failed" in m["subject"]],
+                       60, "the failure mail")
+    assert "detect_kind" in mails[0]["subject"]
+    text = body(mails[0])
+    assert "no" in text.lower() and "kind" in text
+    assert not pipeline.workspace_dir(summary["pipeline_id"]).exists()
+
+
+def test_two_quick_pushes_are_each_trained_exactly_once(e2e):
+    watched = e2e["watched"]
+    repo_url = str(watched.bare)
+    wait_until(lambda: ledger.is_taken(repo_url, watched.commit), PIPELINE_TIMEOUT, "the first push's claim")
+    (watched.work / "pushtrain.toml").write_text('[pushtrain]\ndataset = "digits"\ntarget = 0.05\nmax_attempts = 1\n')
+    first = watched.push("Quick push 1")
+    wait_until(lambda: ledger.is_taken(repo_url, first), PIPELINE_TIMEOUT, "the claim of quick push 1")
+    second = watched.push("Quick push 2")  # arrives while the first one trains: it queues
+    for commit in (first, second):
+        summary = wait_for_pipeline(commit, PIPELINE_TIMEOUT, report=lambda _: None)
+        assert summary["outcome"] == "met"
+        assert len(list(settings.runs_dir().glob(f"{commit[:8]}-*"))) == 1
+        assert ledger.read(repo_url, commit)["run_id"]
+    assert ledger.read(repo_url, first)["run_id"] != ledger.read(repo_url, second)["run_id"]
+
+
+def test_container_killed_mid_training_is_restarted_by_container_health_and_resumes(e2e):
+    healing = e2e["healing"]
+
+    def progress_log() -> Path | None:
+        found = list(settings.runs_dir().glob(f"{healing.commit[:8]}-*/attempt-1/progress.log"))
+        return found[0] if found and "epoch 3/10 " in found[0].read_text() else None
+
+    log = wait_until(progress_log, PIPELINE_TIMEOUT, "epoch 3 of the healing scenario")
+    container = pipeline.container_name(log.parents[1].name, 1, "train")
+    subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+    killed_at = time.monotonic()
+    wait_until(lambda: "resuming from checkpoint" in log.read_text(), HEALTH_INTERVAL_S + 60, "the restart")
+    assert time.monotonic() - killed_at <= HEALTH_INTERVAL_S + 30 + 5  # interval + 30 s, 5 s of polling slack
+    summary = wait_for_pipeline(healing.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "met", summary
+    record = pipeline.attempt_records(summary["pipeline_id"])[0]
+    assert record["container_restarts"] == 1
+    resumed = record["training_metrics"]["resumed_from_epoch"]
+    assert resumed >= 3
+    epoch_lines = [line for line in log.read_text().splitlines() if "/10 " in line and "] epoch " in line]
+    assert len(epoch_lines) - 10 <= 1  # at most one epoch trained twice
+    assert record["training_metrics"]["epochs_run"] == 10
+
+
+def test_no_containers_are_left_behind(e2e, docker):
+    # Last in this module: every pipeline above has ended by now.
+    assert docker.containers(all=True, filters={"label": ROLE_LABEL}) == []

@@ -1,0 +1,362 @@
+"""Unit tests of pushtrain.pipeline: the configuration a model repository asks for (``pushtrain.toml`` and
+Params), the identities every write derives from, the met/retrain/stop rule, and the clean-up."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pushtrain import pipeline
+from pushtrain.pipeline import Action, ConfigError, PipelineConfig, decide, load_config
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def write_toml(repo: Path, text: str) -> Path:
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / pipeline.CONFIG_FILE).write_text(text)
+    return repo
+
+
+def record(attempt: int, accuracy: float, train_seconds: float = 10.0) -> dict:
+    """An attempt record in the shape ``steps.judge_attempt`` writes (the keys ``decide`` reads)."""
+    return {
+        "attempt": attempt,
+        "pipeline_id": "0123abcd-feedbeef",
+        "hparams": {"epochs": attempt, "filters": 2 * attempt},
+        "evaluation": {"accuracy": accuracy, "container_wall_seconds": 3.0},
+        "timings": {"train_seconds": train_seconds, "train_container_seconds": train_seconds + 2,
+                    "evaluate_container_seconds": 3.0},
+    }
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "data"
+    monkeypatch.setenv("PUSHTRAIN_DATA_DIR", str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_defaults_without_pushtrain_toml(tmp_path: Path) -> None:
+    config = load_config(tmp_path)
+
+    assert config == PipelineConfig()
+    assert (config.target, config.metric, config.max_attempts) == (0.80, "accuracy", 5)
+    assert (config.dataset, config.entry, config.kind, config.strategy) == ("mnist5k", "model.py", "auto",
+                                                                            "default")
+    assert config.commit_back is True
+
+
+FULL_TOML_BODY = """\
+target = 0.9
+max_attempts = 7
+dataset = "digits"
+entry = "src/net.py"
+kind = "cnn"
+strategy = "escalate"
+patience = 2
+min_gain = 0.01
+model_name = "digits-net"
+commit_back = false
+"""
+
+
+@pytest.mark.parametrize("text", [FULL_TOML_BODY, "[pushtrain]\n" + FULL_TOML_BODY],
+                         ids=["top-level keys", "pushtrain table"])
+def test_pushtrain_toml_values_are_read(tmp_path: Path, text: str) -> None:
+    config = load_config(write_toml(tmp_path / "repo", text))
+
+    assert config == PipelineConfig(target=0.9, max_attempts=7, dataset="digits", entry="src/net.py",
+                                    kind="cnn", strategy="escalate", patience=2, min_gain=0.01,
+                                    model_name="digits-net", commit_back=False)
+
+
+def test_integer_target_is_accepted_as_a_float(tmp_path: Path) -> None:
+    config = load_config(write_toml(tmp_path / "repo", "target = 1\n"))
+
+    assert config.target == 1.0
+    assert isinstance(config.target, float)
+
+
+REPO_TOML = 'target = 0.9\nmax_attempts = 7\nkind = "cnn"\nstrategy = "escalate"\n'
+
+
+def test_params_override_pushtrain_toml(tmp_path: Path) -> None:
+    repo = write_toml(tmp_path / "repo", REPO_TOML)
+
+    config = load_config(repo, {"target": 0.95, "max_attempts": 9, "kind": "knn", "strategy": "random"})
+
+    assert (config.target, config.max_attempts, config.kind, config.strategy) == (0.95, 9, "knn", "random")
+
+
+def test_empty_params_keep_what_the_repository_asked_for(tmp_path: Path) -> None:
+    repo = write_toml(tmp_path / "repo", REPO_TOML)
+
+    config = load_config(repo, {"target": None, "max_attempts": None, "kind": "auto", "strategy": ""})
+
+    assert (config.target, config.max_attempts, config.kind, config.strategy) == (0.9, 7, "cnn", "escalate")
+
+
+def test_empty_params_without_toml_give_the_defaults(tmp_path: Path) -> None:
+    assert load_config(tmp_path, {"target": None, "max_attempts": None, "kind": "auto",
+                                  "strategy": None}) == PipelineConfig()
+
+
+@pytest.mark.parametrize(("toml_text", "overrides", "key"), [
+    ("epochs = 3\n", None, "epochs"),
+    ("[pushtrain]\nlearning_rate = 0.1\n", None, "learning_rate"),
+    ("", {"colour": "blue"}, "colour"),
+], ids=["unknown toml key", "unknown key in table", "unknown param"])
+def test_unknown_keys_are_an_error(tmp_path: Path, toml_text: str, overrides: dict | None, key: str) -> None:
+    repo = write_toml(tmp_path / "repo", toml_text)
+
+    with pytest.raises(ConfigError, match="unknown keys") as caught:
+        load_config(repo, overrides)
+    assert key in str(caught.value)
+
+
+@pytest.mark.parametrize(("toml_text", "overrides", "key"), [
+    ("", {"target": "high"}, "target"),
+    ('target = "0.9"\n', None, "target"),
+    ("", {"max_attempts": True}, "max_attempts"),
+    ("max_attempts = 2.5\n", None, "max_attempts"),
+    ("patience = 1.0\n", None, "patience"),
+    ('commit_back = "yes"\n', None, "commit_back"),
+    ("entry = 3\n", None, "entry"),
+    ("", {"strategy": 1}, "strategy"),
+], ids=["target str param", "target str toml", "max_attempts bool", "max_attempts float", "patience float",
+        "commit_back str", "entry int", "strategy int"])
+def test_wrong_types_are_an_error_naming_the_key(tmp_path: Path, toml_text: str, overrides: dict | None,
+                                                 key: str) -> None:
+    repo = write_toml(tmp_path / "repo", toml_text)
+
+    with pytest.raises(ConfigError, match=rf"^{key} must be "):
+        load_config(repo, overrides)
+
+
+@pytest.mark.parametrize(("toml_text", "key"), [
+    ("target = 0\n", "target"),
+    ("target = 1.5\n", "target"),
+    ("target = -0.2\n", "target"),
+    ("target = nan\n", "target"),
+    ("max_attempts = 0\n", "max_attempts"),
+    ("max_attempts = 51\n", "max_attempts"),
+    ("patience = 0\n", "patience"),
+    ("min_gain = -0.1\n", "min_gain"),
+    ("min_gain = 2.0\n", "min_gain"),
+    ('metric = "loss"\n', "metric"),
+    ('dataset = "imagenet"\n', "dataset"),
+    ('kind = "transformer"\n', "kind"),
+    ('strategy = "genetic"\n', "strategy"),
+    ('entry = "/etc/passwd"\n', "entry"),
+    ('entry = "../outside.py"\n', "entry"),
+    ('entry = "src/../../outside.py"\n', "entry"),
+    ('model_name = "my model!"\n', "model_name"),
+], ids=lambda value: value.strip() if isinstance(value, str) else value)
+def test_invalid_values_are_an_error_naming_the_key(tmp_path: Path, toml_text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_toml(tmp_path / "repo", toml_text))
+    assert re.search(rf"\b{key}\b", str(caught.value)), str(caught.value)
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_toml(tmp_path / "repo", 'target = 2.0\ndataset = "imagenet"\n'))
+    assert "target" in str(caught.value) and "dataset" in str(caught.value)
+
+
+def test_allowed_values_are_named_in_the_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="digits.*mnist5k"):
+        load_config(write_toml(tmp_path / "repo", 'dataset = "imagenet"\n'))
+
+
+def test_bad_param_override_is_an_error_even_with_a_valid_toml(tmp_path: Path) -> None:
+    repo = write_toml(tmp_path / "repo", "max_attempts = 3\n")
+    with pytest.raises(ConfigError, match="max_attempts"):
+        load_config(repo, {"max_attempts": 500})
+
+
+INVALID_TOML = ["target = \n", "[pushtrain\ntarget = 0.9\n", "target = 0.9\ntarget = 0.8\n"]
+
+
+@pytest.mark.parametrize("text", INVALID_TOML, ids=["missing value", "unclosed table", "duplicate key"])
+def test_invalid_toml_is_a_config_error(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="pushtrain.toml is not valid TOML"):
+        load_config(write_toml(tmp_path / "repo", text))
+
+
+def test_pushtrain_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pushtrain"):
+        load_config(write_toml(tmp_path / "repo", 'pushtrain = "fast please"\n'))
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def test_pipeline_id_is_deterministic_and_starts_with_the_short_sha() -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    first = pipeline.pipeline_id_for(sha, "scheduled__2026-11-23T01:46:43.967200+00:00")
+
+    assert first == pipeline.pipeline_id_for(sha, "scheduled__2026-11-23T01:46:43.967200+00:00")
+    assert first.startswith("01234567-")
+    assert first != pipeline.pipeline_id_for(sha, "manual__2026-11-23T01:46:43.967200+00:00")
+
+
+def test_trigger_run_id_is_deterministic_per_pipeline_and_attempt() -> None:
+    run_id = pipeline.trigger_run_id("01234567-89abcdef", 2)
+
+    assert run_id == pipeline.trigger_run_id("01234567-89abcdef", 2)
+    assert run_id == "pushtrain__01234567-89abcdef__attempt-2"
+    assert run_id != pipeline.trigger_run_id("01234567-89abcdef", 3)
+    assert run_id != pipeline.trigger_run_id("01234567-00000000", 2)
+
+
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the rule the Docker engine enforces
+
+
+@pytest.mark.parametrize("run_id", [
+    "scheduled__2026-11-23T01:46:43.967200+00:00",
+    "manual__2026-11-23T01:46:43+00:00",
+    "backfill__2026-01-01T00:05:00+00:00",
+    "odd run/id with spaces:and@symbols",
+])
+def test_container_name_is_docker_safe(run_id: str) -> None:
+    name = pipeline.container_name(run_id, 3, "train")
+
+    assert DOCKER_NAME.fullmatch(name), name
+    assert name.startswith("pushtrain-") and name.endswith("-a3-train")
+    assert name == pipeline.container_name(run_id, 3, "train")
+    assert name != pipeline.container_name(run_id, 4, "train")
+    assert name != pipeline.container_name(run_id, 3, "evaluate")
+
+
+def test_dirs_are_under_the_data_dir_and_keyed_on_pipeline_and_attempt(data_dir: Path) -> None:
+    assert pipeline.pipeline_dir("abc-1") == data_dir.resolve() / "runs" / "abc-1"
+    assert pipeline.attempt_dir("abc-1", 2) == data_dir.resolve() / "runs" / "abc-1" / "attempt-2"
+    assert pipeline.workspace_dir("abc-1") == data_dir.resolve() / "workspaces" / "abc-1"
+
+
+def test_a_pipeline_id_cannot_escape_the_runs_dir(data_dir: Path) -> None:
+    path = pipeline.pipeline_dir("../../etc")
+    assert path.parent == data_dir.resolve() / "runs"
+
+
+def test_pipeline_round_trips_through_pipeline_json() -> None:
+    run = pipeline.Pipeline(pipeline_id="01234567-89abcdef", repo_url="/srv/git/models.git", branch="main",
+                            commit="0123456789abcdef0123456789abcdef01234567", author_name="Ada",
+                            author_email="ada@example.com", commit_message="first", kind="cnn",
+                            config=PipelineConfig(target=0.9), origin_dag_run_id="manual__1",
+                            model_name="models", detection=["keras.layers.Conv2D at line 3"])
+    run.save()
+
+    assert pipeline.Pipeline.load(run.pipeline_id) == run
+    with pytest.raises(FileNotFoundError, match="cleaned up"):
+        pipeline.Pipeline.load("ffffffff-00000000")
+
+
+def test_attempt_records_are_read_in_attempt_order() -> None:
+    for attempt in (10, 2, 1):
+        pipeline.write_attempt_record("p-1", attempt, record(attempt, 0.1 * attempt / 10))
+
+    assert [r["attempt"] for r in pipeline.attempt_records("p-1")] == [1, 2, 10]
+    assert pipeline.attempt_records("no-such-pipeline") == []
+
+
+# ------------------------------------------------------------------------------------------------ decide
+
+
+def test_met_when_accuracy_equals_the_target() -> None:
+    config = PipelineConfig(target=0.8)
+    decision = decide(config, [record(1, 0.5), record(2, 0.8)], 2)
+
+    assert decision.action == Action.MET
+    assert (decision.attempt, decision.accuracy, decision.target) == (2, 0.8, 0.8)
+
+
+def test_met_takes_precedence_over_a_spent_budget() -> None:
+    config = PipelineConfig(target=0.8, max_attempts=2)
+    assert decide(config, [record(1, 0.5), record(2, 0.85)], 2).action == Action.MET
+
+
+def test_stop_at_max_attempts_says_budget_spent() -> None:
+    config = PipelineConfig(target=0.9, max_attempts=3)
+    records = [record(1, 0.5), record(2, 0.7), record(3, 0.6)]
+
+    decision = decide(config, records, 3)
+
+    assert decision.action == Action.STOP
+    assert "budget spent" in decision.reason
+    assert "0.7000" in decision.reason  # the best accuracy, not the last one
+    assert decision.accuracy == 0.6
+
+
+def test_stop_when_the_last_patience_attempts_gained_nothing_real() -> None:
+    config = PipelineConfig(target=0.9, max_attempts=10, patience=2, min_gain=0.005)
+    records = [record(1, 0.5), record(2, 0.502), record(3, 0.503)]
+
+    decision = decide(config, records, 3)
+
+    assert decision.action == Action.STOP
+    assert "no real gain" in decision.reason
+
+
+def test_retrain_while_flat_attempts_are_fewer_than_patience() -> None:
+    config = PipelineConfig(target=0.9, max_attempts=10, patience=3, min_gain=0.005)
+    records = [record(1, 0.5), record(2, 0.502), record(3, 0.503)]
+
+    assert decide(config, records, 3).action == Action.RETRAIN
+
+
+def test_retrain_below_target_with_budget_and_gain_left() -> None:
+    config = PipelineConfig(target=0.9, max_attempts=5)
+    records = [record(2, 0.6), record(1, 0.5)]  # order on disk is not attempt order
+
+    decision = decide(config, records, 2)
+
+    assert decision.action == Action.RETRAIN
+    assert decision.accuracy == 0.6
+    assert "attempt 3 of 5" in decision.reason
+
+
+def test_best_record_prefers_the_earlier_attempt_on_a_tie() -> None:
+    records = [record(1, 0.7), record(2, 0.9), record(3, 0.9)]
+    assert pipeline.best_record(records)["attempt"] == 2
+
+
+# ----------------------------------------------------------------------------------------------- cleanup
+
+
+def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results() -> None:
+    pipeline_id = "01234567-89abcdef"
+    workspace = pipeline.workspace_dir(pipeline_id) / "repo"
+    workspace.mkdir(parents=True)
+    (workspace / "model.py").write_text("HPARAMS = {}\n")
+    kept = []
+    for attempt in (1, 2):
+        out = pipeline.attempt_dir(pipeline_id, attempt)
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "epoch-1.keras").write_bytes(b"x" * 100)
+        (out / "model").mkdir()
+        (out / "model" / "model.keras").write_bytes(b"weights")
+        (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+        pipeline.write_attempt_record(pipeline_id, attempt, record(attempt, 0.5))
+        kept += [out / "model" / "model.keras", out / "metrics.json", out / "attempt.json"]
+    other = pipeline.attempt_dir("ffffffff-00000000", 1) / "checkpoints"
+    other.mkdir(parents=True)
+
+    removed = pipeline.cleanup(pipeline_id)
+
+    assert not pipeline.workspace_dir(pipeline_id).exists()
+    assert not any(pipeline.pipeline_dir(pipeline_id).glob("attempt-*/checkpoints"))
+    assert all(path.exists() for path in kept)
+    assert other.exists()  # another pipeline's checkpoints are not ours to remove
+    assert sorted(removed) == sorted(str(p) for p in [pipeline.workspace_dir(pipeline_id),
+                                                       pipeline.attempt_dir(pipeline_id, 1) / "checkpoints",
+                                                       pipeline.attempt_dir(pipeline_id, 2) / "checkpoints"])
+    assert pipeline.cleanup(pipeline_id) == []  # idempotent

@@ -1,0 +1,586 @@
+"""Tests of the git side of the pipeline steps on real repositories: a bare "remote" made with the git CLI in
+a tmp dir, a working clone that pushes to it, and pushtrain's own mirror under a tmp data dir. No mocks of
+git and no Airflow: ``gitops.GitRemote`` is built directly (the ``git_default`` connection is not set here).
+
+Commit times are fixed (``GIT_AUTHOR_DATE``/``GIT_COMMITTER_DATE``) so the backfill rule, "the branch head
+as of the run's logical date", is tested against known instants.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pushtrain import gitops, ledger, pipeline, steps, tweak
+
+BRANCH = "main"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the first commit's time; the others are hours later
+AUTHOR = ("Ada Lovelace", "ada@example.com")
+RUN_1 = "scheduled__2026-11-23T01:46:43.967200+00:00"
+RUN_2 = "scheduled__2026-11-23T01:51:43.967200+00:00"
+RUN_3 = "scheduled__2026-11-23T01:56:43.967200+00:00"
+MODEL = 'HPARAMS = {"epochs": 1}\n'
+CNN_TOML = 'target = 0.9\ndataset = "digits"\n'
+
+
+def git(cwd: Path, *args: str, when: datetime | None = None) -> str:
+    """Run the git CLI with a fixed identity and no user or system configuration."""
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
+           "GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1],
+           "GIT_COMMITTER_NAME": "CI Robot", "GIT_COMMITTER_EMAIL": "ci@example.com"}
+    if when is not None:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = when.isoformat()
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@dataclass
+class Origin:
+    """A bare repository (the watched remote) and a working clone that commits and pushes to it."""
+
+    bare: Path
+    work: Path
+    times: dict[str, datetime] = field(default_factory=dict)
+
+    @property
+    def remote(self) -> gitops.GitRemote:
+        return gitops.GitRemote(url=str(self.bare))
+
+    def commit(self, files: dict[str, str], message: str, when: datetime, *, push: bool = True) -> str:
+        for name, text in files.items():
+            path = self.work / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        git(self.work, "add", "--all")
+        git(self.work, "commit", "--quiet", "--allow-empty", "-m", message, when=when)
+        sha = git(self.work, "rev-parse", "HEAD")
+        self.times[sha] = when
+        if push:
+            self.push()
+        return sha
+
+    def push(self) -> None:
+        git(self.work, "push", "--quiet", "origin", f"HEAD:refs/heads/{BRANCH}")
+
+    def branches(self) -> dict[str, str]:
+        out = git(self.bare, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads")
+        return dict(line.split() for line in out.splitlines())
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "data"
+    monkeypatch.setenv("PUSHTRAIN_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Origin:
+    bare, work = tmp_path / "models.git", tmp_path / "work"
+    git(tmp_path, "init", "--quiet", "--bare", f"--initial-branch={BRANCH}", str(bare))
+    git(tmp_path, "init", "--quiet", f"--initial-branch={BRANCH}", str(work))
+    git(work, "remote", "add", "origin", str(bare))
+    return Origin(bare, work)
+
+
+def find(origin: Origin, run_id: str, run_type: str = "scheduled", when: datetime | None = None,
+         commit: str | None = None) -> dict | None:
+    return steps.find_commit_to_train(remote=origin.remote, branch=BRANCH, dag_run_id=run_id,
+                                      run_type=run_type, data_interval_end=when, explicit_commit=commit)
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)
+
+
+# ----------------------------------------------------------------------------------- find_commit_to_train
+
+
+def test_live_run_claims_the_head_once(origin: Origin) -> None:
+    sha = origin.commit({"model.py": MODEL}, "first model", T0)
+
+    found = find(origin, RUN_1)
+
+    assert found == {"repo_url": str(origin.bare), "branch": BRANCH, "commit": sha, "superseded": []}
+    assert ledger.read(str(origin.bare), sha)["run_id"] == RUN_1
+    assert find(origin, RUN_2) is None  # the next scheduled run waits for a new push
+    assert find(origin, RUN_1) == found  # a retry of the claiming run carries on
+
+
+def test_live_run_on_an_empty_or_missing_branch_keeps_waiting(origin: Origin) -> None:
+    assert find(origin, RUN_1) is None  # nothing pushed yet
+    origin.commit({"model.py": MODEL}, "first model", T0)
+    found = steps.find_commit_to_train(remote=origin.remote, branch="no-such-branch", dag_run_id=RUN_1,
+                                       run_type="scheduled", data_interval_end=None, explicit_commit=None)
+    assert found is None
+
+
+def test_newest_of_several_pushes_wins_and_the_older_are_superseded(origin: Origin) -> None:
+    first = origin.commit({"model.py": MODEL}, "one", T0, push=False)
+    second = origin.commit({"model.py": MODEL.replace("1", "2")}, "two", T0 + hours(1), push=False)
+    third = origin.commit({"model.py": MODEL.replace("1", "3")}, "three", T0 + hours(2), push=False)
+    origin.push()
+
+    found = find(origin, RUN_1)
+
+    assert found["commit"] == third
+    assert found["superseded"] == [second, first]
+    assert ledger.superseded(str(origin.bare)) == sorted([first, second])
+    assert not ledger.is_taken(str(origin.bare), first)
+    assert not ledger.is_taken(str(origin.bare), second)
+
+
+def test_a_new_push_after_the_trained_head_is_found(origin: Origin) -> None:
+    first = origin.commit({"model.py": MODEL}, "one", T0)
+    assert find(origin, RUN_1)["commit"] == first
+    assert find(origin, RUN_2) is None
+
+    second = origin.commit({"model.py": MODEL.replace("1", "2")}, "two", T0 + hours(1))
+
+    found = find(origin, RUN_2)
+    assert found["commit"] == second
+    assert found["superseded"] == []  # the walk stops at the trained commit
+    assert ledger.superseded(str(origin.bare)) == []
+    assert find(origin, RUN_3) is None
+
+
+def test_a_deleted_branch_is_pruned_from_the_mirror(origin: Origin) -> None:
+    origin.commit({"model.py": MODEL}, "one", T0)
+    git(origin.work, "push", "--quiet", "origin", "HEAD:refs/heads/feature")
+    assert gitops.branch_head(gitops.fetch(origin.remote), "feature") is not None
+
+    git(origin.work, "push", "--quiet", "origin", ":refs/heads/feature")
+
+    assert gitops.branch_head(gitops.fetch(origin.remote), "feature") is None
+
+
+@pytest.fixture
+def history(origin: Origin) -> list[str]:
+    """Three commits pushed one hour apart, from T0."""
+    return [origin.commit({"model.py": MODEL.replace("1", str(n + 1))}, f"commit {n}", T0 + hours(n))
+            for n in range(3)]
+
+
+# The DAG passes str(dag_run.run_type): in a task that is the Task SDK enum, whose str() is not its value.
+BACKFILL_SPELLINGS = ["backfill", "DagRunType.BACKFILL"]
+
+
+@pytest.mark.parametrize("run_type", BACKFILL_SPELLINGS)
+def test_backfill_trains_the_head_as_of_its_logical_date(origin: Origin, history: list[str],
+                                                          run_type: str) -> None:
+    found = find(origin, "backfill__a", run_type, when=T0 + hours(1.5))
+
+    assert found == {"repo_url": str(origin.bare), "branch": BRANCH, "commit": history[1], "superseded": []}
+    assert ledger.read(str(origin.bare), history[1])["run_id"] == "backfill__a"
+
+
+def test_backfill_of_the_sdk_run_type_enum(origin: Origin, history: list[str]) -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    assert find(origin, "backfill__a", DagRunType.BACKFILL, when=T0 + hours(0.5))["commit"] == history[0]
+
+
+def test_backfill_at_a_commit_time_takes_that_commit(origin: Origin, history: list[str]) -> None:
+    assert find(origin, "backfill__a", "backfill", when=T0 + hours(2))["commit"] == history[2]
+
+
+def test_backfill_of_a_commit_trained_already_is_nothing_to_train(origin: Origin, history: list[str]) -> None:
+    find(origin, "backfill__a", "backfill", when=T0 + hours(1.5))
+
+    with pytest.raises(steps.NothingToTrain, match=f"{history[1][:8]}.*trained already"):
+        find(origin, "backfill__b", "backfill", when=T0 + hours(1.9))
+
+
+def test_backfill_before_the_first_commit_is_nothing_to_train(origin: Origin, history: list[str]) -> None:
+    with pytest.raises(steps.NothingToTrain, match="had no commit"):
+        find(origin, "backfill__a", "backfill", when=T0 - hours(1))
+    with pytest.raises(steps.NothingToTrain, match="had no commit"):
+        find(origin, "backfill__b", "backfill", when=None)
+
+
+def test_backfill_may_train_a_commit_a_live_run_superseded(origin: Origin, history: list[str]) -> None:
+    assert find(origin, RUN_1)["superseded"] == [history[1], history[0]]
+
+    assert find(origin, "backfill__a", "backfill", when=T0 + hours(1.5))["commit"] == history[1]
+
+
+def test_a_live_run_does_not_treat_a_backfill_date_as_a_limit(origin: Origin, history: list[str]) -> None:
+    """A scheduled (live) run always looks at the head, whatever its data interval."""
+    assert find(origin, RUN_1, "scheduled", when=T0)["commit"] == history[2]
+
+
+def test_explicit_commit_by_short_sha(origin: Origin, history: list[str]) -> None:
+    found = find(origin, "manual__1", "manual", commit=history[0][:7])
+
+    assert found == {"repo_url": str(origin.bare), "branch": BRANCH, "commit": history[0], "superseded": []}
+    assert ledger.read(str(origin.bare), history[0])["run_id"] == "manual__1"
+    # An explicit request trains even a commit another run took.
+    assert find(origin, "manual__2", "manual", commit=history[0])["commit"] == history[0]
+
+
+def test_unknown_explicit_commit_is_a_git_error(origin: Origin, history: list[str]) -> None:
+    with pytest.raises(gitops.GitError, match="'deadbeefdead' is not in the repository"):
+        find(origin, "manual__1", "manual", commit="deadbeefdead")
+
+
+# ---------------------------------------------------------------------------------------- checkout_commit
+
+PARAMS = {"repo_url": "", "branch": BRANCH, "commit": "", "target": None, "max_attempts": 7, "kind": "auto",
+          "strategy": None}
+
+
+def checkout(origin: Origin, sha: str, run_id: str = RUN_1, params: dict | None = None) -> dict:
+    found = {"repo_url": str(origin.bare), "branch": BRANCH, "commit": sha, "superseded": []}
+    return steps.checkout_commit(found, params or PARAMS, run_id, origin.remote)
+
+
+def tree(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): p.read_text() for p in sorted(directory.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(directory).parts}
+
+
+def test_checkout_commit_writes_pipeline_json_and_checks_out_exactly_that_commit(origin: Origin) -> None:
+    files = {"model.py": MODEL, "pushtrain.toml": CNN_TOML, "lib/helpers.py": "X = 1\n"}
+    sha = origin.commit(files, "a model\n\nwith a body", T0)
+    origin.commit({"model.py": MODEL.replace("1", "2"), "later.txt": "not yet\n"}, "later", T0 + hours(1))
+
+    result = checkout(origin, sha)
+
+    pipeline_id = pipeline.pipeline_id_for(sha, RUN_1)
+    assert result == {"pipeline_id": pipeline_id, "commit": sha, "entry": "model.py",
+                      "author_email": AUTHOR[1]}
+    workspace = pipeline.workspace_dir(pipeline_id) / "repo"
+    assert tree(workspace) == files
+    assert git(workspace, "rev-parse", "HEAD") == sha
+    document = json.loads((pipeline.pipeline_dir(pipeline_id) / "pipeline.json").read_text())
+    assert (document["author_name"], document["author_email"]) == AUTHOR
+    assert document["commit"] == sha and document["branch"] == BRANCH
+    assert document["repo_url"] == str(origin.bare)
+    assert document["commit_message"] == "a model\n\nwith a body"
+    assert document["origin_dag_run_id"] == RUN_1
+    assert document["model_name"] == "models"  # the repository's name
+    assert document["config"]["target"] == 0.9  # pushtrain.toml
+    assert document["config"]["dataset"] == "digits"
+    assert document["config"]["max_attempts"] == 7  # the Param
+    assert document["config"]["kind"] == "auto"
+
+
+def test_a_retried_checkout_replaces_what_the_first_try_left(origin: Origin) -> None:
+    sha = origin.commit({"model.py": MODEL}, "one", T0)
+    result = checkout(origin, sha)
+    workspace = pipeline.workspace_dir(result["pipeline_id"]) / "repo"
+    (workspace / "stray.txt").write_text("left by a killed try\n")
+    (workspace / "model.py").write_text("garbage\n")
+
+    assert checkout(origin, sha) == result
+    assert tree(workspace) == {"model.py": MODEL}
+
+
+def test_a_bad_pushtrain_toml_is_a_user_facing_error(origin: Origin) -> None:
+    sha = origin.commit({"model.py": MODEL, "pushtrain.toml": "target = 3\nepochs = 2\n"}, "bad", T0)
+
+    with pytest.raises(steps.UserFacingError, match="epochs"):
+        checkout(origin, sha)
+
+
+def test_a_bad_param_is_a_user_facing_error(origin: Origin) -> None:
+    sha = origin.commit({"model.py": MODEL}, "one", T0)
+
+    with pytest.raises(steps.UserFacingError, match="max_attempts"):
+        checkout(origin, sha, params={**PARAMS, "max_attempts": 0})
+
+
+# ------------------------------------------------------------------------------------- detect_model_kind
+
+
+def test_detect_model_kind_of_the_cnn_template(origin: Origin, templates_dir: Path) -> None:
+    sha = origin.commit({"model.py": (templates_dir / "cnn_keras.py").read_text()}, "cnn", T0)
+    pipeline_id = checkout(origin, sha)["pipeline_id"]
+
+    assert steps.detect_model_kind(pipeline_id) == "cnn"
+
+    run = pipeline.Pipeline.load(pipeline_id)
+    assert run.kind == "cnn"
+    assert run.detection and any("Conv2D" in line for line in run.detection)
+
+
+def test_a_missing_entry_file_names_the_file_and_the_entry_key(origin: Origin, templates_dir: Path) -> None:
+    files = {"model.py": (templates_dir / "cnn_keras.py").read_text(),
+             "pushtrain.toml": 'entry = "src/net.py"\n'}
+    pipeline_id = checkout(origin, origin.commit(files, "wrong entry", T0))["pipeline_id"]
+
+    with pytest.raises(steps.UserFacingError, match=r"'src/net\.py'.*`entry`"):
+        steps.detect_model_kind(pipeline_id)
+
+
+def test_a_kind_set_in_pushtrain_toml_skips_detection(origin: Origin) -> None:
+    # This file matches no kind: detection would fail, so a pass proves it was skipped.
+    files = {"model.py": "HPARAMS = {'alpha': 0.1}\n", "pushtrain.toml": 'kind = "linear"\n'}
+    pipeline_id = checkout(origin, origin.commit(files, "linear by configuration", T0))["pipeline_id"]
+
+    assert steps.detect_model_kind(pipeline_id) == "linear"
+    run = pipeline.Pipeline.load(pipeline_id)
+    assert run.kind == "linear"
+    assert run.detection == ["kind set to linear by configuration"]
+
+
+def test_an_entry_that_links_out_of_the_repository_is_refused(origin: Origin, tmp_path: Path,
+                                                              templates_dir: Path) -> None:
+    outside = tmp_path / "host-file.py"
+    outside.write_text((templates_dir / "cnn_keras.py").read_text())
+    (origin.work / "model.py").symlink_to(outside)
+    pipeline_id = checkout(origin, origin.commit({}, "model.py is a link to a host file", T0))["pipeline_id"]
+
+    with pytest.raises(steps.UserFacingError, match="link out of the repository"):
+        steps.detect_model_kind(pipeline_id)
+
+
+def test_links_in_the_repository_are_copied_as_links_not_as_host_files(origin: Origin, tmp_path: Path,
+                                                                       templates_dir: Path) -> None:
+    secret = tmp_path / "worker.netrc"
+    secret.write_text("machine git.example.com password TOPSECRET\n")
+    (origin.work / "netrc").symlink_to(secret)
+    (origin.work / "lib").mkdir()
+    (origin.work / "lib" / "model.py").write_text((templates_dir / "cnn_keras.py").read_text())
+    (origin.work / "model.py").symlink_to("lib/model.py")  # a link inside the repository is fine
+    pipeline_id = checkout(origin, origin.commit({}, "links", T0))["pipeline_id"]
+    assert steps.detect_model_kind(pipeline_id) == "cnn"
+
+    steps.prepare_first_attempt(pipeline_id)
+
+    code = pipeline.attempt_dir(pipeline_id, 1) / "code"
+    assert (code / "netrc").is_symlink()
+    assert (code / "model.py").is_symlink() and (code / "model.py").read_text().startswith('"""Keras CNN')
+    for path in code.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert "TOPSECRET" not in path.read_text(), path
+
+
+def test_a_file_of_no_kind_is_a_user_facing_error(origin: Origin) -> None:
+    sha = origin.commit({"model.py": "HPARAMS = {'alpha': 0.1}\n"}, "no kind", T0)
+    pipeline_id = checkout(origin, sha)["pipeline_id"]
+
+    with pytest.raises(steps.UserFacingError):
+        steps.detect_model_kind(pipeline_id)
+
+
+# ---------------------------------------------------------------------------- prepare_*_attempt (tweaks)
+
+
+def commented_cnn(templates_dir: Path) -> str:
+    """The cnn template with an inline comment inside HPARAMS and a comment line after it."""
+    source = (templates_dir / "cnn_keras.py").read_text()
+    source = source.replace('    "epochs": 1,\n', '    "epochs": 1,  # start small, pushtrain grows it\n', 1)
+    return source.replace("\n\ndef build_model", "\n# keep this comment\n\ndef build_model", 1)
+
+
+def attempt_record(pipeline_id: str, attempt: int, accuracy: float) -> dict:
+    """The attempt.json of an evaluated attempt, in the layout steps.judge_attempt writes."""
+    code = pipeline.attempt_dir(pipeline_id, attempt) / "code" / "model.py"
+    record = {"attempt": attempt, "pipeline_id": pipeline_id, "hparams": tweak.read_hparams(code.read_text()),
+              "evaluation": {"accuracy": accuracy, "container_wall_seconds": 2.0},
+              "timings": {"train_seconds": 5.0, "train_container_seconds": 7.0,
+                          "evaluate_container_seconds": 2.0}}
+    pipeline.write_attempt_record(pipeline_id, attempt, record)
+    return record
+
+
+@pytest.fixture
+def first_attempt(origin: Origin, templates_dir: Path) -> str:
+    """A cnn pipeline whose attempt 1 was prepared and evaluated (accuracy 0.3); returns its id."""
+    files = {"model.py": commented_cnn(templates_dir), "pushtrain.toml": CNN_TOML, "data/README": "notes\n"}
+    pipeline_id = checkout(origin, origin.commit(files, "cnn", T0))["pipeline_id"]
+    steps.detect_model_kind(pipeline_id)
+    prepared = steps.prepare_first_attempt(pipeline_id)
+    assert prepared == {"pipeline_id": pipeline_id, "attempt": 1, "kind": "cnn", "diff": "", "updates": {}}
+    assert tree(pipeline.attempt_dir(pipeline_id, 1) / "code") == files
+    attempt_record(pipeline_id, 1, 0.3)
+    return pipeline_id
+
+
+def changed_lines(old: str, new: str) -> list[str]:
+    return [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def test_prepare_tweaked_attempt_changes_hparams_only(first_attempt: str) -> None:
+    pipeline_id = first_attempt
+    before = (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text()
+
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 2)
+
+    after = (pipeline.attempt_dir(pipeline_id, 2) / "code" / "model.py").read_text()
+    updates = prepared["updates"]
+    assert prepared["attempt"] == 2 and prepared["kind"] == "cnn" and prepared["based_on_attempt"] == 1
+    assert updates and after != before
+    old_hparams, new_hparams = tweak.read_hparams(before), tweak.read_hparams(after)
+    assert new_hparams == {**old_hparams, **updates}
+    assert {k for k in new_hparams if new_hparams[k] != old_hparams.get(k)} == set(updates)
+    # Every changed line is an HPARAMS entry of an updated key; comments and the rest are byte-identical.
+    entry = re.compile(r'^[+-]\s+"(\w+)": ')
+    for line in changed_lines(before, after):
+        match = entry.match(line)
+        assert match and match.group(1) in updates, line
+    assert "# start small, pushtrain grows it" in after
+    assert "# keep this comment" in after
+    assert before.split("HPARAMS = {")[0] == after.split("HPARAMS = {")[0]  # the docstring
+    assert before.split("\ndef build_model")[1] == after.split("\ndef build_model")[1]
+    # The other files of the repository come along; attempt 1's copy is untouched.
+    assert (pipeline.attempt_dir(pipeline_id, 2) / "code" / "data" / "README").read_text() == "notes\n"
+    assert (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text() == before
+    diff = (pipeline.attempt_dir(pipeline_id, 2) / "tweak.diff").read_text()
+    assert diff == prepared["diff"]
+    assert diff.startswith("--- a/model.py\n+++ b/model.py\n")
+    assert diff == tweak.unified_diff(before, after, "model.py")
+
+
+def test_a_later_attempt_starts_from_the_best_attempt_so_far(first_attempt: str) -> None:
+    pipeline_id = first_attempt
+    steps.prepare_tweaked_attempt(pipeline_id, 2)
+    best = attempt_record(pipeline_id, 2, 0.6)
+
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 3)
+
+    assert prepared["based_on_attempt"] == 2
+    third = tweak.read_hparams((pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text())
+    assert third == {**best["hparams"], **prepared["updates"]}
+    assert third != best["hparams"]
+    # The recorded diff is against the code as committed (attempt 1), so it shows every change so far.
+    original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text()
+    tweaked = (pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text()
+    assert prepared["diff"] == tweak.unified_diff(original, tweaked, "model.py")
+
+
+def test_a_retried_tweak_writes_the_same_attempt(first_attempt: str) -> None:
+    first = steps.prepare_tweaked_attempt(first_attempt, 2)
+    code = pipeline.attempt_dir(first_attempt, 2) / "code"
+    (code / "leftover.txt").write_text("from a killed try\n")
+
+    assert steps.prepare_tweaked_attempt(first_attempt, 2) == first
+    assert not (code / "leftover.txt").exists()
+
+
+def test_tweak_without_an_evaluated_attempt_is_a_user_facing_error(first_attempt: str) -> None:
+    (pipeline.attempt_dir(first_attempt, 1) / "attempt.json").unlink()
+
+    with pytest.raises(steps.UserFacingError, match="no evaluated attempt"):
+        steps.prepare_tweaked_attempt(first_attempt, 2)
+
+
+# --------------------------------------------------------------------------------------- push_model_branch
+
+
+def tuned_workspace(origin: Origin) -> tuple[str, Path]:
+    sha = origin.commit({"model.py": MODEL, "README.md": "hello\n"}, "one", T0)
+    workspace = pipeline.workspace_dir(checkout(origin, sha)["pipeline_id"]) / "repo"
+    (workspace / "model.py").write_text('HPARAMS = {"epochs": 12}\n')
+    return sha, workspace
+
+
+def test_push_model_branch_pushes_the_tuned_file_on_its_own_branch(origin: Origin) -> None:
+    sha, workspace = tuned_workspace(origin)
+    branch = f"pushtrain/{sha[:8]}"
+
+    pushed = gitops.push_model_branch(origin.remote, workspace, "model.py", branch,
+                                      "pushtrain: tuned model.py")
+
+    assert origin.branches() == {BRANCH: sha, branch: pushed}
+    assert git(origin.bare, "show", f"{branch}:model.py") + "\n" == 'HPARAMS = {"epochs": 12}\n'
+    assert git(origin.bare, "show", f"{branch}:README.md") == "hello"
+    assert git(origin.bare, "rev-parse", f"{branch}^") == sha
+    assert git(origin.bare, "log", "-1", "--format=%an|%s", branch) == "pushtrain|pushtrain: tuned model.py"
+    assert git(origin.bare, "diff", "--name-only", sha, branch) == "model.py"
+
+
+def test_a_retried_push_model_branch_pushes_the_same_commit(origin: Origin) -> None:
+    sha, workspace = tuned_workspace(origin)
+    branch = f"pushtrain/{sha[:8]}"
+
+    first = gitops.push_model_branch(origin.remote, workspace, "model.py", branch, "tuned")
+    again = gitops.push_model_branch(origin.remote, workspace, "model.py", branch, "tuned")
+
+    assert again == first
+    assert origin.branches()[branch] == first
+    assert git(origin.bare, "rev-list", "--count", f"{sha}..{branch}") == "1"
+
+
+def test_push_model_branch_to_a_read_only_remote_pushes_nothing(origin: Origin) -> None:
+    sha, workspace = tuned_workspace(origin)
+    read_only = gitops.GitRemote(url=str(origin.bare), read_only=True)
+
+    assert gitops.push_model_branch(read_only, workspace, "model.py", f"pushtrain/{sha[:8]}", "tuned") is None
+    assert origin.branches() == {BRANCH: sha}
+
+
+def test_a_failed_push_does_not_reveal_the_password(origin: Origin) -> None:
+    sha, workspace = tuned_workspace(origin)
+    remote = gitops.GitRemote(url="https://127.0.0.1:9/models.git", login="bob", password="hunter2/x")
+
+    with pytest.raises(gitops.GitError) as caught:
+        gitops.push_model_branch(remote, workspace, "model.py", f"pushtrain/{sha[:8]}", "tuned")
+    message = str(caught.value)
+    assert "https://127.0.0.1:9/models.git" in message
+    assert "hunter2" not in message and "hunter2%2Fx" not in message
+
+
+# ---------------------------------------------------------------------------------------------- GitRemote
+
+
+@pytest.mark.parametrize(("remote", "display", "fetch"), [
+    (gitops.GitRemote(url="https://user:secret@git.example.com/team/models.git"),
+     "https://git.example.com/team/models.git", "https://user:secret@git.example.com/team/models.git"),
+    (gitops.GitRemote(url="https://git.example.com:8443/models.git", login="bob", password="p@ss/word"),
+     "https://git.example.com:8443/models.git", "https://bob:p%40ss%2Fword@git.example.com:8443/models.git"),
+    (gitops.GitRemote(url="https://token@git.example.com/models.git"),
+     "https://git.example.com/models.git", "https://token@git.example.com/models.git"),
+    (gitops.GitRemote(url="https://u:pw@[::1]:8443/models.git"),
+     "https://[::1]:8443/models.git", "https://u:pw@[::1]:8443/models.git"),
+    (gitops.GitRemote(url="/srv/git/models.git", login="bob", password="pw"),
+     "/srv/git/models.git", "/srv/git/models.git"),
+    (gitops.GitRemote(url="git@github.com:team/models.git", key_file="/keys/id"),
+     "git@github.com:team/models.git", "git@github.com:team/models.git"),
+], ids=["creds in url", "login and password", "token only", "ipv6", "local path", "scp-style ssh"])
+def test_credentials_appear_only_in_fetch_url(remote: gitops.GitRemote, display: str, fetch: str) -> None:
+    assert remote.display_url == display
+    assert remote.fetch_url() == fetch
+
+
+def test_ssh_key_goes_into_the_environment_not_the_url() -> None:
+    env = gitops.GitRemote(url="ssh://git@git.example.com/models.git", key_file="/keys/id").environment()
+
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert "-i /keys/id" in env["GIT_SSH_COMMAND"] and "BatchMode=yes" in env["GIT_SSH_COMMAND"]
+
+
+def test_a_failed_fetch_does_not_reveal_or_store_the_password(data_dir: Path) -> None:
+    # Port 9 (discard) on loopback: refused at once, no traffic leaves the machine.
+    remote = gitops.GitRemote(url="https://user:secret@127.0.0.1:9/x.git")
+
+    with pytest.raises(gitops.GitError) as caught:
+        gitops.fetch(remote)
+
+    message = str(caught.value)
+    assert "secret" not in message
+    assert message.startswith("cannot fetch https://127.0.0.1:9/x.git:")
+    for path in data_dir.rglob("*"):  # the mirror's config keeps the URL without credentials
+        if path.is_file():
+            assert b"secret" not in path.read_bytes(), path
+
+
+def test_the_mirror_is_shared_by_remotes_that_differ_only_in_credentials(origin: Origin) -> None:
+    origin.commit({"model.py": MODEL}, "one", T0)
+    one = gitops.fetch(gitops.GitRemote(url=str(origin.bare)))
+    two = gitops.fetch(gitops.GitRemote(url=str(origin.bare), login="bob", password="pw"))
+
+    assert Path(one.git_dir) == Path(two.git_dir)
+    shutil.rmtree(one.git_dir)
+    assert gitops.branch_head(gitops.fetch(origin.remote), BRANCH) is not None  # a lost mirror is rebuilt
