@@ -21,18 +21,17 @@ Trigger by hand with the Params form (a commit to train now, target, attempts, k
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from pushtrain import dag_parts, steps
+from pushtrain import dag_parts, settings, steps
 
-WATCH_INTERVAL = timedelta(minutes=int(os.environ.get("PUSHTRAIN_WATCH_INTERVAL_MINUTES", "5")))
-POKE_INTERVAL_S = int(os.environ.get("PUSHTRAIN_POKE_INTERVAL_SECONDS", "30"))
-DEFAULT_BRANCH = os.environ.get("PUSHTRAIN_BRANCH", "main")
+WATCH_INTERVAL = timedelta(minutes=settings.watch_interval_minutes())
+POKE_INTERVAL_S = settings.poke_interval_s()
+DEFAULT_BRANCH = settings.default_branch()
 
 
 @dag(

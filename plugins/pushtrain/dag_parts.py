@@ -22,7 +22,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Label, TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pushtrain import steps
+from pushtrain import settings, steps
 from pushtrain.mail import BUDGET_SPENT, FAILURE, SUCCESS, PipelineMailNotifier
 from pushtrain.operators import EvaluateAttemptOperator, TrainAttemptOperator
 from pushtrain.runner.contract import KINDS
@@ -30,7 +30,7 @@ from pushtrain.runner.contract import KINDS
 RETRAIN_DAG_ID = "tweak_and_retrain"
 TRAINER_LABELS = {"cnn": "cnn: Keras image", "linear": "linear: scikit-learn image",
                   "knn": "knn: scikit-learn image"}
-TRAINING_TIMEOUT = timedelta(hours=2)
+TRAINING_TIMEOUT = settings.training_timeout()
 
 
 def default_task_args() -> dict[str, Any]:

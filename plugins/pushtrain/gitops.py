@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -187,7 +186,7 @@ def push_model_branch(remote: GitRemote, workspace: Path, relative_file: str, br
     repo = git.Repo(workspace)
     with repo.config_writer() as config:
         config.set_value("user", "name", "pushtrain")
-        config.set_value("user", "email", os.environ.get("PUSHTRAIN_GIT_EMAIL", "pushtrain@localhost"))
+        config.set_value("user", "email", settings.git_email())
     repo.git.checkout("-B", branch)
     repo.index.add([relative_file])
     if repo.index.diff("HEAD"):  # a retry finds its commit made already: push it again, add no empty one

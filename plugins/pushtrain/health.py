@@ -23,7 +23,6 @@ Two parties cooperate through files in the attempt's output dir, never through t
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pushtrain import settings
 from pushtrain.runner import contract
-from pushtrain.sandbox import OUT_DIR_LABEL, ROLE_LABEL
+from pushtrain.sandbox import RESULT_FILE_LABEL, ROLE_LABEL, STATE_DIR_LABEL
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -46,7 +45,7 @@ NEVER_RESTART_EXITS = {contract.EXIT_USAGE, contract.EXIT_DATA_ERROR, contract.E
 
 
 def health_interval_s() -> int:
-    return int(os.environ.get("PUSHTRAIN_HEALTH_INTERVAL_SECONDS", "60"))
+    return settings.health_interval_s()
 
 
 def restart_window_s(out_dir: Path, role: str) -> float:
@@ -116,11 +115,6 @@ def classify_exit(exit_code: int, oom_killed: bool) -> str:
     return "crash"  # anything else (a runner bug, a signal we do not expect): a small budget, then stop
 
 
-def _finished(out_dir: Path, role: str) -> bool:
-    result = contract.METRICS_FILE if role == "train" else "evaluation.json"
-    return (out_dir / result).exists()
-
-
 def _seconds_since(iso_time: str, now: float) -> float:
     from datetime import datetime
 
@@ -137,16 +131,18 @@ def check_containers(client: APIClient, log=print, now: float | None = None) -> 
     for summary in client.containers(all=True, filters={"label": ROLE_LABEL}):
         name = summary["Names"][0].lstrip("/")
         labels = summary.get("Labels") or {}
-        role, out_dir = labels.get(ROLE_LABEL, "train"), Path(labels.get(OUT_DIR_LABEL, "/nonexistent"))
+        role = labels.get(ROLE_LABEL, "train")
+        state_dir = Path(labels.get(STATE_DIR_LABEL, "/nonexistent"))
+        finished = Path(labels.get(RESULT_FILE_LABEL, "/nonexistent")).exists()
         state = client.inspect_container(summary["Id"])["State"]
-        action, reason = _decide(client, summary["Id"], name, role, out_dir, state, now)
+        action, reason = _decide(client, summary["Id"], role, state_dir, finished, state, now)
         line = f"{name}: {action} ({reason})"
         log(line)
         actions.append({"container": name, "action": action, "reason": reason})
     return actions
 
 
-def _decide(client: APIClient, container_id: str, name: str, role: str, out_dir: Path, state: dict,
+def _decide(client: APIClient, container_id: str, role: str, out_dir: Path, finished: bool, state: dict,
             now: float) -> tuple[str, str]:
     from docker.errors import APIError
 
@@ -154,7 +150,7 @@ def _decide(client: APIClient, container_id: str, name: str, role: str, out_dir:
         return "ok", "running"
     exit_code, oom = int(state.get("ExitCode", 0)), bool(state.get("OOMKilled"))
     wanted = lease_is_fresh(out_dir, role, now)
-    if _finished(out_dir, role) and not wanted:
+    if finished and not wanted:
         client.remove_container(container_id, force=True)
         return "removed", "its attempt finished"
     if not wanted:

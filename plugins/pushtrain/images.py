@@ -43,9 +43,14 @@ def say(message: str) -> None:
     print(f"[images] {message}", flush=True)
 
 
+def docker_cli() -> list[str]:
+    """The docker command aimed at the engine every other part of pushtrain uses."""
+    return ["docker", "--host", settings.docker_url()]
+
+
 def _docker(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(["docker", *args], capture_output=capture, text=True)
+        result = subprocess.run([*docker_cli(), *args], capture_output=capture, text=True)
     except FileNotFoundError:
         raise ImageBuildError("the docker command is not installed: install Docker Engine") from None
     if check and result.returncode != 0:
@@ -105,7 +110,7 @@ def build_local_base_image() -> None:
                               f"it): {result.stdout[-2000:]}{result.stderr[-2000:]}")
     say(f"debootstrap done in {time.monotonic() - started:.0f}s; docker import -> {LOCAL_BASE_IMAGE}")
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(["docker", "import", "-c", 'CMD ["/bin/bash"]', "-", LOCAL_BASE_IMAGE],
+    imported = subprocess.run([*docker_cli(), "import", "-c", 'CMD ["/bin/bash"]', "-", LOCAL_BASE_IMAGE],
                               stdin=tar.stdout, capture_output=True, text=True)
     tar.wait()
     shutil.rmtree(rootfs, ignore_errors=True)
@@ -169,8 +174,7 @@ def source_key(name: str) -> str:
 @functools.cache
 def image_reference(name: str) -> str:
     """The image the DAGs run for ``name``: ``PUSHTRAIN_IMAGE_<NAME>`` or the tag of the current source."""
-    override = os.environ.get(f"PUSHTRAIN_IMAGE_{name.upper()}", "").strip()
-    return override or f"pushtrain/{name}:{source_key(name)[:12]}"
+    return settings.image_override(name) or f"pushtrain/{name}:{source_key(name)[:12]}"
 
 
 def image_for_kind(kind: str) -> str:
@@ -208,7 +212,7 @@ def ensure_image(name: str, base_image: str | None = None) -> str:
     say(f"building {tag} on {base_image} (a few minutes the first time)")
     started = time.monotonic()
     build = subprocess.run(
-        ["docker", "build", "--build-arg", f"BASE_IMAGE={base_image}",
+        [*docker_cli(), "build", "--build-arg", f"BASE_IMAGE={base_image}",
          "--build-arg", f"CONTENT_KEY={source_key(name)}", "--build-arg", f"PUSHTRAIN_VERSION={__version__}",
          "-t", tag, "-t", f"pushtrain/{name}:latest", str(context)],
         capture_output=True, text=True,

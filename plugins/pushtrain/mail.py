@@ -9,7 +9,6 @@ templates, so text from a commit (message, diff) is never evaluated as Jinja.
 from __future__ import annotations
 
 import html
-import os
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
@@ -25,7 +24,7 @@ FAILURE = "failure"
 
 
 def _recipient(run: pipeline.Pipeline | None) -> str:
-    return os.environ.get("PUSHTRAIN_NOTIFY_TO", "").strip() or (run.author_email if run else "") or \
+    return settings.notify_to() or (run.author_email if run else "") or \
         "pushtrain@localhost"
 
 
@@ -122,7 +121,7 @@ class PipelineMailNotifier(SmtpNotifier):
     """
 
     def __init__(self, mail: str, **kwargs: Any) -> None:
-        kwargs.setdefault("from_email", os.environ.get("PUSHTRAIN_MAIL_FROM", "pushtrain@localhost"))
+        kwargs.setdefault("from_email", settings.mail_from())
         kwargs.setdefault("smtp_conn_id", settings.SMTP_CONN_ID)
         super().__init__(to="pushtrain@localhost", subject="pushtrain", html_content="", **kwargs)
         self.mail = mail

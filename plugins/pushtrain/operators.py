@@ -13,19 +13,21 @@ Results travel as files in the attempt's output dir, validated against the runne
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
-from pushtrain import health, images, pipeline
+from pushtrain import health, images, pipeline, settings
 from pushtrain.runner import contract
 from pushtrain.sandbox import (
-    OUT_DIR_LABEL,
+    RESULT_FILE_LABEL,
     ROLE_LABEL,
     RUN_KEY_LABEL,
+    STATE_DIR_LABEL,
     ContainerOutcome,
     ContainerSpec,
     Lease,
@@ -55,7 +57,7 @@ class SandboxedDockerOperator(DockerOperator):
         kwargs.setdefault("mount_tmp_dir", False)
         kwargs.setdefault("auto_remove", "force")
         kwargs.setdefault("do_xcom_push", True)
-        kwargs.setdefault("docker_url", None)
+        kwargs.setdefault("docker_url", settings.docker_url())  # the engine container_health watches too
         super().__init__(**kwargs)
         self.sandbox = sandbox or Sandbox()
         self.container_wall_seconds = 0.0
@@ -66,7 +68,14 @@ class SandboxedDockerOperator(DockerOperator):
         if not self.cli.images(name=self.image):
             raise AirflowException(f"training image {self.image} is not built on this Docker engine: run "
                                    "`make images` (or `python -m pushtrain images`) where the engine runs")
-        return self._run_image()
+        try:
+            return self._run_image()
+        except AirflowTaskTimeout:
+            # The container is already removed (run_container's clean-up ran on the way out). A retry would
+            # run into the same limit, so the attempt fails for good.
+            raise AirflowFailException(f"{self.task_id} exceeded its execution_timeout of {self.execution_timeout}; "
+                                       "container stopped and removed, not retried (raise "
+                                       "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS or make training cheaper)") from None
 
     def _run_image_with_mounts(self, target_mounts: list, add_tmp_variable: bool) -> ContainerOutcome:
         spec = ContainerSpec(name=self.container_name, image=self.image, command=self.format_command(self.command),
@@ -86,16 +95,20 @@ class SandboxedDockerOperator(DockerOperator):
             health.release_lease(self.lease.out_dir, self.lease.role)
         if self.container is None:
             return
+        from docker.errors import NotFound
+
         self.log.info("stopping container %s", self.container_name)
         try:
             self.cli.stop(self.container["Id"], timeout=STOP_TIMEOUT_S)
+        except NotFound:
+            pass  # already removed
         finally:
             remove_container(self.cli, self.container["Id"])
 
 
 def _lease(context: Context, out_dir: Path, role: str) -> Lease:
     ti = context["ti"]
-    return Lease(out_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}")
+    return Lease(out_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}/pid-{os.getpid()}")
 
 
 def _attempt_from_xcom(context: Context) -> tuple[str, int]:
@@ -133,8 +146,8 @@ class TrainAttemptOperator(SandboxedDockerOperator):
 
         pipeline_id, attempt = _attempt_from_xcom(context)
         run = pipeline.Pipeline.load(pipeline_id)
-        out_dir = pipeline.attempt_dir(pipeline_id, attempt)
-        code_dir = out_dir / "code"
+        attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
+        out_dir = pipeline.output_dir(pipeline_id, attempt)
         entry = Path(run.config.entry)
         manifest = datasets.ensure_dataset(run.config.dataset)
         prepare_output_dir(out_dir)
@@ -143,11 +156,12 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         run_key = f"{pipeline_id}/attempt-{attempt}"
         self.container_name = pipeline.container_name(pipeline_id, attempt, "train")
         self.command = training_command(str(entry), {}, self.kind, run_key)
-        self.mounts = [Mount(MODEL_MOUNT, str(code_dir), type="bind", read_only=True),
+        self.mounts = [Mount(MODEL_MOUNT, str(attempt_dir / "code"), type="bind", read_only=True),
                        Mount(DATA_MOUNT, str(manifest.train_dir), type="bind", read_only=True),
                        Mount(OUT_MOUNT, str(out_dir), type="bind")]
-        self.labels = {ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, OUT_DIR_LABEL: str(out_dir)}
-        self.lease = _lease(context, out_dir, "train")
+        self.labels = {ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(attempt_dir),
+                       RESULT_FILE_LABEL: str(out_dir / contract.METRICS_FILE)}
+        self.lease = _lease(context, attempt_dir, "train")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, out_dir))
@@ -188,8 +202,8 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
 
         pipeline_id, attempt = _attempt_from_xcom(context)
         run = pipeline.Pipeline.load(pipeline_id)
-        out_dir = pipeline.attempt_dir(pipeline_id, attempt)
-        evaluation_dir = out_dir / "evaluation"
+        attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
+        evaluation_dir = pipeline.evaluation_dir(pipeline_id, attempt)
         prepare_output_dir(evaluation_dir)
         (evaluation_dir / EVALUATION_FILE).unlink(missing_ok=True)
         manifest = datasets.ensure_dataset(run.config.dataset)
@@ -199,13 +213,14 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         self.container_name = pipeline.container_name(pipeline_id, attempt, "evaluate")
         self.command = ["evaluate", "--model-dir", f"{OUT_MOUNT}/model", "--data", DATA_MOUNT,
                         "--out", f"{OUT_MOUNT}/evaluation", "--model", f"{MODEL_MOUNT}/{run.config.entry}"]
-        self.mounts = [Mount(MODEL_MOUNT, str(out_dir / "code"), type="bind", read_only=True),
-                       Mount(f"{OUT_MOUNT}/model", str(out_dir / contract.MODEL_DIR), type="bind",
-                             read_only=True),
+        self.mounts = [Mount(MODEL_MOUNT, str(attempt_dir / "code"), type="bind", read_only=True),
+                       Mount(f"{OUT_MOUNT}/model", str(pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR),
+                             type="bind", read_only=True),
                        Mount(f"{OUT_MOUNT}/evaluation", str(evaluation_dir), type="bind"),
                        Mount(DATA_MOUNT, str(manifest.test_dir), type="bind", read_only=True)]
-        self.labels = {ROLE_LABEL: "evaluate", RUN_KEY_LABEL: run_key, OUT_DIR_LABEL: str(evaluation_dir)}
-        self.lease = _lease(context, evaluation_dir, "evaluate")
+        self.labels = {ROLE_LABEL: "evaluate", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(attempt_dir),
+                       RESULT_FILE_LABEL: str(evaluation_dir / EVALUATION_FILE)}
+        self.lease = _lease(context, attempt_dir, "evaluate")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, evaluation_dir))

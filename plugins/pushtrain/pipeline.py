@@ -4,12 +4,12 @@ A pipeline run spans several DAG runs (``train_on_push`` for attempt 1, then one
 per further attempt), so its state lives in files under the data dir, not in the scheduler:
 
     <data>/runs/<pipeline_id>/pipeline.json          repo, commit, author, kind, the resolved config
-    <data>/runs/<pipeline_id>/attempt-<n>/           this attempt's output dir (mounted into its containers)
-        code/           the model repository as trained (attempt 1: the checkout; later: tweaked copies)
-        checkpoints/    per-epoch checkpoints (removed when the pipeline ends)
-        model/ metrics.json progress.log               the runner's outputs
-        evaluation/evaluation.json                     the trusted evaluation
-        attempt.json                                   the lineage record of the attempt
+    <data>/runs/<pipeline_id>/attempt-<n>/           one attempt; containers write only where marked (rw)
+        code/           the model repository as trained (attempt 1: the checkout; later: tweaked copies), ro
+        output/         the training container's (rw): checkpoints/ (removed when the pipeline ends),
+                        model/, metrics.json, progress.log, error.json
+        evaluation/     the evaluation container's (rw): evaluation.json
+        attempt.json tweak.diff .lease-*.json .restarts-*.json   the platform's own records, never mounted
     <data>/workspaces/<pipeline_id>/repo             the git checkout (removed when the pipeline ends)
 
 The DAG runs pass only ``{"pipeline_id", "attempt"}`` in ``conf``; everything else is read from here.
@@ -131,6 +131,15 @@ def attempt_dir(pipeline_id: str, attempt: int) -> Path:
     return pipeline_dir(pipeline_id) / f"attempt-{attempt}"
 
 
+def output_dir(pipeline_id: str, attempt: int) -> Path:
+    """The one directory the training container may write: user code never reaches the records beside it."""
+    return attempt_dir(pipeline_id, attempt) / "output"
+
+
+def evaluation_dir(pipeline_id: str, attempt: int) -> Path:
+    return attempt_dir(pipeline_id, attempt) / "evaluation"
+
+
 def workspace_dir(pipeline_id: str) -> Path:
     return settings.data_dir() / "workspaces" / safe_name(pipeline_id)
 
@@ -233,7 +242,7 @@ def best_record(records: list[dict[str, Any]]) -> dict[str, Any]:
 def cleanup(pipeline_id: str) -> list[str]:
     """Remove what nothing will use again once a pipeline ended: the checkout and every checkpoint."""
     removed = []
-    for path in [workspace_dir(pipeline_id), *pipeline_dir(pipeline_id).glob("attempt-*/checkpoints")]:
+    for path in [workspace_dir(pipeline_id), *pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints")]:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 LABEL_PREFIX = "io.pushtrain"
 ROLE_LABEL = f"{LABEL_PREFIX}.role"  # "train" or "evaluate"
 RUN_KEY_LABEL = f"{LABEL_PREFIX}.run-key"
-OUT_DIR_LABEL = f"{LABEL_PREFIX}.out-dir"
+STATE_DIR_LABEL = f"{LABEL_PREFIX}.state-dir"  # host-only dir of the task's lease and the restart log
+RESULT_FILE_LABEL = f"{LABEL_PREFIX}.result-file"  # exists once the container's work is complete
 CONTAINER_USER_ID = 10001  # the image's "trainer" user; used when the host side runs as root
 
 

@@ -8,6 +8,7 @@ environment after import.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,49 @@ def container_cpus() -> float:
 
 def container_pids_limit() -> int:
     return int(_env("PUSHTRAIN_CONTAINER_PIDS", "512"))
+
+
+def watch_interval_minutes() -> int:
+    """How often ``train_on_push`` starts a run that watches the branch (and how long its sensor waits)."""
+    return int(_env("PUSHTRAIN_WATCH_INTERVAL_MINUTES", "5"))
+
+
+def poke_interval_s() -> int:
+    """Seconds between two looks at the remote; below 30 the scheduler has been seen to fail reschedules."""
+    return int(_env("PUSHTRAIN_POKE_INTERVAL_SECONDS", "30"))
+
+
+def default_branch() -> str:
+    return _env("PUSHTRAIN_BRANCH", "main")
+
+
+def health_interval_s() -> int:
+    """How often ``container_health`` looks for dead containers."""
+    return int(_env("PUSHTRAIN_HEALTH_INTERVAL_SECONDS", "60"))
+
+
+def mail_from() -> str:
+    return _env("PUSHTRAIN_MAIL_FROM", "pushtrain@localhost")
+
+
+def notify_to() -> str | None:
+    """Send every mail here instead of to the commit's author (a team list, say)."""
+    return os.environ.get("PUSHTRAIN_NOTIFY_TO", "").strip() or None
+
+
+def git_email() -> str:
+    """Committer address of the tuned-model commits pushtrain pushes back."""
+    return _env("PUSHTRAIN_GIT_EMAIL", "pushtrain@localhost")
+
+
+def image_override(name: str) -> str | None:
+    """``PUSHTRAIN_IMAGE_<NAME>`` runs that image instead of the one built from this checkout."""
+    return os.environ.get(f"PUSHTRAIN_IMAGE_{name.upper()}", "").strip() or None
+
+
+def training_timeout() -> timedelta:
+    """``execution_timeout`` of a training task; a timed-out training is stopped, removed and not retried."""
+    return timedelta(seconds=int(_env("PUSHTRAIN_TRAINING_TIMEOUT_SECONDS", "7200")))
 
 
 def container_gpus() -> str | None:

@@ -176,8 +176,7 @@ def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: 
     """Record the attempt's lineage and decide: target met, retrain, or stop."""
     pipeline_id, attempt = prepared["pipeline_id"], prepared["attempt"]
     run = Pipeline.load(pipeline_id)
-    out_dir = pipeline.attempt_dir(pipeline_id, attempt)
-    metrics = contract.read_metrics(out_dir)
+    metrics = contract.read_metrics(pipeline.output_dir(pipeline_id, attempt))
     from pushtrain.datasets import load_manifest
 
     manifest = load_manifest(run.config.dataset)
@@ -228,7 +227,7 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     registry = ModelRegistry(settings.registry_dir())
     lineage = {**record, "pipeline": {"branch": run.branch, "author_email": run.author_email,
                                       "origin_dag_run_id": run.origin_dag_run_id, "config": vars(run.config)}}
-    version = registry.register(run.model_name, pipeline.attempt_dir(pipeline_id, attempt) / contract.MODEL_DIR,
+    version = registry.register(run.model_name, pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR,
                                 record["evaluation"], lineage, pipeline_run_id=pipeline_id)
     promotion = registry.promote_if_not_worse(run.model_name, version)
 

@@ -20,9 +20,10 @@ from docker.types import Mount
 from pushtrain import health, images, localrun
 from pushtrain.runner import contract
 from pushtrain.sandbox import (
-    OUT_DIR_LABEL,
+    RESULT_FILE_LABEL,
     ROLE_LABEL,
     RUN_KEY_LABEL,
+    STATE_DIR_LABEL,
     ContainerSpec,
     Lease,
     Sandbox,
@@ -93,7 +94,8 @@ def training_spec(name: str, model: Path, data: Path, out: Path, hparams: dict, 
         mounts=[Mount(localrun.MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
                 Mount(localrun.DATA_MOUNT, str(data), type="bind", read_only=True),
                 Mount(localrun.OUT_MOUNT, str(out), type="bind")],
-        labels={ROLE_LABEL: "train", RUN_KEY_LABEL: name, OUT_DIR_LABEL: str(out)},
+        labels={ROLE_LABEL: "train", RUN_KEY_LABEL: name, STATE_DIR_LABEL: str(out),
+                RESULT_FILE_LABEL: str(out / contract.METRICS_FILE)},
     )
 
 

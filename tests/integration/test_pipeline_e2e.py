@@ -7,9 +7,16 @@ triggers do in real use, and each test then waits for its own pipeline's outcome
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,14 +25,30 @@ from pushtrain import datasets, ledger, pipeline, settings
 from pushtrain.demo import commit_and_push, make_model_repo, wait_for_pipeline
 from pushtrain.mailsink import MailSink
 from pushtrain.registry import ModelRegistry
+from pushtrain.runner import contract
 from pushtrain.sandbox import ROLE_LABEL
 from pushtrain.standalone import EmbeddedAirflow
 from pushtrain.tweak import apply_hparams
 
 pytestmark = pytest.mark.slow
 PIPELINE_TIMEOUT = 900
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
 HEALTH_INTERVAL_S = 30
+TRAINING_TIMEOUT_S = 120
+MEDIUM_TRAINING = {"epochs": 12, "filters": 16, "dense_units": 64, "learning_rate": 0.002}  # ~2 s an epoch
+LONG_TRAINING = {"epochs": 60, "filters": 32, "dense_units": 128}  # far beyond TRAINING_TIMEOUT_S here
+TRAPS_SIGTERM = """
+
+import signal as _signal
+
+_build_model = build_model
+
+
+def build_model(hp, input_shape, num_classes):
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a training script that ignores SIGTERM
+    return _build_model(hp, input_shape, num_classes)
+"""
 NO_KIND_MODEL = '''"""Plain numpy code: the Conv2D and KNeighborsClassifier mentioned here do not count."""
 import numpy as np
 
@@ -56,13 +79,13 @@ class Scenario:
         return self.commit
 
 
-def wait_until(predicate, timeout: float, what: str):
+def wait_until(predicate, timeout: float, what: str, poll: float = 2.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(2)
+        time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
@@ -80,15 +103,26 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     (unknown.work / "model.py").write_text(NO_KIND_MODEL)
     healing = Scenario(root, "healing-repo", "cnn_keras.py", {"dataset": "mnist5k", "target": 0.5, "max_attempts": 1})
     model = healing.work / "model.py"
-    model.write_text(apply_hparams(model.read_text(), {"epochs": 10, "filters": 8, "dense_units": 32,
-                                                       "learning_rate": 0.002}))
+    model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
     datasets.ensure_dataset("mnist5k")
+    fault_config = {"dataset": "mnist5k", "target": 0.5, "max_attempts": 1}
+    stopped = Scenario(root, "stop-repo", "cnn_keras.py", fault_config)
+    timed_out = Scenario(root, "timeout-repo", "cnn_keras.py", fault_config)
+    for scenario in (stopped, timed_out):
+        model = scenario.work / "model.py"
+        model.write_text(apply_hparams(model.read_text(), LONG_TRAINING) + TRAPS_SIGTERM)
+    adopted = Scenario(root, "adopt-repo", "cnn_keras.py", fault_config)
+    model = adopted.work / "model.py"
+    model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
+    crashing = Scenario(root, "crash-repo", "knn_sklearn.py", {"dataset": "digits"})
+    shutil.copyfile(FIXTURES / "builder_raises.py", crashing.work / "model.py")
 
     smtp_port = free_port()
     sink = MailSink(root / "mail", port=smtp_port)
     airflow = EmbeddedAirflow(home=root / "airflow", data_dir=data_dir, repo_url=str(watched.bare),
                               smtp_port=smtp_port, port=free_port(), watch_interval_minutes=1,
-                              extra_env={"PUSHTRAIN_HEALTH_INTERVAL_SECONDS": str(HEALTH_INTERVAL_S)})
+                              extra_env={"PUSHTRAIN_HEALTH_INTERVAL_SECONDS": str(HEALTH_INTERVAL_S),
+                                         "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS": str(TRAINING_TIMEOUT_S)})
     with sink:
         airflow.start(root / "standalone.log")
         try:
@@ -96,13 +130,15 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
             airflow.wait_for_dags(DAG_IDS)
             airflow.unpause(*DAG_IDS)
             watched.push("Weak CNN")
-            scenarios = ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 2}), (unknown, {}), (healing, {}))
+            scenarios = ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 2}), (unknown, {}), (healing, {}),
+                         (stopped, {}), (adopted, {}), (crashing, {}), (timed_out, {}))
             for scenario, conf in scenarios:
                 scenario.push(f"{scenario.name} model")
                 airflow.airflow("dags", "trigger", "train_on_push", "--conf",
                                 json.dumps({"repo_url": str(scenario.bare), "commit": "main", **conf}))
             yield {"airflow": airflow, "sink": sink, "root": root, "data_dir": data_dir, "watched": watched,
-                   "knn": knn, "unreachable": unreachable, "unknown": unknown, "healing": healing}
+                   "knn": knn, "unreachable": unreachable, "unknown": unknown, "healing": healing,
+                   "stopped": stopped, "timed_out": timed_out, "adopted": adopted, "crashing": crashing}
         finally:
             airflow.stop()
 
@@ -157,7 +193,7 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
                             capture_output=True, text=True, check=True).stdout
     assert branch.strip() == f"pushtrain/{watched.commit[:8]}"
     assert not pipeline.workspace_dir(summary["pipeline_id"]).exists()
-    assert not list(pipeline.pipeline_dir(summary["pipeline_id"]).glob("attempt-*/checkpoints"))
+    assert not list(pipeline.pipeline_dir(summary["pipeline_id"]).glob("attempt-*/output/checkpoints"))
 
 
 def test_sklearn_repo_routes_to_the_sklearn_image(e2e):
@@ -218,11 +254,11 @@ def test_container_killed_mid_training_is_restarted_by_container_health_and_resu
     healing = e2e["healing"]
 
     def progress_log() -> Path | None:
-        found = list(settings.runs_dir().glob(f"{healing.commit[:8]}-*/attempt-1/progress.log"))
-        return found[0] if found and "epoch 3/10 " in found[0].read_text() else None
+        found = list(settings.runs_dir().glob(f"{healing.commit[:8]}-*/attempt-1/output/progress.log"))
+        return found[0] if found and "epoch 3/12 " in found[0].read_text() else None
 
-    log = wait_until(progress_log, PIPELINE_TIMEOUT, "epoch 3 of the healing scenario")
-    container = pipeline.container_name(log.parents[1].name, 1, "train")
+    log = wait_until(progress_log, PIPELINE_TIMEOUT, "epoch 3 of the healing scenario", poll=0.2)
+    container = pipeline.container_name(log.parents[2].name, 1, "train")
     subprocess.run(["docker", "kill", container], check=True, capture_output=True)
     killed_at = time.monotonic()
     wait_until(lambda: "resuming from checkpoint" in log.read_text(), HEALTH_INTERVAL_S + 60, "the restart")
@@ -233,11 +269,116 @@ def test_container_killed_mid_training_is_restarted_by_container_health_and_resu
     assert record["container_restarts"] == 1
     resumed = record["training_metrics"]["resumed_from_epoch"]
     assert resumed >= 3
-    epoch_lines = [line for line in log.read_text().splitlines() if "/10 " in line and "] epoch " in line]
-    assert len(epoch_lines) - 10 <= 1  # at most one epoch trained twice
-    assert record["training_metrics"]["epochs_run"] == 10
+    epoch_lines = [line for line in log.read_text().splitlines() if "/12 " in line and "] epoch " in line]
+    assert len(epoch_lines) - 12 <= 1  # at most one epoch trained twice
+    assert record["training_metrics"]["epochs_run"] == 12
 
 
-def test_no_containers_are_left_behind(e2e, docker):
+def lease_of(scenario: Scenario) -> dict | None:
+    found = list(settings.runs_dir().glob(f"{scenario.commit[:8]}-*/attempt-1/.lease-train.json"))
+    try:
+        return json.loads(found[0].read_text()) if found else None
+    except ValueError:
+        return None  # caught between the write and the rename of a heartbeat
+
+
+def progress_reached(scenario: Scenario, epoch_line: str) -> bool:
+    found = list(settings.runs_dir().glob(f"{scenario.commit[:8]}-*/attempt-1/output/progress.log"))
+    return bool(found) and epoch_line in found[0].read_text()
+
+
+def container_exists(docker, name: str) -> bool:
+    return any(c["Names"][0] == f"/{name}" for c in docker.containers(all=True, filters={"name": name}))
+
+
+def task_instance(airflow: EmbeddedAirflow, dag_id: str, run_id: str, task_id: str, **patch) -> dict:
+    token_request = urllib.request.Request(
+        f"{airflow.url}/auth/token", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"username": "admin", "password": airflow.admin_password()}).encode())
+    with urllib.request.urlopen(token_request, timeout=30) as response:
+        token = json.load(response)["access_token"]
+    url = f"{airflow.url}/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}"
+    request = urllib.request.Request(url, method="PATCH" if patch else "GET",
+                                     data=json.dumps(patch).encode() if patch else None,
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def holder_parts(lease: dict) -> dict:
+    """The task holding a lease: ``<dag_id>/<run_id>/<task_id>/try-<n>/pid-<pid>`` (run ids may hold '/')."""
+    head, task_id, attempt_try, pid = lease["holder"].rsplit("/", 3)
+    dag_id, run_id = head.split("/", 1)
+    return {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "try": attempt_try,
+            "pid": int(pid.removeprefix("pid-"))}
+
+
+def test_marking_the_task_failed_removes_a_sigterm_trapping_container_within_15s(e2e, docker):
+    stopped = e2e["stopped"]
+    lease = wait_until(lambda: progress_reached(stopped, "epoch 1/60 ") and lease_of(stopped), PIPELINE_TIMEOUT,
+                       "the long training to start")
+    task = holder_parts(lease)
+    name = lease["container"]
+    task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"], new_state="failed")
+    marked = time.monotonic()
+    wait_until(lambda: not container_exists(docker, name), 30, f"{name} to be removed")
+    assert time.monotonic() - marked <= 15
+    state = task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"])
+    assert state["state"] == "failed"
+    summary = wait_for_pipeline(stopped.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "failed"
+
+
+def test_execution_timeout_removes_the_container_within_15s_and_fails_without_retry(e2e, docker):
+    timed_out = e2e["timed_out"]
+    lease = wait_until(lambda: lease_of(timed_out), PIPELINE_TIMEOUT + TRAINING_TIMEOUT_S, "the long training")
+    task, name = holder_parts(lease), lease["container"]
+    wait_until(lambda: not container_exists(docker, name), TRAINING_TIMEOUT_S + 60, f"{name} to be removed")
+    gone = datetime.now(UTC)
+    state = wait_until(lambda: (ti := task_instance(e2e["airflow"], task["dag_id"], task["run_id"],
+                                                     task["task_id"]))["state"] == "failed" and ti,
+                       60, "the timed-out task to fail")
+    started = datetime.fromisoformat(state["start_date"].replace("Z", "+00:00"))
+    assert (gone - started).total_seconds() <= TRAINING_TIMEOUT_S + 15 + 3  # 3 s of polling slack
+    assert state["try_number"] == 1  # a timeout is not retried
+    summary = wait_for_pipeline(timed_out.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "failed"
+
+
+def test_killed_task_process_is_retried_and_adopts_or_reuses_its_container(e2e, docker):
+    adopted = e2e["adopted"]
+    lease = wait_until(lambda: progress_reached(adopted, "epoch 2/12 ") and lease_of(adopted), PIPELINE_TIMEOUT,
+                       "epoch 2 of the adoption scenario", poll=0.2)
+    task = holder_parts(lease)
+    os.kill(task["pid"], signal.SIGKILL)
+    summary = wait_for_pipeline(adopted.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "met", summary
+    state = task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"])
+    assert state["try_number"] == 2 and state["state"] == "success"
+    log = next(settings.runs_dir().glob(f"{adopted.commit[:8]}-*/attempt-1/output/progress.log")).read_text()
+    epochs = re.findall(r"\] epoch (\d+)/12 ", log)
+    assert epochs == [str(e) for e in range(1, 13)]  # trained once: no epoch twice, none missing
+
+
+def test_deterministic_crash_is_restarted_within_budget_then_fails_and_mails(e2e):
+    crashing = e2e["crashing"]
+    summary = wait_for_pipeline(crashing.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary["outcome"] == "failed"
+    attempt = next(settings.runs_dir().glob(f"{crashing.commit[:8]}-*/attempt-1"))
+    restarts = json.loads((attempt / ".restarts-train.json").read_text())
+    assert restarts["crashes"] == 2 and "crash budget" in restarts["gave_up"]
+    error = json.loads((attempt / "output" / contract.ERROR_FILE).read_text())  # logs kept
+    assert "KeyError: 'n_neigbors'" in error["message"]
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], crashing.commit) if "failed" in m["subject"]],
+                       60, "the failure mail")
+    assert "train_knn" in mails[0]["subject"]
+    assert "n_neigbors" in body(mails[0])
+
+
+def test_nothing_is_left_behind(e2e, docker):
     # Last in this module: every pipeline above has ended by now.
     assert docker.containers(all=True, filters={"label": ROLE_LABEL}) == []
+    runs = settings.runs_dir()
+    assert not list(runs.glob("*/attempt-*/output/checkpoints"))
+    assert not [p for p in (e2e["data_dir"] / "workspaces").glob("*") if p.is_dir()]
+    assert all((p / "summary.json").exists() for p in runs.iterdir() if p.is_dir())

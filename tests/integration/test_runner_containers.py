@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -214,3 +215,25 @@ def test_memory_limit_is_enforced_and_reported_as_oom(training_images, digits, t
     assert result.outcome.oom_killed
     assert "out of memory" in result.summary()["reason"]
     assert "256m" in result.summary()["reason"]
+
+
+def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(training_images, digits,
+                                                                               templates_dir, tmp_path):
+    out = tmp_path / "after-fit"
+    first = train(templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit")
+    assert first.succeeded, first.summary()
+    # The state on disk after a kill between fit's last epoch and the writing of the outputs: the final
+    # checkpoint is there, the saved model and metrics.json are not.
+    (out / contract.METRICS_FILE).unlink()
+    shutil.rmtree(out / contract.MODEL_DIR)
+    progress_lines = (out / contract.PROGRESS_FILE).read_text().count("] epoch ")
+
+    again = train(templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit")
+    assert again.succeeded, again.summary()
+    assert "[pushtrain] resuming from checkpoint at epoch 3/3" in again.lines
+    assert not any(re.search(r"\] epoch \d+/3 ", line) for line in again.lines)  # nothing retrained
+    assert (out / contract.PROGRESS_FILE).read_text().count("] epoch ") == progress_lines
+    metrics = contract.read_metrics(out)
+    assert metrics["epochs_run"] == 3 and metrics["resumed_from_epoch"] == 3
+    assert len(metrics["history"]) == 3
+    assert (out / contract.MODEL_DIR / "model.keras").exists()

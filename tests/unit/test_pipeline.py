@@ -339,24 +339,25 @@ def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results() -> No
     (workspace / "model.py").write_text("HPARAMS = {}\n")
     kept = []
     for attempt in (1, 2):
-        out = pipeline.attempt_dir(pipeline_id, attempt)
+        out = pipeline.output_dir(pipeline_id, attempt)
         (out / "checkpoints").mkdir(parents=True)
         (out / "checkpoints" / "epoch-1.keras").write_bytes(b"x" * 100)
         (out / "model").mkdir()
         (out / "model" / "model.keras").write_bytes(b"weights")
         (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
         pipeline.write_attempt_record(pipeline_id, attempt, record(attempt, 0.5))
-        kept += [out / "model" / "model.keras", out / "metrics.json", out / "attempt.json"]
-    other = pipeline.attempt_dir("ffffffff-00000000", 1) / "checkpoints"
+        kept += [out / "model" / "model.keras", out / "metrics.json",
+                 pipeline.attempt_dir(pipeline_id, attempt) / "attempt.json"]
+    other = pipeline.output_dir("ffffffff-00000000", 1) / "checkpoints"
     other.mkdir(parents=True)
 
     removed = pipeline.cleanup(pipeline_id)
 
     assert not pipeline.workspace_dir(pipeline_id).exists()
-    assert not any(pipeline.pipeline_dir(pipeline_id).glob("attempt-*/checkpoints"))
+    assert not any(pipeline.pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints"))
     assert all(path.exists() for path in kept)
     assert other.exists()  # another pipeline's checkpoints are not ours to remove
     assert sorted(removed) == sorted(str(p) for p in [pipeline.workspace_dir(pipeline_id),
-                                                       pipeline.attempt_dir(pipeline_id, 1) / "checkpoints",
-                                                       pipeline.attempt_dir(pipeline_id, 2) / "checkpoints"])
+                                                       pipeline.output_dir(pipeline_id, 1) / "checkpoints",
+                                                       pipeline.output_dir(pipeline_id, 2) / "checkpoints"])
     assert pipeline.cleanup(pipeline_id) == []  # idempotent

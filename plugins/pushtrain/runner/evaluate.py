@@ -20,6 +20,35 @@ from pushtrain.runner.usercode import ContractError, load_model_file, run_user_c
 EVALUATION_FILE = "evaluation.json"
 
 
+def _user_classes(model_file: Path | None) -> dict[str, Any]:
+    if model_file is None:
+        return {}
+    user = load_model_file(model_file)
+    return {k: v for k, v in vars(user.module).items() if isinstance(v, type)}
+
+
+def _keras_probabilities(artifact: Path, images, model_file: Path | None):
+    """Load the model without running user code where possible; only custom layers need the model file."""
+    import keras
+
+    try:
+        model = keras.models.load_model(artifact)
+    except (TypeError, ValueError):
+        model = run_user_code(Path(model_file or artifact), "loading the saved model", keras.models.load_model,
+                              artifact, custom_objects=_user_classes(model_file))
+    return model.predict(images, batch_size=256, verbose=0)
+
+
+def _load_estimator(artifact: Path, model_file: Path | None):
+    import joblib
+
+    try:
+        return joblib.load(artifact)
+    except (AttributeError, ModuleNotFoundError):  # a class the user's file defines: import it first
+        _user_classes(model_file)
+        return run_user_code(Path(model_file or artifact), "loading the saved model", joblib.load, artifact)
+
+
 def evaluate_saved_model(model_dir: Path, data_dir: Path, out_dir: Path, model_file: Path | None) -> dict:
     signature_path = Path(model_dir) / contract.SIGNATURE_FILE
     try:
@@ -32,21 +61,11 @@ def evaluate_saved_model(model_dir: Path, data_dir: Path, out_dir: Path, model_f
         raise ContractError(f"held-out images have shape {data.input_shape}, the model expects "
                             f"{tuple(signature['input_shape'])}")
 
-    custom_objects: dict[str, Any] = {}
-    if model_file is not None:
-        user = load_model_file(model_file)
-        custom_objects = {k: v for k, v in vars(user.module).items() if isinstance(v, type)}
     if signature["format"] == "keras":
-        import keras
-
-        model = run_user_code(Path(model_file or artifact), "loading the saved model",
-                              keras.models.load_model, artifact, custom_objects=custom_objects)
-        probabilities = model.predict(data.images, batch_size=256, verbose=0)
+        probabilities = _keras_probabilities(artifact, data.images, model_file)
         predicted = probabilities.argmax(axis=1)
     else:
-        import joblib
-
-        estimator = joblib.load(artifact)
+        estimator = _load_estimator(artifact, model_file)
         flat = data.images.reshape(len(data.images), -1)
         probabilities = estimator.predict_proba(flat) if hasattr(estimator, "predict_proba") else None
         predicted = estimator.predict(flat)
