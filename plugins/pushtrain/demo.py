@@ -28,11 +28,12 @@ DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
 AUTHOR = ("Dana Scientist", "dana@example.com")
 
 
-def git(*args: str, cwd: Path) -> str:
+def git(*args: str, cwd: Path, date: str | None = None) -> str:
+    dates = {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date} if date else {}
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
                           env={"GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1],
                                "GIT_COMMITTER_NAME": AUTHOR[0], "GIT_COMMITTER_EMAIL": AUTHOR[1],
-                               "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd)}).stdout.strip()
+                               "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(cwd), **dates}).stdout.strip()
 
 
 def make_model_repo(root: Path, template: str = "cnn_keras.py", config: dict | None = None,
@@ -52,9 +53,15 @@ def make_model_repo(root: Path, template: str = "cnn_keras.py", config: dict | N
     return bare, work
 
 
-def commit_and_push(work: Path, message: str) -> str:
+def commit(work: Path, message: str, date: str | None = None) -> str:
+    """Commit everything in the working clone (``date``: ISO 8601, for history made after the fact)."""
     git("add", "-A", cwd=work)
-    git("commit", "--quiet", "-m", message, cwd=work)
+    git("commit", "--quiet", "-m", message, cwd=work, date=date)
+    return git("rev-parse", "HEAD", cwd=work)
+
+
+def commit_and_push(work: Path, message: str) -> str:
+    commit(work, message)
     git("push", "--quiet", "origin", "HEAD:main", cwd=work)
     return git("rev-parse", "HEAD", cwd=work)
 

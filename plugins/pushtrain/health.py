@@ -65,6 +65,21 @@ def restarts_path(out_dir: Path, role: str) -> Path:
     return Path(out_dir) / f".restarts-{role}.json"
 
 
+def cancelled_path(out_dir: Path, role: str) -> Path:
+    return Path(out_dir) / f".cancelled-{role}"
+
+
+def mark_cancelled(out_dir: Path, role: str, why: str) -> None:
+    """The task was stopped (marked failed, timed out): its container must go, even if still running."""
+    cancelled_path(out_dir, role).write_text(why + "\n")
+    release_lease(out_dir, role)
+
+
+def clear_cancelled(out_dir: Path, role: str) -> None:
+    """A new try of the task wants the attempt again."""
+    cancelled_path(out_dir, role).unlink(missing_ok=True)
+
+
 def write_lease(out_dir: Path, role: str, container: str, holder: str) -> None:
     contract.write_json_atomic(lease_path(out_dir, role), {"container": container, "holder": holder,
                                                            "heartbeat": time.time()})
@@ -146,6 +161,10 @@ def _decide(client: APIClient, container_id: str, role: str, out_dir: Path, fini
             now: float) -> tuple[str, str]:
     from docker.errors import APIError
 
+    if cancelled_path(out_dir, role).exists() and not lease_is_fresh(out_dir, role, now):
+        # Backstop for a stop the task could not finish (its process was killed mid on_kill).
+        client.remove_container(container_id, force=True)
+        return "removed", f"its task was stopped: {cancelled_path(out_dir, role).read_text().strip()}"
     if state.get("Running") or state.get("Restarting"):
         return "ok", "running"
     exit_code, oom = int(state.get("ExitCode", 0)), bool(state.get("OOMKilled"))

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 MODEL_MOUNT = "/workspace/model"
 DATA_MOUNT = "/data"
 OUT_MOUNT = "/out"
-STOP_TIMEOUT_S = 10  # SIGTERM, then SIGKILL after this: a trapped SIGTERM cannot keep a container alive
+# SIGTERM, then SIGKILL after this: a trapped SIGTERM cannot keep a container alive, and the whole stop fits
+# in the few seconds Airflow's supervisor grants on_kill before it kills the task process.
+STOP_TIMEOUT_S = 2
 
 
 class SandboxedDockerOperator(DockerOperator):
@@ -91,8 +93,8 @@ class SandboxedDockerOperator(DockerOperator):
 
     def on_kill(self) -> None:
         """Marked failed or timed out: stop the container (SIGKILL after a grace period) and remove it."""
-        if self.lease:  # first, so container_health cannot restart what is being stopped
-            health.release_lease(self.lease.out_dir, self.lease.role)
+        if self.lease:  # first, so container_health never restarts it and removes it should we be cut short
+            health.mark_cancelled(self.lease.out_dir, self.lease.role, f"{self.task_id} was stopped")
         if self.container is None:
             return
         from docker.errors import NotFound
@@ -162,6 +164,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         self.labels = {ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(attempt_dir),
                        RESULT_FILE_LABEL: str(out_dir / contract.METRICS_FILE)}
         self.lease = _lease(context, attempt_dir, "train")
+        health.clear_cancelled(attempt_dir, "train")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, out_dir))
@@ -221,6 +224,7 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         self.labels = {ROLE_LABEL: "evaluate", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(attempt_dir),
                        RESULT_FILE_LABEL: str(evaluation_dir / EVALUATION_FILE)}
         self.lease = _lease(context, attempt_dir, "evaluate")
+        health.clear_cancelled(attempt_dir, "evaluate")
         outcome = super().execute(context)
         if not outcome.succeeded:
             raise AirflowException(_failure_message(outcome, evaluation_dir))

@@ -138,6 +138,21 @@ class Attempt:
     guard: TerminationGuard
     checkpoints: bool = True
 
+    @property
+    def checkpoint_key(self) -> str:
+        return checkpoint_key(self.run_key, self.model, self.hparams, self.data.sha256)
+
+    def completed_metrics(self) -> dict | None:
+        """The metrics of this very attempt if it already completed: then a restart trains nothing."""
+        done = already_completed(self.out_dir, self.checkpoint_key)
+        if done:
+            self.guard.completed = True
+            self.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
+        return done
+
+    def open_checkpoints(self, suffix: str) -> CheckpointStore:
+        return CheckpointStore.open(self.out_dir, self.checkpoint_key, suffix, enabled=self.checkpoints)
+
     def split(self) -> tuple[ImageFolder, ImageFolder, str]:
         mask = validation_mask(self.data.relative_paths, VALIDATION_FRACTION)
         if mask.sum() == 0 or mask.sum() == len(mask):
@@ -161,7 +176,7 @@ def _versions(*modules: Any) -> dict[str, str]:
     return versions
 
 
-def _finish(attempt: Attempt, key: str, scores: dict, store: CheckpointStore, resumed_from: int,
+def _finish(attempt: Attempt, scores: dict, store: CheckpointStore, resumed_from: int,
             evaluated_on: str, n_train: int, versions: dict[str, str], signature: dict) -> dict:
     contract.write_json_atomic(attempt.out_dir / contract.MODEL_DIR / contract.SIGNATURE_FILE, signature)
     metrics = {
@@ -177,7 +192,7 @@ def _finish(attempt: Attempt, key: str, scores: dict, store: CheckpointStore, re
         "hparams": attempt.hparams,
         "code_sha256": attempt.model.code_sha256,
         "dataset_sha256": attempt.data.sha256,
-        "checkpoint_key": key,
+        "checkpoint_key": attempt.checkpoint_key,
         "run_key": attempt.run_key,
         "versions": versions,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -203,14 +218,11 @@ def train_keras(attempt: Attempt) -> dict:
     epochs = _positive_int(hp, "epochs")
     batch_size = _positive_int(hp, "batch_size", default=32)
     train, validation, evaluated_on = attempt.split()
-    key = checkpoint_key(attempt.run_key, attempt.model, hp, attempt.data.sha256)
-    done = already_completed(attempt.out_dir, key)
+    done = attempt.completed_metrics()
     if done:
-        attempt.guard.completed = True
-        attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
         return done
 
-    store = CheckpointStore.open(attempt.out_dir, key, ".keras", enabled=attempt.checkpoints)
+    store = attempt.open_checkpoints(".keras")
     custom_objects = {k: v for k, v in vars(attempt.model.module).items() if isinstance(v, type)}
     keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
     resumed_from = store.last_epoch
@@ -257,7 +269,7 @@ def train_keras(attempt: Attempt) -> dict:
     _save_atomically(attempt.out_dir / contract.MODEL_DIR / "model.keras", model.save)
     signature = {"kind": attempt.kind, "format": "keras", "file": "model.keras",
                  "class_names": train.class_names, "input_shape": list(train.input_shape)}
-    return _finish(attempt, key, scores, store, resumed_from, evaluated_on, len(train.labels),
+    return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
                    _versions(tf, keras), signature)
 
 
@@ -268,14 +280,11 @@ def train_sklearn(attempt: Attempt) -> dict:
     hp = attempt.hparams
     train, validation, evaluated_on = attempt.split()
     x_train, x_validation = _flatten(train.images), _flatten(validation.images)
-    key = checkpoint_key(attempt.run_key, attempt.model, hp, attempt.data.sha256)
-    done = already_completed(attempt.out_dir, key)
+    done = attempt.completed_metrics()
     if done:
-        attempt.guard.completed = True
-        attempt.progress(f"attempt already completed ({done['epochs_run']} epochs): not retraining")
         return done
 
-    store = CheckpointStore.open(attempt.out_dir, key, ".joblib", enabled=attempt.checkpoints)
+    store = attempt.open_checkpoints(".joblib")
     resumed_from = store.last_epoch
     if store.checkpoint_path and store.checkpoint_path.exists():
         estimator = joblib.load(store.checkpoint_path)
@@ -322,7 +331,7 @@ def train_sklearn(attempt: Attempt) -> dict:
                      lambda path: joblib.dump(estimator, path))
     signature = {"kind": attempt.kind, "format": "joblib", "file": "model.joblib",
                  "class_names": train.class_names, "input_shape": list(train.input_shape)}
-    return _finish(attempt, key, scores, store, resumed_from, evaluated_on, len(train.labels),
+    return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
                    _versions(sklearn, joblib), signature)
 
 
