@@ -68,9 +68,8 @@ def image_size(reference: str) -> int | None:
 def private_cache_dir() -> Iterator[Path]:
     """Point ``settings.cache_dir()`` at a private sub-directory while staging a context.
 
-    ``_stage_context`` always stages into ``<cache>/build/<name>`` and deletes it first; a concurrent
-    ``make images`` uses the same folder. The private folder is on the same file system as the
-    wheelhouse, so the wheels are still hard-linked, not copied.
+    Everything the benchmark stages lands there and goes with it afterwards, whatever a build left. The
+    folder is on the same file system as the wheelhouse, so the wheels are still hard-linked, not copied.
     """
     real = settings.cache_dir()
     private = real / f"bench-{os.getpid()}"

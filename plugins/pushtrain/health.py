@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pushtrain import settings
 from pushtrain.runner import contract
-from pushtrain.sandbox import RESULT_FILE_LABEL, ROLE_LABEL, STATE_DIR_LABEL
+from pushtrain.sandbox import MANAGED_ROLES, RESULT_FILE_LABEL, ROLE_LABEL, STATE_DIR_LABEL
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -146,7 +146,9 @@ def check_containers(client: APIClient, log=print, now: float | None = None) -> 
     for summary in client.containers(all=True, filters={"label": ROLE_LABEL}):
         name = summary["Names"][0].lstrip("/")
         labels = summary.get("Labels") or {}
-        role = labels.get(ROLE_LABEL, "train")
+        role = labels.get(ROLE_LABEL)
+        if role not in MANAGED_ROLES:
+            continue  # a data scientist's local run: it cleans up after itself
         state_dir = Path(labels.get(STATE_DIR_LABEL, "/nonexistent"))
         finished = Path(labels.get(RESULT_FILE_LABEL, "/nonexistent")).exists()
         state = client.inspect_container(summary["Id"])["State"]

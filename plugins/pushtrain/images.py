@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -182,8 +183,9 @@ def image_for_kind(kind: str) -> str:
 
 
 def _stage_context(name: str, wheelhouse: Path) -> Path:
-    context = settings.cache_dir() / "build" / name
-    shutil.rmtree(context, ignore_errors=True)
+    """A fresh build context (per build: two concurrent builds never share one), removed after the build."""
+    (settings.cache_dir() / "build").mkdir(parents=True, exist_ok=True)
+    context = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=settings.cache_dir() / "build"))
     (context / "pushtrain" / "runner").mkdir(parents=True)
     shutil.copy2(IMAGES_DIR / name / "Dockerfile", context / "Dockerfile")
     shutil.copy2(IMAGES_DIR / name / "requirements.txt", context / "requirements.txt")

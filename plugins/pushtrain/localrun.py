@@ -95,7 +95,7 @@ def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, ki
         mounts=[Mount(MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
                 Mount(DATA_MOUNT, str(data), type="bind", read_only=True),
                 Mount(OUT_MOUNT, str(out), type="bind")],
-        labels={ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(out),
+        labels={ROLE_LABEL: "local", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(out),
                 RESULT_FILE_LABEL: str(out / contract.METRICS_FILE)},
     )
     outcome = run_container(docker_client(), spec, sandbox, log or (lambda line: print(line, file=sys.stderr)))

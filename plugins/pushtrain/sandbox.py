@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from docker import APIClient
 
 LABEL_PREFIX = "io.pushtrain"
-ROLE_LABEL = f"{LABEL_PREFIX}.role"  # "train" or "evaluate"
+ROLE_LABEL = f"{LABEL_PREFIX}.role"  # "train" and "evaluate" (pipeline attempts), "local" (python -m pushtrain)
+MANAGED_ROLES = ("train", "evaluate")  # the roles container_health restarts and removes
 RUN_KEY_LABEL = f"{LABEL_PREFIX}.run-key"
 STATE_DIR_LABEL = f"{LABEL_PREFIX}.state-dir"  # host-only dir of the task's lease and the restart log
 RESULT_FILE_LABEL = f"{LABEL_PREFIX}.result-file"  # exists once the container's work is complete
@@ -248,9 +249,13 @@ class _Heartbeat:
 
 
 def remove_container(client: APIClient, container_id: str) -> None:
-    from docker.errors import NotFound
+    """Remove a container; one that is gone or already being removed (by container_health) is fine."""
+    from docker.errors import APIError, NotFound
 
     try:
         client.remove_container(container_id, force=True)
     except NotFound:
         pass
+    except APIError as exc:
+        if exc.status_code != 409:  # 409: "removal of container ... is already in progress"
+            raise
