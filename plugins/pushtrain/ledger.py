@@ -51,6 +51,19 @@ def read(repo_url: str, sha: str) -> dict | None:
         return None
 
 
+def claimed_by(repo_url: str, run_id: str) -> str | None:
+    """The commit ``run_id`` claimed, if any: a retried sensor keeps its commit even if the head moved on."""
+    for path in _folder(repo_url).glob("*.json"):
+        if path.name.endswith(".superseded.json"):
+            continue
+        try:
+            if json.loads(path.read_text()).get("run_id") == run_id:
+                return path.name.removesuffix(".json")
+        except ValueError:
+            continue
+    return None
+
+
 def is_taken(repo_url: str, sha: str) -> bool:
     return (_folder(repo_url) / f"{sha}.json").exists()
 

@@ -45,6 +45,9 @@ def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: s
         sha = gitops.resolve_commit(repo, explicit_commit)
         ledger.claim(remote.display_url, sha, dag_run_id)  # recorded; an explicit request trains regardless
         return _found(remote, branch, sha, [])
+    already_mine = ledger.claimed_by(remote.display_url, dag_run_id)
+    if already_mine:  # a retry of this run: the commit it took before, whatever the branch did since
+        return _found(remote, branch, already_mine, [])
     if _is_backfill(run_type):
         sha = gitops.head_at(repo, branch, data_interval_end) if data_interval_end else None
         if sha is None:

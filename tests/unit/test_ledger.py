@@ -125,3 +125,12 @@ def test_superseded_notes_are_listed_and_do_not_block_a_later_claim() -> None:
 
 def test_superseded_of_an_unknown_repository_is_empty() -> None:
     assert ledger.superseded("/srv/git/never-seen.git") == []
+
+
+def test_claimed_by_finds_the_runs_own_claim_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("PUSHTRAIN_DATA_DIR", str(tmp_path))
+    assert ledger.claimed_by("repo", "run-1") is None
+    assert ledger.claim("repo", "a" * 40, "run-1")
+    ledger.mark_superseded("repo", ["b" * 40], "a" * 40, "run-1")
+    assert ledger.claimed_by("repo", "run-1") == "a" * 40
+    assert ledger.claimed_by("repo", "run-2") is None

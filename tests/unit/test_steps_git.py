@@ -116,6 +116,15 @@ def test_live_run_claims_the_head_once(origin: Origin) -> None:
     assert find(origin, RUN_1) == found  # a retry of the claiming run carries on
 
 
+def test_a_retried_live_run_keeps_its_commit_when_the_head_moved_on(origin: Origin) -> None:
+    first = origin.commit({"model.py": MODEL}, "first model", T0)
+    assert find(origin, RUN_1)["commit"] == first
+    second = origin.commit({"model.py": MODEL + "# tuned\n"}, "second model", T0 + hours(1))
+
+    assert find(origin, RUN_1)["commit"] == first  # the retry trains what it claimed; it is not lost
+    assert find(origin, RUN_2)["commit"] == second
+
+
 def test_live_run_on_an_empty_or_missing_branch_keeps_waiting(origin: Origin) -> None:
     assert find(origin, RUN_1) is None  # nothing pushed yet
     origin.commit({"model.py": MODEL}, "first model", T0)
