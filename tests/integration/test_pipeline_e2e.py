@@ -358,7 +358,8 @@ def holder_parts(lease: dict) -> dict:
 def test_marking_the_task_failed_removes_a_sigterm_trapping_container_within_15s(e2e, docker):
     stopped = e2e["stopped"]
     trigger(e2e["airflow"], stopped)
-    lease = wait_until(lambda: progress_reached(stopped, "epoch 1/60 ") and lease_of(stopped), PIPELINE_TIMEOUT,
+    first_epoch = f"epoch 1/{LONG_TRAINING['epochs']} "
+    lease = wait_until(lambda: progress_reached(stopped, first_epoch) and lease_of(stopped), PIPELINE_TIMEOUT,
                        "the long training to start")
     task = holder_parts(lease)
     name = lease["container"]
