@@ -45,11 +45,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from docker.errors import APIError
+from results_file import results_path, write_results
 
 from pushtrain import images, localrun, settings
 from pushtrain.runner import contract
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_checkpoint.json"
+RESULTS = results_path(__file__)
 MODEL = settings.PROJECT_ROOT / "include" / "model_templates" / "cnn_keras.py"
 EPOCH_LINE = re.compile(r"\[pushtrain\] epoch (\d+)/(\d+) .*seconds=([0-9.]+)")
 TRAINING_LINE = re.compile(r"\[pushtrain\] training \d+ epochs")
@@ -139,12 +140,6 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def write_results(document: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -226,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {key: "meets" if ratios[key] <= GOAL_RATIO else "MISSES"
                for key in ("epoch_interval", "derived_epoch_interval")}
     print()
-    write_results({
+    write_results(__file__, {
         "benchmark": "bench_checkpoint",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},

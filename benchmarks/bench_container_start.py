@@ -25,7 +25,6 @@ Results: ``benchmarks/results/bench_container_start.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,11 +32,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
+
+from results_file import results_path, write_results
 
 from pushtrain import images, sandbox
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_container_start.json"
+RESULTS = results_path(__file__)
 PREFIX = f"pushtrain-bench-start-{os.getpid()}"
 VARIANTS = ("plain true", "plain python", "plain runner", "api plain true", "api sandbox true", "pushtrain")
 
@@ -115,12 +115,6 @@ def cleanup(client) -> None:
             sandbox.remove_container(client, container["Id"])
 
 
-def write_results(document: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"pushtrain/plain-true={ratios['pushtrain/plain_true']:.2f} "
                            f"pushtrain/plain-runner={ratios['pushtrain/plain_runner']:.2f}")
     print()
-    write_results({
+    write_results(__file__, {
         "benchmark": "bench_container_start",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -46,9 +45,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from results_file import results_path, write_results
+
 from pushtrain import __version__, images, settings
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_images.json"
+RESULTS = results_path(__file__)
 STEP_LINE = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 LAYER_LINE = re.compile(r"^ ---> ([0-9a-f]{12,})$")
 GOAL_WARM_S = 5.0
@@ -229,12 +230,6 @@ def bench_image(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def write_results(document: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    temporary = RESULTS.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, RESULTS)
-
 
 def _mb(size: int | None) -> str:
     return f"{size / 1e6:.0f} MB" if size else "-"
@@ -297,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cold" in r:
             parts.append(f"cold/cli-warm={r['cold']['timings']['total_s'] / r['cli_warm_median_s']:.0f}x")
         ratio_parts.append(f"{name}: " + " ".join(parts))
-    write_results({
+    write_results(__file__, {
         "benchmark": "bench_images",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count()},

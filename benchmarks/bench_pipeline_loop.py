@@ -27,7 +27,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import write_results
+
 SCENARIOS = {
     "demo": {"template": "cnn_keras.py", "config": {"dataset": "mnist5k", "target": 0.80, "max_attempts": 6},
              "hparams": None},
@@ -119,8 +120,7 @@ def main() -> None:
         print(f"outcome {result['outcome']}; pipeline wall {result['pipeline_wall_s']}s; push to mail "
               f"{result['push_to_mail_s']}s; container wall {result['container_wall_total_s']}s; "
               f"pipeline/container = {result['pipeline_wall_over_container_wall']} (goal <= 1.10)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_pipeline_loop.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {write_results(__file__, results)}")
 
 
 if __name__ == "__main__":

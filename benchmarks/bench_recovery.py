@@ -13,7 +13,6 @@ Usage: ``PYTHONPATH=plugins .venv/bin/python benchmarks/bench_recovery.py [--int
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -23,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import write_results
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "include" / "model_templates" / "cnn_keras.py"
 
 
@@ -130,8 +130,7 @@ def main() -> None:
           f"(goal <= {result['goal_ratio']} = 1 + (epoch {epoch_s:.1f}s + interval {args.interval:.0f}s + start "
           f"{container_start_s:.1f}s) / T); epochs redone {result['epochs_redone']} (goal <= 1); "
           f"restarts {result['restarts']}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_recovery.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {write_results(__file__, result)}")
 
 
 if __name__ == "__main__":
