@@ -68,9 +68,13 @@ class EmbeddedAirflow:
         return env
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run an ``airflow`` CLI command against this instance."""
-        return subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.environment(), capture_output=True,
-                              text=True, check=check, timeout=timeout)
+        """Run an ``airflow`` CLI command against this instance; a failure says what the CLI said."""
+        result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.environment(), capture_output=True,
+                                text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args[:3])} failed ({result.returncode}):\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        return result
 
     def start(self, log_path: Path) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
