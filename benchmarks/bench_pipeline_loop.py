@@ -33,7 +33,7 @@ SCENARIOS = {
     "demo": {"template": "cnn_keras.py", "config": {"dataset": "mnist5k", "target": 0.80, "max_attempts": 6},
              "hparams": None},
     "long": {"template": "cnn_keras.py", "config": {"dataset": "mnist5k", "target": 0.01, "max_attempts": 1},
-             "hparams": {"epochs": 12, "filters": 32, "dense_units": 128, "learning_rate": 0.002}},
+             "hparams": {"epochs": 100, "filters": 32, "dense_units": 128, "learning_rate": 0.002}},
 }
 
 
