@@ -125,8 +125,9 @@ def test_killed_container_is_restarted_and_resumes_with_at_most_one_epoch_redone
         training_images, mnist5k, templates_dir, tmp_path):
     out = tmp_path / "attempt"
     prepare_output_dir(out)
+    # Epochs of about a second: the kill after epoch 3 must land while training is still running.
     spec = training_spec("pushtrain-test-heal-kill", templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
-                         {"epochs": 10, "filters": 8, "dense_units": 32}, "cnn")
+                         {"epochs": 10, "filters": 32, "dense_units": 128}, "cnn")
     lines: list[str] = []
     with LiveContainerSampler() as sampler, HealthLoop() as loop:
         thread, result = run_in_thread(spec, out, lines)
