@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pushtrain import settings
@@ -203,7 +203,7 @@ def run_container(
 
 
 def _wait_for_restart(client: APIClient, container_id: str, started_at: str, lease: Lease,
-                      log: Callable[[str], None]) -> datetime | None:
+                      log: Callable[[str], None]) -> float | None:
     """When the container started again (its new logs begin there), or None if nobody restarted it."""
     from pushtrain import health
 
@@ -212,8 +212,10 @@ def _wait_for_restart(client: APIClient, container_id: str, started_at: str, lea
         state = client.inspect_container(container_id)["State"]
         if state["StartedAt"] != started_at and (state["Running"] or state["FinishedAt"] > state["StartedAt"]):
             log("container restarted by container_health; following it again (it resumes from its checkpoint)")
-            # Docker's RFC 3339 time has nanoseconds; the SDK takes a naive UTC datetime for `since`.
-            return datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z"))
+            # A float keeps sub-second precision (a datetime is truncated to whole seconds by the SDK, which
+            # replayed the last lines of the run before the restart). Docker's time has nanoseconds.
+            started = datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z")).replace(tzinfo=UTC)
+            return started.timestamp()
         gave_up = health.RestartLog.load(lease.out_dir, lease.role).gave_up
         if gave_up:
             log(f"container_health gave up: {gave_up}")
