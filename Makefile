@@ -8,12 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help setup venv images datasets test test-unit test-docker lint demo bench clean
+.PHONY: help setup venv images datasets test test-unit test-docker lint demo bench bench-search clean
 
 help:
 	@echo "make demo   - set up everything and run the main job end to end (web UI on http://localhost:8080)"
 	@echo "make test   - set up everything and run the test suite"
-	@echo "make images / datasets / lint / bench / clean"
+	@echo "make images / datasets / lint / bench / bench-search / clean"
 
 venv: $(VENV)/.installed
 
@@ -47,5 +47,18 @@ demo: setup
 bench: setup
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
 
+# The tweak-strategy benchmark trains in process with the training images' own library versions, plus the
+# search libraries it compares against (KerasTuner, Optuna), in a venv of its own: .venv-bench.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: benchmarks/requirements-search.txt images/tensorflow/requirements.txt images/sklearn/requirements.txt
+	@echo "[bench] installing benchmarks/requirements-search.txt into $(BENCH_VENV) (a few minutes the first time)"
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r benchmarks/requirements-search.txt
+	@touch $@
+
+# make bench-search ARGS=--quick   (digits tasks, 2 seeds: a few minutes; the full run takes about an hour)
+bench-search: datasets $(BENCH_VENV)/.installed
+	@$(BENCH_VENV)/bin/python benchmarks/search_efficiency.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) data airflow_home
+	rm -rf $(VENV) $(BENCH_VENV) data airflow_home

@@ -30,6 +30,7 @@ from pushtrain.sandbox import (
 MODEL_MOUNT = "/workspace/model"
 DATA_MOUNT = "/data"
 OUT_MOUNT = "/out"
+WARM_START_MOUNT = "/warm-start"  # read-only: an earlier attempt's output that this one continues
 
 
 class LocalRunError(Exception):
@@ -57,15 +58,18 @@ class LocalRunResult:
                 "reason": self.outcome.describe(), "message": message}
 
 
-def training_command(model_file: str, hparams: dict, kind: str, run_key: str, checkpoints: bool = True) -> list[str]:
+def training_command(model_file: str, hparams: dict, kind: str, run_key: str, checkpoints: bool = True,
+                     warm_start: bool = False) -> list[str]:
     command = ["train", "--model", f"{MODEL_MOUNT}/{model_file}", "--data", DATA_MOUNT, "--out", OUT_MOUNT,
                "--hparams", json.dumps(hparams), "--kind", kind, "--run-key", run_key]
+    if warm_start:
+        command += ["--warm-start", WARM_START_MOUNT]
     return command if checkpoints else [*command, "--no-checkpoints"]
 
 
 def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, kind: str | None = None,
           memory: str | None = None, cpus: float | None = None, name: str | None = None,
-          log=None, checkpoints: bool = True) -> LocalRunResult:
+          log=None, checkpoints: bool = True, warm_start: Path | None = None) -> LocalRunResult:
     from docker.types import Mount
 
     model, data, out = Path(model).resolve(), Path(data).resolve(), Path(out).resolve()
@@ -91,10 +95,13 @@ def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, ki
     spec = ContainerSpec(
         name=f"pushtrain-{run_key}",
         image=image,
-        command=training_command(model.name, hparams or {}, kind, run_key, checkpoints),
+        command=training_command(model.name, hparams or {}, kind, run_key, checkpoints,
+                                 warm_start=warm_start is not None),
         mounts=[Mount(MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
                 Mount(DATA_MOUNT, str(data), type="bind", read_only=True),
-                Mount(OUT_MOUNT, str(out), type="bind")],
+                Mount(OUT_MOUNT, str(out), type="bind"),
+                *([Mount(WARM_START_MOUNT, str(Path(warm_start).resolve()), type="bind", read_only=True)]
+                  if warm_start is not None else [])],
         labels={ROLE_LABEL: "local", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(out),
                 RESULT_FILE_LABEL: str(out / contract.METRICS_FILE)},
     )

@@ -144,7 +144,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         from docker.types import Mount
 
         from pushtrain import datasets
-        from pushtrain.localrun import training_command
+        from pushtrain.localrun import WARM_START_MOUNT, training_command
 
         pipeline_id, attempt = _attempt_from_xcom(context)
         run = pipeline.Pipeline.load(pipeline_id)
@@ -157,10 +157,14 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         # (resume, or nothing to do once complete) from different code (train anew, overwrite).
         run_key = f"{pipeline_id}/attempt-{attempt}"
         self.container_name = pipeline.container_name(pipeline_id, attempt, "train")
-        self.command = training_command(str(entry), {}, self.kind, run_key)
+        warm_start_from = context["ti"].xcom_pull(task_ids="prepare_attempt").get("warm_start_from")
+        self.command = training_command(str(entry), {}, self.kind, run_key, warm_start=bool(warm_start_from))
         self.mounts = [Mount(MODEL_MOUNT, str(attempt_dir / "code"), type="bind", read_only=True),
                        Mount(DATA_MOUNT, str(manifest.train_dir), type="bind", read_only=True),
                        Mount(OUT_MOUNT, str(out_dir), type="bind")]
+        if warm_start_from:
+            self.mounts.append(Mount(WARM_START_MOUNT, str(pipeline.output_dir(pipeline_id, warm_start_from)),
+                                     type="bind", read_only=True))
         self.labels = {ROLE_LABEL: "train", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(attempt_dir),
                        RESULT_FILE_LABEL: str(out_dir / contract.METRICS_FILE)}
         self.lease = _lease(context, attempt_dir, "train")

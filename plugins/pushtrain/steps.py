@@ -171,8 +171,11 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     (code / run.config.entry).write_text(tweaked)
     diff = tweak.unified_diff(original, tweaked, run.config.entry)
     (pipeline.attempt_dir(pipeline_id, attempt) / "tweak.diff").write_text(diff)
+    # Only epochs grew from an earlier attempt: the runner continues that model instead of starting over.
+    parent = strategies.warm_start_parent(pipeline.strategy_history(records), {**best["hparams"], **updates})
     return {"pipeline_id": pipeline_id, "attempt": attempt, "kind": run.kind, "diff": diff,
-            "updates": updates, "based_on_attempt": best["attempt"]}
+            "updates": updates, "based_on_attempt": best["attempt"],
+            "warm_start_from": parent.attempt if parent else None}
 
 
 def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: dict) -> dict:
@@ -194,6 +197,7 @@ def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: 
         "tweak_diff": prepared.get("diff", ""),
         "tweak_updates": prepared.get("updates", {}),
         "based_on_attempt": prepared.get("based_on_attempt"),
+        "warm_start_from": prepared.get("warm_start_from"),
         "hparams": metrics["hparams"],
         "dataset": {"name": run.config.dataset, "split_version": manifest.split_version,
                     "split": manifest.split, "train_sha256": manifest.train_sha256,
@@ -202,6 +206,7 @@ def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: 
         "image_id": trained["image_id"],
         "training_metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "loss",
                                                      "evaluated_on", "epochs_run", "resumed_from_epoch")},
+        "warm_start_epochs": metrics.get("warm_start_epochs", 0),
         "evaluation": evaluation,
         "timings": {"train_seconds": metrics["train_seconds"],
                     "train_container_seconds": trained["container_wall_seconds"],

@@ -237,3 +237,43 @@ def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(
     assert metrics["epochs_run"] == 3 and metrics["resumed_from_epoch"] == 3
     assert len(metrics["history"]) == 3
     assert (out / contract.MODEL_DIR / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    ("template", "kind", "short", "longer", "artifact"),
+    [
+        ("cnn_keras.py", "cnn", {**STRONG_CNN, "epochs": 3}, {**STRONG_CNN, "epochs": 6}, "model.keras"),
+        ("linear_sklearn.py", "linear", {"epochs": 3, "alpha": 1e-4, "eta0": 0.05, "average": True},
+         {"epochs": 8, "alpha": 1e-4, "eta0": 0.05, "average": True}, "model.joblib"),
+    ],
+)
+def test_warm_start_continues_an_attempt_that_differs_only_in_epochs(training_images, digits, templates_dir,
+                                                                     tmp_path, template, kind, short, longer,
+                                                                     artifact):
+    model = templates_dir / template
+    first = train(model, digits.train_dir, tmp_path / "a1", kind=kind, hparams=short)
+    assert first.succeeded, first.summary()
+    continued = train(model, digits.train_dir, tmp_path / "a2", kind=kind, hparams=longer,
+                      warm_start=tmp_path / "a1")
+    assert continued.succeeded, continued.summary()
+    metrics = contract.read_metrics(tmp_path / "a2")
+    assert metrics["warm_start_epochs"] == short["epochs"]
+    assert metrics["epochs_run"] == longer["epochs"]
+    # Only the new epochs were trained here; the history still tells the whole model's story.
+    assert [record["epoch"] for record in metrics["history"]] == list(range(1, longer["epochs"] + 1))
+    new_epoch_seconds = sum(record["seconds"] for record in metrics["history"][short["epochs"]:])
+    assert metrics["train_seconds"] == pytest.approx(new_epoch_seconds, abs=0.05)
+    assert any("warm start: continuing the" in line for line in continued.lines)
+    assert (tmp_path / "a1" / "model" / artifact).exists()  # the earlier attempt's model is left alone
+
+
+def test_warm_start_is_refused_when_more_than_epochs_changed(training_images, digits, templates_dir, tmp_path):
+    model = templates_dir / "linear_sklearn.py"
+    base = {"epochs": 3, "alpha": 1e-4, "eta0": 0.05, "average": True}
+    assert train(model, digits.train_dir, tmp_path / "a1", kind="linear", hparams=base).succeeded
+    other = train(model, digits.train_dir, tmp_path / "a2", kind="linear",
+                  hparams={**base, "epochs": 6, "alpha": 1e-3}, warm_start=tmp_path / "a1")
+    assert other.succeeded, other.summary()
+    metrics = contract.read_metrics(tmp_path / "a2")
+    assert metrics["warm_start_epochs"] == 0 and len(metrics["history"]) == 6
+    assert any("warm start skipped" in line and "alpha" in line for line in other.lines)

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from pushtrain import strategies
 from pushtrain.strategies import (
     KNOB_SPACES,
     STRATEGIES,
@@ -367,24 +368,31 @@ def test_random_covers_the_space(templates_dir):
 def test_default_first_move_is_bold(templates_dir):
     start = template_hparams(templates_dir, "cnn")
     updates = default("cnn", [AttemptRecord(1, start, 0.3, 10.0)], 0)
-    assert updates == {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    assert {**start, **updates} == start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+
+
+def test_default_does_not_repeat_the_bold_jump_but_trains_the_gain_on(templates_dir):
+    start = template_hparams(templates_dir, "cnn")
+    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 30.0)]
+    proposed = {**second, **default("cnn", history, 0)}
+    assert proposed == second | {"epochs": 6}
+    # Only epochs changed, so the platform continues attempt 2's model instead of training from scratch.
+    assert strategies.warm_start_parent(history, proposed).attempt == 2
 
 
 def test_default_repeats_a_move_that_gained(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    second = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
-    history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 30.0)]
-    assert default("cnn", history, 0) == {
-        "epochs": 9,
-        "filters": 8,
-        "dense_units": 32,
-        "learning_rate": 0.002,
-    }
+    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    third = second | {"epochs": 6}
+    history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 3.0),
+               AttemptRecord(3, third, 0.7, 3.0)]
+    assert {**third, **default("cnn", history, 0)} == second | {"epochs": 12}
 
 
 def test_default_keeps_going_in_a_direction_that_gained_after_a_loss(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    bold = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    bold = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
     longer = start | {"epochs": 2}
     history = [
         AttemptRecord(1, start, 0.3, 10.0),
@@ -396,7 +404,7 @@ def test_default_keeps_going_in_a_direction_that_gained_after_a_loss(templates_d
 
 def test_default_backs_off_from_a_move_that_lost(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    second = start | {"epochs": 3, "filters": 4, "dense_units": 16, "learning_rate": 0.002}
+    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
     history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.2, 30.0)]
     updates = default("cnn", history, 0)
     proposed = {**second, **updates}
@@ -426,13 +434,14 @@ def test_default_beats_escalate(templates_dir, kind):
     assert best_default > best_escalate + 0.01
 
 
-def test_default_reaches_the_stated_region_for_cnn(templates_dir):
-    """The template says epochs=10, filters=16, dense_units=64, lr=0.003 reaches the target."""
+def test_default_reaches_a_working_cnn_region_then_only_adds_epochs(templates_dir):
+    """Two conv blocks, 16+ filters and a learning rate of 1e-3..3e-3 in one jump; then cheap epoch doublings."""
     start = template_hparams(templates_dir, "cnn")
-    history = run_loop(default, "cnn", start, 3, seed=0)
-    last = history[-1].hparams
-    assert last["epochs"] >= 10 and last["filters"] >= 16 and last["dense_units"] >= 64
-    assert 0.001 <= last["learning_rate"] <= 0.003
+    history = run_loop(default, "cnn", start, 4, seed=0)
+    second = history[1].hparams
+    assert second["conv_blocks"] == 2 and second["filters"] >= 16 and 0.001 <= second["learning_rate"] <= 0.003
+    later = [record.hparams for record in history[2:]]
+    assert any(strategies.warm_start_parent(history[:i + 2], hparams) for i, hparams in enumerate(later))
 
 
 # --------------------------------------------------------------------------------------------- no_real_gain
@@ -464,3 +473,32 @@ def test_no_real_gain_ignores_record_order_and_checks_k():
     assert no_real_gain(list(reversed(records(0.5, 0.505, 0.508))), 2, 0.01) is True
     with pytest.raises(ValueError, match="k must be at least 1"):
         no_real_gain(records(0.5), 0, 0.01)
+
+
+# ------------------------------------------------------------------------------------------ warm start
+
+
+def _record(attempt, accuracy=0.5, **hparams):
+    return strategies.AttemptRecord(attempt, hparams, accuracy)
+
+
+def test_warm_start_parent_is_the_longest_earlier_run_of_the_same_knobs():
+    history = [
+        _record(1, epochs=2, filters=8, learning_rate=0.002),
+        _record(2, epochs=4, filters=8, learning_rate=0.002),
+        _record(3, epochs=6, filters=16, learning_rate=0.002),
+    ]
+    parent = strategies.warm_start_parent(history, {"epochs": 8, "filters": 8, "learning_rate": 0.002})
+    assert parent is not None and parent.attempt == 2
+
+
+def test_warm_start_parent_needs_fewer_epochs_and_otherwise_equal_knobs():
+    history = [_record(1, epochs=4, filters=8), _record(2, epochs=8, filters=8)]
+    assert strategies.warm_start_parent(history, {"epochs": 8, "filters": 16}) is None  # architecture changed
+    assert strategies.warm_start_parent(history, {"epochs": 3, "filters": 8}) is None  # fewer epochs
+    assert strategies.warm_start_parent(history, {"n_neighbors": 3}) is None  # no epochs knob (knn)
+
+
+def test_warm_start_parent_skips_failed_attempts():
+    history = [_record(1, accuracy=float("nan"), epochs=4, filters=8)]
+    assert strategies.warm_start_parent(history, {"epochs": 8, "filters": 8}) is None

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
     train.add_argument("--kind", choices=contract.KINDS, help="model kind (default: from the builder name)")
     train.add_argument("--run-key", default="local", help="pipeline run and attempt; keys the checkpoints")
+    train.add_argument("--warm-start", type=Path,
+                       help="an earlier attempt's output dir: continue its model if only epochs grew")
     train.add_argument("--no-checkpoints", action="store_true",
                        help="skip per-epoch checkpoints (benchmarks only: such a run cannot resume)")
 
@@ -79,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
                           out_dir=out_dir, run_key=args.run_key,
                           progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard,
-                          checkpoints=not args.no_checkpoints)
+                          checkpoints=not args.no_checkpoints, warm_start=args.warm_start)
         metrics = train_keras(attempt) if kind == "cnn" else train_sklearn(attempt)
     except Terminated:
         return _fail(out_dir, contract.EXIT_TERMINATED, "SIGTERM before training completed; "

@@ -7,6 +7,8 @@ Inputs (mounts)
     ``/workspace/model``  read-only, the user's repository checkout (the model file inside it)
     ``/data``             read-only, the training images: ``<label>/<name>.png``
     ``/out``              writable, one directory per (pipeline run, attempt)
+    ``/warm-start``       read-only, optional: an earlier attempt's output dir that differs only in epochs;
+                          the runner continues its model instead of training the first epochs again
 
 Outputs (in the attempt's output directory)
     ``checkpoints/<key>/``  per-epoch checkpoints, key = hash of (run key, code hash, hyperparameters)
@@ -71,6 +73,7 @@ METRICS_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "n_evaluated": (int, True),
     "epochs_run": (int, True),  # epochs completed in total, across restarts
     "resumed_from_epoch": (int, True),  # 0 for a fresh start, else the last checkpointed epoch
+    "warm_start_epochs": (int, False),  # epochs continued from an earlier attempt's model (only epochs grew)
     "train_seconds": (float, True),  # seconds spent training, summed over restarts
     "history": (list, True),  # one dict per epoch: epoch, loss, accuracy, val_accuracy, seconds
     "hparams": (dict, True),

@@ -105,15 +105,17 @@ class CheckpointStore:
         return self.directory / name if name else None
 
     def save(self, epoch: int, history: list[dict], train_seconds: float, write: Callable[[Path], None]) -> None:
+        # What a warm start began from stays in the state, so a restart still reports it.
+        kept = {k: self.state[k] for k in ("warm_start_epochs",) if k in self.state}
         if not self.enabled:
-            self.state = {"epoch": epoch, "history": history, "train_seconds": train_seconds}
+            self.state = {"epoch": epoch, "history": history, "train_seconds": train_seconds, **kept}
             return
         name = f"epoch-{epoch:04d}{self.suffix}"
         temporary = self.directory / f".tmp-{epoch:04d}{self.suffix}"
         write(temporary)
         os.replace(temporary, self.directory / name)
         previous = self.checkpoint_path
-        self.state = {"epoch": epoch, "file": name, "history": history, "train_seconds": train_seconds}
+        self.state = {"epoch": epoch, "file": name, "history": history, "train_seconds": train_seconds, **kept}
         contract.write_json_atomic(self.directory / "state.json", self.state)
         if previous and previous.name != name:
             previous.unlink(missing_ok=True)
@@ -137,6 +139,7 @@ class Attempt:
     progress: Progress
     guard: TerminationGuard
     checkpoints: bool = True
+    warm_start: Path | None = None  # an earlier attempt's output dir whose model this one may continue
 
     @property
     def checkpoint_key(self) -> str:
@@ -158,6 +161,40 @@ class Attempt:
         if mask.sum() == 0 or mask.sum() == len(mask):
             return self.data, self.data, "training"
         return self.data.subset(~mask), self.data.subset(mask), "validation"
+
+
+def warm_start_source(attempt: Attempt, artifact_name: str) -> tuple[Path, dict] | None:
+    """The earlier attempt's model and metrics if this attempt may continue it, else None (train anew).
+
+    Continuing is the same as training longer only when nothing but ``epochs`` changed (same knobs, same
+    data set) and the earlier attempt trained fewer epochs; anything else would be a different model.
+    """
+    if attempt.warm_start is None:
+        return None
+    source = attempt.warm_start
+    try:
+        earlier = contract.read_metrics(source)
+    except ValueError as exc:
+        attempt.progress(f"warm start skipped, training from scratch: {exc}")
+        return None
+    ours, theirs = attempt.hparams, earlier["hparams"]
+    differing = sorted(k for k in set(ours) | set(theirs) if k != "epochs" and ours.get(k) != theirs.get(k))
+    artifact = source / contract.MODEL_DIR / artifact_name
+    reason = None
+    if earlier["kind"] != attempt.kind:
+        reason = f"it trained a {earlier['kind']} model, this attempt a {attempt.kind} one"
+    elif differing:
+        reason = f"hyperparameters other than epochs differ: {', '.join(differing)}"
+    elif not isinstance(ours.get("epochs"), int) or earlier["epochs_run"] >= ours["epochs"]:
+        reason = f"it already trained {earlier['epochs_run']} epochs, this attempt asks for {ours.get('epochs')}"
+    elif earlier["dataset_sha256"] != attempt.data.sha256:
+        reason = "it trained on other data"
+    elif not artifact.is_file():
+        reason = f"{artifact} is missing"
+    if reason:
+        attempt.progress(f"warm start skipped, training from scratch: {reason}")
+        return None
+    return artifact, earlier
 
 
 def already_completed(out_dir: Path, key: str) -> dict | None:
@@ -187,6 +224,7 @@ def _finish(attempt: Attempt, scores: dict, store: CheckpointStore, resumed_from
         "n_train": n_train,
         "epochs_run": store.last_epoch,
         "resumed_from_epoch": resumed_from,
+        "warm_start_epochs": int(store.state.get("warm_start_epochs", 0)),
         "train_seconds": round(store.train_seconds, 3),
         "history": store.history,
         "hparams": attempt.hparams,
@@ -226,9 +264,18 @@ def train_keras(attempt: Attempt) -> dict:
     custom_objects = {k: v for k, v in vars(attempt.model.module).items() if isinstance(v, type)}
     keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
     resumed_from = store.last_epoch
+    warm = None if store.checkpoint_path else warm_start_source(attempt, "model.keras")
     if store.checkpoint_path and store.checkpoint_path.exists():
         model = keras.models.load_model(store.checkpoint_path, custom_objects=custom_objects)
         attempt.progress(f"resuming from checkpoint at epoch {resumed_from}/{epochs}")
+    elif warm:
+        resumed_from = 0
+        model = run_user_code(attempt.model.path, "loading the earlier attempt's model",
+                              keras.models.load_model, warm[0], custom_objects=custom_objects)
+        store.state = _warm_state(warm[1])
+        keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
+        attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
+                         f"up to {epochs} (only epochs changed)")
     else:
         resumed_from = 0
         builder = attempt.model.builder(KERAS_BUILDER)
@@ -286,9 +333,18 @@ def train_sklearn(attempt: Attempt) -> dict:
 
     store = attempt.open_checkpoints(".joblib")
     resumed_from = store.last_epoch
+    warm = None if store.checkpoint_path or "epochs" not in hp else warm_start_source(attempt, "model.joblib")
     if store.checkpoint_path and store.checkpoint_path.exists():
         estimator = joblib.load(store.checkpoint_path)
         attempt.progress(f"resuming from checkpoint at epoch {resumed_from}")
+    elif warm and hasattr(continued := run_user_code(attempt.model.path, "loading the earlier attempt's model",
+                                                     joblib.load, warm[0]), "partial_fit"):
+        # Only a partial_fit estimator learns on from where it was; a plain fit would start over anyway.
+        resumed_from = 0
+        estimator = continued
+        store.state = _warm_state(warm[1])
+        attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
+                         f"up to {hp['epochs']} (only epochs changed)")
     else:
         resumed_from = 0
         builder = attempt.model.builder(SKLEARN_BUILDER)
@@ -333,6 +389,12 @@ def train_sklearn(attempt: Attempt) -> dict:
                  "class_names": train.class_names, "input_shape": list(train.input_shape)}
     return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
                    _versions(sklearn, joblib), signature)
+
+
+def _warm_state(earlier: dict) -> dict:
+    """Checkpoint state that starts this attempt after the earlier one's epochs, counting only new seconds."""
+    return {"epoch": earlier["epochs_run"], "history": list(earlier["history"]), "train_seconds": 0.0,
+            "warm_start_epochs": earlier["epochs_run"]}
 
 
 def _flatten(images: np.ndarray) -> np.ndarray:
