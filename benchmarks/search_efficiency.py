@@ -88,8 +88,8 @@ class Task:
 TASKS = {
     task.name: task
     for task in (
-        Task("cnn-digits", "cnn", "cnn_keras.py", "digits", 0.95, 120, 60),
-        Task("cnn-mnist5k", "cnn", "cnn_keras.py", "mnist5k", 0.97, 240, 90),
+        Task("cnn-digits", "cnn", "cnn_keras.py", "digits", 0.95, 90, 60),
+        Task("cnn-mnist5k", "cnn", "cnn_keras.py", "mnist5k", 0.97, 150, 90),
         Task("linear-digits", "linear", "linear_sklearn.py", "digits", 0.97, 20, 10),
         Task("knn-digits", "knn", "knn_sklearn.py", "digits", 0.97, 10, 5),
     )

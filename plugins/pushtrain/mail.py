@@ -33,9 +33,12 @@ def leaderboard_html(records: list[dict[str, Any]], target: float) -> str:
     for record in sorted(records, key=lambda r: -r["evaluation"]["accuracy"]):
         accuracy = record["evaluation"]["accuracy"]
         hparams = ", ".join(f"{k}={v}" for k, v in sorted(record["hparams"].items()))
+        seconds = f"{record['timings']['train_seconds']:.1f}"
+        if record.get("warm_start_from"):
+            seconds += f" (continued attempt {record['warm_start_from']})"
         rows.append(f"<tr><td>{record['attempt']}</td><td>{accuracy:.4f}</td>"
                     f"<td>{'yes' if accuracy >= target else 'no'}</td>"
-                    f"<td>{record['timings']['train_seconds']:.1f}</td><td>{html.escape(hparams)}</td></tr>")
+                    f"<td>{seconds}</td><td>{html.escape(hparams)}</td></tr>")
     return ("<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
             "<th>meets target</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>")
 

@@ -213,6 +213,14 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     assert lineage["tweak_diff"].startswith("--- a/model.py")
     assert lineage["airflow"]["dag_id"] == "tweak_and_retrain"
     assert lineage["hparams"] == winner["hparams"]
+    # An attempt that only doubled epochs continued the earlier model instead of training from scratch.
+    for record in records:
+        if record["warm_start_from"]:
+            parent = next(r for r in records if r["attempt"] == record["warm_start_from"])
+            assert record["warm_start_epochs"] == parent["hparams"]["epochs"] < record["hparams"]["epochs"]
+            assert {**record["hparams"], "epochs": 0} == {**parent["hparams"], "epochs": 0}
+    if len(records) >= 3:
+        assert any(r["warm_start_from"] for r in records), [r["hparams"] for r in records]
 
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], watched.commit) if "target met" in m["subject"]],
                        60, "the success mail")
