@@ -28,6 +28,7 @@ from airflow.sdk import Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pushtrain import dag_parts, settings, steps
+from pushtrain.strategies import STRATEGIES
 
 WATCH_INTERVAL = timedelta(minutes=settings.watch_interval_minutes())
 POKE_INTERVAL_S = settings.poke_interval_s()
@@ -55,7 +56,7 @@ DEFAULT_BRANCH = settings.default_branch()
                               description="Training attempts before giving up. Empty: pushtrain.toml, else 5."),
         "kind": Param("auto", enum=["auto", "cnn", "linear", "knn"], title="Model kind",
                       description="auto detects it from the code."),
-        "strategy": Param(None, type=["null", "string"], enum=[None, "default", "escalate", "random"],
+        "strategy": Param(None, type=["null", "string"], enum=[None, *STRATEGIES],
                           title="Tweak strategy", description="Empty: pushtrain.toml, else default."),
     },
 )

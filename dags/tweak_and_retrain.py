@@ -8,7 +8,8 @@ Started by `train_on_push` (and by itself) through a `TriggerDagRunOperator` who
 1. **prepare_attempt**: the tweak strategy (per repository in `pushtrain.toml`, `default` otherwise) picks new
    hyperparameters and architecture knobs from the attempts so far; they are written into the HPARAMS
    literal of a copy of the best attempt's model file through a concrete syntax tree (comments and
-   formatting kept) and the diff is recorded.
+   formatting kept) and the diff is recorded. When only `epochs` grew from an earlier attempt, that attempt
+   is the warm start: its output is mounted read-only and training continues its model for the new epochs.
 2. Then the same steps as attempt 1: train in the kind's image, evaluate on the held-out split, gate.
    The loop ends at the target, after `max_attempts`, or when `patience` attempts in a row brought no real
    gain.

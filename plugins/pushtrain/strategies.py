@@ -469,13 +469,13 @@ _DEFAULT_MOVES: dict[str, tuple[_Move, ...]] = {
     "cnn": (
         _Move(
             "bold: one more conv block, filters and dense units x8, learning rate into 1e-3..3e-3, "
-            "at least 3 epochs",
+            "at least 12 epochs",
             {
                 "conv_blocks": ("add", 1),
                 "filters": ("mul", 8),
                 "dense_units": ("mul", 8),
                 "learning_rate": ("toward", 0.001, 0.003, 4),
-                "epochs": ("atleast", 3),
+                "epochs": ("atleast", 12),
             },
             repeat=False,
         ),

@@ -368,31 +368,31 @@ def test_random_covers_the_space(templates_dir):
 def test_default_first_move_is_bold(templates_dir):
     start = template_hparams(templates_dir, "cnn")
     updates = default("cnn", [AttemptRecord(1, start, 0.3, 10.0)], 0)
-    assert {**start, **updates} == start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    assert {**start, **updates} == start | {"epochs": 12, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
 
 
 def test_default_does_not_repeat_the_bold_jump_but_trains_the_gain_on(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    second = start | {"epochs": 12, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
     history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 30.0)]
     proposed = {**second, **default("cnn", history, 0)}
-    assert proposed == second | {"epochs": 6}
+    assert proposed == second | {"epochs": 24}
     # Only epochs changed, so the platform continues attempt 2's model instead of training from scratch.
     assert strategies.warm_start_parent(history, proposed).attempt == 2
 
 
 def test_default_repeats_a_move_that_gained(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
-    third = second | {"epochs": 6}
+    second = start | {"epochs": 12, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    third = second | {"epochs": 24}
     history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.5, 3.0),
                AttemptRecord(3, third, 0.7, 3.0)]
-    assert {**third, **default("cnn", history, 0)} == second | {"epochs": 12}
+    assert {**third, **default("cnn", history, 0)} == second | {"epochs": 48}
 
 
 def test_default_keeps_going_in_a_direction_that_gained_after_a_loss(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    bold = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    bold = start | {"epochs": 12, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
     longer = start | {"epochs": 2}
     history = [
         AttemptRecord(1, start, 0.3, 10.0),
@@ -404,7 +404,7 @@ def test_default_keeps_going_in_a_direction_that_gained_after_a_loss(templates_d
 
 def test_default_backs_off_from_a_move_that_lost(templates_dir):
     start = template_hparams(templates_dir, "cnn")
-    second = start | {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
+    second = start | {"epochs": 12, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.002}
     history = [AttemptRecord(1, start, 0.3, 10.0), AttemptRecord(2, second, 0.2, 30.0)]
     updates = default("cnn", history, 0)
     proposed = {**second, **updates}
