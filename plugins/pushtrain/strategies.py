@@ -461,10 +461,12 @@ def random_search(kind: str, history: Sequence[AttemptRecord], rng_seed: int) ->
 
 # Moves in the order they are tried from the best attempt. Each kind's first move is a one-off jump into
 # the region where such models are known to work (for cnn: two conv blocks, 16+ filters, learning rate
-# 1e-3..3e-3; for knn: a handful of distance-weighted neighbours), tried at a short training budget. After
-# it, the cheapest move comes first: "epochs x2" changes nothing else, so the platform continues the best
-# model (``warm_start_parent``) and pays only for the new epochs. Measured in
-# benchmarks/search_efficiency.py against the fixed escalation, random search and KerasTuner's Hyperband.
+# 1e-3..3e-3, 12+ epochs; for knn: a handful of distance-weighted neighbours). Every attempt costs a DAG
+# run, two containers and TensorFlow's start-up (about 20 s here) before any learning, so one jump that
+# usually lands beats several small steps. After it, the cheapest move comes first: "epochs x2" changes
+# nothing else, so the platform continues the best model (``warm_start_parent``) and pays only for the
+# new epochs. Measured in benchmarks/search_efficiency.py against the fixed escalation, random search,
+# KerasTuner's Hyperband and Optuna's TPE.
 _DEFAULT_MOVES: dict[str, tuple[_Move, ...]] = {
     "cnn": (
         _Move(
