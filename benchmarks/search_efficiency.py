@@ -8,14 +8,15 @@ held-out accuracy, the number the pipeline's gate reads):
     linear-digits  linear_sklearn.py  digits    0.97
     knn-digits     knn_sklearn.py     digits    0.97
 
-Strategies, each from the template's weak HPARAMS (attempt 1) over the knob space of
+Strategies, each after the template's weak HPARAMS as committed (attempt 1, as in the pipeline), over the
+knob space of
 ``pushtrain.strategies.KNOB_SPACES``:
 
     escalate   the student projects' fixed escalation; every attempt trains from scratch, as they did
     random     random search over the same space (``strategies.random_search``)
     hyperband  KerasTuner's Hyperband (``keras_tuner.oracles.HyperbandOracle``) over the same space with
                epochs as its resource; a trial that continues an earlier one continues its weights, as
-               KerasTuner does. Each trial is one attempt (one container, one DAG run)
+               KerasTuner does. Each trial is one attempt (one container, one DAG run), after attempt 1
     optuna     Optuna's TPE sampler through ask-and-tell, one attempt per ``ask`` as the pipeline would drive
                it (one DAG run each), its study in a journal file; attempt 1 is the template (enqueued)
     default    pushtrain's default strategy, with the platform's warm start (an attempt that only raises
@@ -33,7 +34,10 @@ attempts (a miss). A miss counts with the seconds it spent, so its figure is a l
 the target would have cost; the success rate says how often that happened. Seeds change the template's
 ``seed`` knob and each strategy's random draws.
 
-Run: ``make bench-search`` (or ``... --quick``: digits tasks, 2 seeds, small budgets).
+Every (task, strategy, seed) runs in a fresh interpreter, as each attempt's container would start one.
+
+Run: ``make bench-search`` (or ``make bench-search ARGS=--quick``: digits tasks, 2 seeds, small budgets;
+``ARGS=--resume`` continues an interrupted run).
 Results: ``benchmarks/results/search_efficiency.{json,md,png}``.
 """
 
@@ -49,6 +53,7 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -304,7 +309,11 @@ def run_hyperband(trainer: Trainer, seed: int, max_attempts: int, scratch: Path)
             hp.Float(name, knob.low, knob.high, sampling="log" if knob.log else "linear", default=base[name])
     epochs_knob = space.get("epochs")
     max_epochs = int(epochs_knob.high) if epochs_knob and "epochs" in base else 1
-    trials: list[Trial] = []
+    # Attempt 1 is the file as committed, whatever the strategy; the tuner takes over from attempt 2.
+    first = trainer.train(1, base)
+    trials: list[Trial] = [first]
+    if first.cut_off or first.accuracy >= target:
+        return trials
     attempt_of_trial: dict[str, int] = {}
 
     class Finished(keras_tuner.errors.FatalError):
@@ -399,6 +408,18 @@ def run_one(task: Task, strategy: str, seed: int, budget: float, max_attempts: i
         else:
             trials = run_loop(trainer, strategy, seed, max_attempts, warm_start=strategy == "default")
     return Run(task.name, strategy, seed, trials)
+
+
+def run_isolated(task: Task, strategy: str, seed: int, budget: float, max_attempts: int, record: Path) -> Run:
+    """``run_one`` in a fresh interpreter: TensorFlow slows down over hundreds of models in one process
+    (graphs and retracing pile up), which would tax whichever strategy happened to run late."""
+    if not record.exists():
+        subprocess.run([sys.executable, __file__, "--one", task.name, strategy, str(seed), str(budget),
+                        "--max-attempts", str(max_attempts), "--one-output", str(record)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    document = json.loads(record.read_text())
+    trials = [Trial(**trial) for trial in document.pop("trials")]
+    return Run(**document, trials=trials)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -535,18 +556,33 @@ def main(argv: list[str] | None = None) -> int:
                              "evaluation containers, TensorFlow imports, data loading); default: measured "
                              "by bench_pipeline_loop.py")
     parser.add_argument("--output", default="search_efficiency", help="results file stem")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the runs an interrupted invocation finished (results/<stem>_runs/)")
+    parser.add_argument("--one", nargs=4, metavar=("TASK", "STRATEGY", "SEED", "BUDGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:
+        task, strategy, seed, budget = args.one
+        run = run_one(TASKS[task], strategy, int(seed), float(budget), args.max_attempts)
+        args.one_output.write_text(json.dumps(asdict(run)))
+        return 0
 
     seeds = args.seeds or (2 if args.quick else 5)
     tasks = [TASKS[name] for name in (args.tasks or (QUICK_TASKS if args.quick else TASKS))]
     runs: list[Run] = []
     started = time.time()
+    stem = args.output + ("_quick" if args.quick else "")
+    runs_dir = RESULTS_DIR / f"{stem}_runs"
+    if not args.resume:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         budget = task.quick_budget_seconds if args.quick else task.budget_seconds
         for seed in range(seeds):
             for strategy in args.strategies:
                 run_started = time.perf_counter()
-                run = run_one(task, strategy, seed, budget, args.max_attempts)
+                run = run_isolated(task, strategy, seed, budget, args.max_attempts,
+                                   runs_dir / f"{task.name}-{strategy}-{seed}.json")
                 runs.append(run)
                 best = run.best_accuracy
                 print(f"{task.name:14s} {strategy:9s} seed {seed}: "
@@ -562,7 +598,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(verdict))
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = args.output + ("_quick" if args.quick else "")
     document = {
         "benchmark": "search_efficiency", "quick": args.quick, "seeds": seeds,
         "tasks": {task.name: asdict(task) for task in tasks}, "max_attempts": args.max_attempts,
@@ -579,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(str(Path(__file__).with_name(f"{stem}.py")), document)
     (RESULTS_DIR / f"{stem}.md").write_text(table + "\n")
     plot(runs, RESULTS_DIR / f"{stem}.png")
+    shutil.rmtree(runs_dir, ignore_errors=True)
     print(f"results: {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
     return 0
 

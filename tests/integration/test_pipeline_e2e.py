@@ -142,7 +142,7 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
                               "backfill create", poll=5.0, raise_on_timeout=False):
                 airflow.airflow(*backfill)
             # Scenarios that inject a fault at a moment of their training start in their own test instead.
-            for scenario, conf in ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 2}), (unknown, {}),
+            for scenario, conf in ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 3}), (unknown, {}),
                                    (crashing, {})):
                 trigger(airflow, scenario, conf)
             yield {"history": history, "airflow": airflow, "sink": sink, "root": root, "data_dir": data_dir, "watched": watched,
@@ -253,15 +253,21 @@ def test_unreachable_target_stops_after_exactly_max_attempts_with_leaderboard(e2
     unreachable = e2e["unreachable"]
     summary = wait_for_pipeline(unreachable.commit, PIPELINE_TIMEOUT, report=lambda _: None)
     assert summary["outcome"] == "stop", summary
-    assert "budget spent: 2 of 2 attempts" in summary["reason"]
+    assert "budget spent: 3 of 3 attempts" in summary["reason"]
     records = pipeline.attempt_records(summary["pipeline_id"])
-    assert [r["attempt"] for r in records] == [1, 2]
+    assert [r["attempt"] for r in records] == [1, 2, 3]
+    # Attempt 2 is the default strategy's jump; attempt 3 doubles its epochs and so continues its model.
+    jump, doubled = records[1], records[2]
+    assert doubled["hparams"] == {**jump["hparams"], "epochs": 2 * jump["hparams"]["epochs"]}
+    assert doubled["warm_start_from"] == 2 and doubled["warm_start_epochs"] == jump["hparams"]["epochs"]
+    assert doubled["training_metrics"]["epochs_run"] == doubled["hparams"]["epochs"]
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unreachable.commit) if "not met" in m["subject"]],
                        60, "the budget-spent mail")
     assert len(mails) == 1
     text = body(mails[0])
     assert "budget spent" in text and "Leaderboard" in text
-    assert text.count("<tr><td>") == 2  # one leaderboard row per attempt
+    assert text.count("<tr><td>") == 3  # one leaderboard row per attempt
+    assert "(continued attempt 2)" in text
     assert ModelRegistry(e2e["data_dir"] / "registry").versions("linear-repo") == []
 
 
