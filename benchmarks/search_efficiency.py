@@ -74,7 +74,7 @@ from pushtrain.datasets import load_manifest  # noqa: E402
 from pushtrain.runner.data import load_image_folder  # noqa: E402
 from pushtrain.runner.evaluate import evaluate_saved_model  # noqa: E402
 from pushtrain.runner.train import Attempt, TerminationGuard, train_keras, train_sklearn  # noqa: E402
-from pushtrain.runner.usercode import load_model_file  # noqa: E402
+from pushtrain.runner.usercode import UserCodeError, load_model_file  # noqa: E402
 
 TEMPLATES = ROOT / "include" / "model_templates"
 
@@ -95,7 +95,7 @@ TASKS = {
     for task in (
         Task("cnn-digits", "cnn", "cnn_keras.py", "digits", 0.95, 90, 60),
         Task("cnn-mnist5k", "cnn", "cnn_keras.py", "mnist5k", 0.97, 150, 90),
-        Task("linear-digits", "linear", "linear_sklearn.py", "digits", 0.97, 20, 10),
+        Task("linear-digits", "linear", "linear_sklearn.py", "digits", 0.97, 10, 5),
         Task("knn-digits", "knn", "knn_sklearn.py", "digits", 0.97, 10, 5),
     )
 }
@@ -105,8 +105,11 @@ STRATEGY_NAMES = ("escalate", "random", "hyperband", "optuna", "default")
 HYPERBAND_FACTOR = 3
 
 
-class BudgetSpent(Exception):
-    """The run used its training-second budget: the attempt in flight is cut off and the run is a miss."""
+class BudgetSpent(BaseException):
+    """The run used its training-second budget: the attempt in flight is cut off and the run is a miss.
+
+    A BaseException, like the runner's own ``Terminated``, so that the runner does not report it as an
+    error of the user's code."""
 
 
 @dataclass
@@ -201,9 +204,18 @@ class Trainer:
         remaining = self.budget_seconds - self.spent
         if remaining <= 0:
             raise BudgetSpent()
+        started = time.perf_counter()
         try:
             with _alarm(remaining + _budget_slack(self.task.kind)):
                 metrics = (train_keras if self.task.kind == "cnn" else train_sklearn)(runner_attempt)
+        except UserCodeError as exc:
+            # A knob combination the model cannot train (it diverged, ran out of memory, ...): a failed
+            # attempt, as the pipeline would record it, charged with the time it took.
+            seconds = time.perf_counter() - started
+            self.spent += seconds
+            _release_memory(self.task.kind)
+            (out / "error.txt").write_text(str(exc))
+            return Trial(attempt, dict(hparams), float("nan"), round(seconds, 3))
         except BudgetSpent:
             self.spent = self.budget_seconds
             _release_memory(self.task.kind)
@@ -337,7 +349,7 @@ def run_hyperband(trainer: Trainer, seed: int, max_attempts: int, scratch: Path)
             attempt_of_trial[trial.trial_id] = attempt
             if result.cut_off or result.accuracy >= target:
                 raise Finished()
-            return {"accuracy": result.accuracy}
+            return {"accuracy": result.accuracy if result.accuracy == result.accuracy else 0.0}
 
     oracle = keras_tuner.oracles.HyperbandOracle(
         objective=keras_tuner.Objective("accuracy", "max"), max_epochs=max_epochs, factor=HYPERBAND_FACTOR,
@@ -392,6 +404,9 @@ def run_optuna(trainer: Trainer, seed: int, max_attempts: int, scratch: Path) ->
         if result.cut_off:
             study.tell(asked, state=optuna.trial.TrialState.FAIL)
             break
+        if result.accuracy != result.accuracy:  # the attempt failed
+            study.tell(asked, state=optuna.trial.TrialState.FAIL)
+            continue
         study.tell(asked, result.accuracy)
         if result.accuracy >= target:
             break
@@ -414,9 +429,10 @@ def run_isolated(task: Task, strategy: str, seed: int, budget: float, max_attemp
     """``run_one`` in a fresh interpreter: TensorFlow slows down over hundreds of models in one process
     (graphs and retracing pile up), which would tax whichever strategy happened to run late."""
     if not record.exists():
-        subprocess.run([sys.executable, __file__, "--one", task.name, strategy, str(seed), str(budget),
-                        "--max-attempts", str(max_attempts), "--one-output", str(record)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with record.with_suffix(".log").open("w") as log:
+            subprocess.run([sys.executable, __file__, "--one", task.name, strategy, str(seed), str(budget),
+                            "--max-attempts", str(max_attempts), "--one-output", str(record)], check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
     document = json.loads(record.read_text())
     trials = [Trial(**trial) for trial in document.pop("trials")]
     return Run(**document, trials=trials)
