@@ -535,6 +535,7 @@ def plot(runs: list[Run], path: Path) -> None:
             axis.step(xs, ys, where="post", color=colors.get(run.strategy, "black"), alpha=0.7, label=label)
         axis.axhline(TASKS[task].target, color="black", linestyle="--", linewidth=0.8)
         axis.set_xscale("symlog", linthresh=1.0)
+        axis.set_xlim(left=0.0)
         axis.set_ylim(0.0, 1.0)
         axis.set_title(f"{task} (target {TASKS[task].target})")
         axis.set_xlabel("cumulative training seconds")
@@ -574,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="search_efficiency", help="results file stem")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the runs an interrupted invocation finished (results/<stem>_runs/)")
+    parser.add_argument("--replot", action="store_true", help="redraw the PNG from the saved results")
     parser.add_argument("--one", nargs=4, metavar=("TASK", "STRATEGY", "SEED", "BUDGET"), help=argparse.SUPPRESS)
     parser.add_argument("--one-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -583,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         args.one_output.write_text(json.dumps(asdict(run)))
         return 0
 
+    if args.replot:
+        stem = args.output + ("_quick" if args.quick else "")
+        saved = json.loads((RESULTS_DIR / f"{stem}.json").read_text())
+        runs = [Run(r["task"], r["strategy"], r["seed"],
+                    [Trial(**{**t, "accuracy": float("nan") if t["accuracy"] is None else t["accuracy"]})
+                     for t in r["trials"]]) for r in saved["runs"]]
+        plot(runs, RESULTS_DIR / f"{stem}.png")
+        return 0
     seeds = args.seeds or (2 if args.quick else 5)
     tasks = [TASKS[name] for name in (args.tasks or (QUICK_TASKS if args.quick else TASKS))]
     runs: list[Run] = []
