@@ -73,7 +73,7 @@ from pushtrain import strategies  # noqa: E402
 from pushtrain.datasets import load_manifest  # noqa: E402
 from pushtrain.runner.data import load_image_folder  # noqa: E402
 from pushtrain.runner.evaluate import evaluate_saved_model  # noqa: E402
-from pushtrain.runner.train import Attempt, TerminationGuard, train_keras, train_sklearn  # noqa: E402
+from pushtrain.runner.train import Attempt, Progress, TerminationGuard, train_keras, train_sklearn  # noqa: E402
 from pushtrain.runner.usercode import UserCodeError, load_model_file  # noqa: E402
 
 TEMPLATES = ROOT / "include" / "model_templates"
@@ -195,10 +195,9 @@ class Trainer:
         out = self.workdir / f"attempt-{attempt}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        log = out / "progress.log"
         runner_attempt = Attempt(
             kind=self.task.kind, model=self.model, hparams=dict(hparams), data=self.data, out_dir=out,
-            run_key=f"bench/{attempt}", progress=lambda line: log.open("a").write(line + "\n"),
+            run_key=f"bench/{attempt}", progress=Progress(out / "progress.log"),
             guard=TerminationGuard(), checkpoints=False, warm_start=warm_from,
         )
         remaining = self.budget_seconds - self.spent

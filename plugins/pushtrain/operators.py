@@ -113,9 +113,10 @@ def _lease(context: Context, out_dir: Path, role: str) -> Lease:
     return Lease(out_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}/pid-{os.getpid()}")
 
 
-def _attempt_from_xcom(context: Context) -> tuple[str, int]:
+def _prepared_attempt(context: Context) -> tuple[str, int, dict[str, Any]]:
+    """Pipeline id, attempt number and the whole summary that ``prepare_attempt`` pushed to XCom."""
     prepared = context["ti"].xcom_pull(task_ids="prepare_attempt")
-    return prepared["pipeline_id"], int(prepared["attempt"])
+    return prepared["pipeline_id"], int(prepared["attempt"]), prepared
 
 
 def _failure_message(outcome: ContainerOutcome, out_dir: Path) -> str:
@@ -146,7 +147,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         from pushtrain import datasets
         from pushtrain.localrun import WARM_START_MOUNT, training_command
 
-        pipeline_id, attempt = _attempt_from_xcom(context)
+        pipeline_id, attempt, prepared = _prepared_attempt(context)
         run = pipeline.Pipeline.load(pipeline_id)
         attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
         out_dir = pipeline.output_dir(pipeline_id, attempt)
@@ -157,7 +158,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         # (resume, or nothing to do once complete) from different code (train anew, overwrite).
         run_key = f"{pipeline_id}/attempt-{attempt}"
         self.container_name = pipeline.container_name(pipeline_id, attempt, "train")
-        warm_start_from = context["ti"].xcom_pull(task_ids="prepare_attempt").get("warm_start_from")
+        warm_start_from = prepared.get("warm_start_from")
         self.command = training_command(str(entry), {}, self.kind, run_key, warm_start=bool(warm_start_from))
         self.mounts = [Mount(MODEL_MOUNT, str(attempt_dir / "code"), type="bind", read_only=True),
                        Mount(DATA_MOUNT, str(manifest.train_dir), type="bind", read_only=True),
@@ -207,7 +208,7 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         from pushtrain import datasets
         from pushtrain.runner.evaluate import EVALUATION_FILE
 
-        pipeline_id, attempt = _attempt_from_xcom(context)
+        pipeline_id, attempt, _ = _prepared_attempt(context)
         run = pipeline.Pipeline.load(pipeline_id)
         attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
         evaluation_dir = pipeline.evaluation_dir(pipeline_id, attempt)

@@ -161,7 +161,8 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     base_code = pipeline.attempt_dir(pipeline_id, best["attempt"]) / "code"
     original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / run.config.entry).read_text()
     strategy = strategies.get_strategy(run.config.strategy)
-    updates = strategy(run.kind, pipeline.strategy_history(records), int(run.commit[:8], 16))
+    history = pipeline.strategy_history(records)
+    updates = strategy(run.kind, history, int(run.commit[:8], 16))
     try:
         tweaked = tweak.apply_hparams((base_code / run.config.entry).read_text(), updates)
     except tweak.TweakError as exc:
@@ -172,7 +173,7 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     diff = tweak.unified_diff(original, tweaked, run.config.entry)
     (pipeline.attempt_dir(pipeline_id, attempt) / "tweak.diff").write_text(diff)
     # Only epochs grew from an earlier attempt: the runner continues that model instead of starting over.
-    parent = strategies.warm_start_parent(pipeline.strategy_history(records), {**best["hparams"], **updates})
+    parent = strategies.warm_start_parent(history, {**best["hparams"], **updates})
     return {"pipeline_id": pipeline_id, "attempt": attempt, "kind": run.kind, "diff": diff,
             "updates": updates, "based_on_attempt": best["attempt"],
             "warm_start_from": parent.attempt if parent else None}

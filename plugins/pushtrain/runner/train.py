@@ -272,10 +272,8 @@ def train_keras(attempt: Attempt) -> dict:
         resumed_from = 0
         model = run_user_code(attempt.model.path, "loading the earlier attempt's model",
                               keras.models.load_model, warm[0], custom_objects=custom_objects)
-        store.state = _warm_state(warm[1])
+        _continue_earlier(attempt, store, warm[1], epochs)
         keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
-        attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
-                         f"up to {epochs} (only epochs changed)")
     else:
         resumed_from = 0
         builder = attempt.model.builder(KERAS_BUILDER)
@@ -342,9 +340,7 @@ def train_sklearn(attempt: Attempt) -> dict:
         # Only a partial_fit estimator learns on from where it was; a plain fit would start over anyway.
         resumed_from = 0
         estimator = continued
-        store.state = _warm_state(warm[1])
-        attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
-                         f"up to {hp['epochs']} (only epochs changed)")
+        _continue_earlier(attempt, store, warm[1], hp["epochs"])
     else:
         resumed_from = 0
         builder = attempt.model.builder(SKLEARN_BUILDER)
@@ -391,10 +387,12 @@ def train_sklearn(attempt: Attempt) -> dict:
                    _versions(sklearn, joblib), signature)
 
 
-def _warm_state(earlier: dict) -> dict:
-    """Checkpoint state that starts this attempt after the earlier one's epochs, counting only new seconds."""
-    return {"epoch": earlier["epochs_run"], "history": list(earlier["history"]), "train_seconds": 0.0,
-            "warm_start_epochs": earlier["epochs_run"]}
+def _continue_earlier(attempt: Attempt, store: CheckpointStore, earlier: dict, epochs: int) -> None:
+    """Start this attempt after the earlier one's epochs (its history kept), counting only new seconds."""
+    store.state = {"epoch": earlier["epochs_run"], "history": list(earlier["history"]), "train_seconds": 0.0,
+                   "warm_start_epochs": earlier["epochs_run"]}
+    attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
+                     f"up to {epochs} (only epochs changed)")
 
 
 def _flatten(images: np.ndarray) -> np.ndarray:
