@@ -1,4 +1,4 @@
-"""Entry point of the training images: ``python -m pushtrain.runner {train,evaluate} ...``.
+"""Entry point of the training images: ``python -m pushtrain.runner {train,predict} ...``.
 
 Exit codes are documented in ``pushtrain.runner.contract``; every failure the runner understands also
 leaves ``error.json`` in the output directory and one line on stderr that names the problem.
@@ -32,11 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-checkpoints", action="store_true",
                        help="skip per-epoch checkpoints (benchmarks only: such a run cannot resume)")
 
-    evaluate = commands.add_parser("evaluate", help="score a saved model on held-out images")
-    evaluate.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
-    evaluate.add_argument("--data", required=True, type=Path, help="held-out images: <data>/<label>/*.png")
-    evaluate.add_argument("--out", required=True, type=Path, help="where evaluation.json is written")
-    evaluate.add_argument("--model", type=Path, help="the model file, for custom layers it defines")
+    predict = commands.add_parser("predict", help="predict a label-blind view; the platform scores it")
+    predict.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
+    predict.add_argument("--data", required=True, type=Path, help="label-blind images: <data>/<id>.png")
+    predict.add_argument("--out", required=True, type=Path, help="where predictions.json is written")
+    predict.add_argument("--model", type=Path, help="the model file, for classes and layers it defines")
     return parser
 
 
@@ -97,30 +97,30 @@ def _train(args: argparse.Namespace) -> int:
     return contract.EXIT_OK
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace) -> int:
     from pushtrain.runner.data import DataError
-    from pushtrain.runner.evaluate import evaluate_saved_model
+    from pushtrain.runner.evaluate import PREDICTIONS_FILE, write_predictions
     from pushtrain.runner.usercode import ContractError, UserCodeError
 
     if not args.out.is_dir() or not os.access(args.out, os.W_OK):
         return _fail(None, contract.EXIT_USAGE, f"output directory {args.out} is missing or not writable")
     try:
-        result = evaluate_saved_model(args.model_dir, args.data, args.out, args.model)
+        result = write_predictions(args.model_dir, args.data, args.out, args.model)
     except UserCodeError as exc:
         return _fail(args.out, contract.EXIT_USER_CODE_ERROR, str(exc))
     except ContractError as exc:
         return _fail(args.out, contract.EXIT_CONTRACT_ERROR, str(exc))
     except DataError as exc:
         return _fail(args.out, contract.EXIT_DATA_ERROR, str(exc))
-    print(f"[pushtrain] evaluation: accuracy={result['accuracy']:.4f} on {result['n_evaluated']} held-out "
-          "images", flush=True)
+    print(f"[pushtrain] {PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
+          f"{' with probabilities' if result['probabilities'] else ''}; the platform scores them", flush=True)
     return contract.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        return _train(args) if args.command == "train" else _predict(args)
     except Exception:
         # A bug of ours: keep the traceback, it is what a platform engineer needs.
         traceback.print_exc()

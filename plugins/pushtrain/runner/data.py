@@ -2,12 +2,17 @@
 
 This is the layout of a user's own cats-vs-dogs folder, and the layout pushtrain exports its offline data
 sets in. Labels are the folder names, ordered naturally ("2" before "10").
+
+The evaluation container gets another layout, a label-blind view (``pushtrain.blind``): ``<root>/<id>.png``
+in one flat folder, ids opaque, no labels anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +71,17 @@ def folder_sha256(root: Path) -> str:
     """Content hash of an image folder: every file's relative path and bytes, in a fixed order."""
     digest = hashlib.sha256()
     for _, relative, path in image_files(root, class_folders(root)):
-        digest.update(relative.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(folder_hash_entry(relative, path.read_bytes()))
     return digest.hexdigest()
 
 
-def load_image_folder(root: Path, class_names: list[str] | None = None) -> ImageFolder:
-    """Read every image under ``root/<label>/``; ``class_names`` fixes the label order (for evaluation)."""
-    from PIL import Image
+def folder_hash_entry(relative: str, content: bytes) -> bytes:
+    """What one file adds to ``folder_sha256``, for callers that read the files anyway."""
+    return relative.encode() + b"\0" + hashlib.sha256(content).digest()
 
+
+def load_image_folder(root: Path, class_names: list[str] | None = None) -> ImageFolder:
+    """Read every image under ``root/<label>/``; ``class_names`` fixes the label order."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist or is not a directory")
@@ -88,27 +96,65 @@ def load_image_folder(root: Path, class_names: list[str] | None = None) -> Image
     pixels, labels, paths = [], [], []
     mode, size = None, None
     for index, relative, path in image_files(root, classes):
-        try:
-            with Image.open(path) as image:
-                image.load()
-                # The first image decides grey or colour and the size; others are converted to match.
-                mode = mode or ("L" if image.mode in ("1", "L", "I", "I;16", "P") else "RGB")
-                size = size or image.size
-                converted = image.convert(mode)
-                if converted.size != size:
-                    converted = converted.resize(size)
-                pixels.append(np.asarray(converted, dtype=np.uint8))
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
+        with _open_image(path) as image:
+            # The first image decides grey or colour and the size; others are converted to match.
+            mode = mode or ("L" if image.mode in ("1", "L", "I", "I;16", "P") else "RGB")
+            size = size or image.size
+            pixels.append(_pixels(image, mode, size))
         labels.append(index)
         paths.append(relative)
     if not pixels:
         raise DataError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ImageFolder(_scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths, folder_sha256(root))
 
+
+def load_blind_images(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:
+    """Read a label-blind view: ``root/<id>.png`` and nothing else, in id order. Returns (ids, images).
+
+    Every image is converted to the model's input shape (grey for one channel, else RGB; its height and
+    width), so the order the files come in cannot change the result.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist or is not a directory")
+    entries = sorted(root.iterdir())
+    unexpected = [p.name for p in entries if not (p.is_file() and p.suffix == ".png")]
+    if unexpected:
+        raise DataError(f"{root} is not a label-blind view: it holds {', '.join(unexpected[:5])}")
+    if not entries:
+        raise DataError(f"{root} holds no images")
+    height, width, channels = (int(d) for d in input_shape)
+    mode = "L" if channels == 1 else "RGB"
+    pixels = []
+    for path in entries:
+        with _open_image(path) as image:
+            pixels.append(_pixels(image, mode, (width, height)))
+    return [p.stem for p in entries], _scaled(pixels)
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            yield image
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _pixels(image, mode: str, size: tuple[int, int]) -> np.ndarray:
+    converted = image.convert(mode)
+    if converted.size != size:
+        converted = converted.resize(size)
+    return np.asarray(converted, dtype=np.uint8)
+
+
+def _scaled(pixels: list[np.ndarray]) -> np.ndarray:
+    """float32 in [0, 1], shaped (n, height, width, channels)."""
     images = np.stack(pixels).astype(np.float32) / 255.0
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    return ImageFolder(images, np.asarray(labels, dtype=np.int64), classes, paths, folder_sha256(root))
+    return images[..., np.newaxis] if images.ndim == 3 else images
 
 
 def validation_mask(relative_paths: list[str], fraction: float) -> np.ndarray:

@@ -8,6 +8,13 @@ from typing import Any
 import numpy as np
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): rows are the truth, columns the prediction."""
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return confusion
+
+
 def classification_scores(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], probabilities: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -15,8 +22,7 @@ def classification_scores(
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n_classes = len(class_names)
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
+    confusion = confusion_matrix(y_true, y_pred, n_classes)
 
     true_positives = np.diag(confusion).astype(float)
     predicted = confusion.sum(axis=0).astype(float)
