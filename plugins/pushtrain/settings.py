@@ -132,6 +132,11 @@ def image_override(name: str) -> str | None:
     return os.environ.get(f"PUSHTRAIN_IMAGE_{name.upper()}", "").strip() or None
 
 
+def user_requirements_max_mb() -> float:
+    """Cap on the wheels a model repository's ``requirements.txt`` adds to its image, in MB (10**6 bytes)."""
+    return float(_env("PUSHTRAIN_USER_REQUIREMENTS_MAX_MB", "500"))
+
+
 def training_timeout() -> timedelta:
     """``execution_timeout`` of a training task; a timed-out training is stopped, removed and not retried."""
     return timedelta(seconds=int(_env("PUSHTRAIN_TRAINING_TIMEOUT_SECONDS", "7200")))
