@@ -85,19 +85,18 @@ def run_scenario(name: str, root: Path) -> dict:
                 time.sleep(0.5)
             push_to_mail = time.monotonic() - pushed
             attempts = []
-            for record in pipeline.attempt_records(summary["pipeline_id"]):
-                times = task_times(airflow, record["airflow"]["dag_id"], record["airflow"]["run_id"])
+            for record in pipeline.attempt_records(summary.pipeline_id):
+                times = task_times(airflow, record.airflow.dag_id, record.airflow.run_id)
                 wall = (times["judge_attempt"][1] - times["prepare_attempt"][0]).total_seconds()
-                container = record["timings"]["train_container_seconds"] + \
-                    record["timings"]["evaluate_container_seconds"]
-                attempts.append({"attempt": record["attempt"], "attempt_wall_s": round(wall, 2),
+                container = record.timings.train_container_seconds + record.timings.evaluate_container_seconds
+                attempts.append({"attempt": record.attempt, "attempt_wall_s": round(wall, 2),
                                  "container_wall_s": round(container, 2),
-                                 "train_seconds": record["timings"]["train_seconds"],
+                                 "train_seconds": record.timings.train_seconds,
                                  "overhead": round((wall - container) / wall, 3)})
         finally:
             airflow.stop()
     container_total = sum(a["container_wall_s"] for a in attempts)
-    return {"scenario": name, "outcome": summary["outcome"], "attempts": attempts,
+    return {"scenario": name, "outcome": summary.outcome, "attempts": attempts,
             "pipeline_wall_s": round(pipeline_wall, 1), "push_to_mail_s": round(push_to_mail, 1),
             "container_wall_total_s": round(container_total, 1),
             "pipeline_wall_over_container_wall": round(pipeline_wall / container_total, 2)}

@@ -66,19 +66,20 @@ def commit_and_push(work: Path, message: str) -> str:
     return git("rev-parse", "HEAD", cwd=work)
 
 
-def wait_for_pipeline(commit: str, timeout: float, report=print) -> dict:
+def wait_for_pipeline(commit: str, timeout: float, report=print) -> pipeline.Summary:
     """Follow the pipeline of ``commit`` through its attempt records until it ends; return its summary."""
     deadline, seen = time.monotonic() + timeout, set()
     while time.monotonic() < deadline:
         for folder in sorted(settings.runs_dir().glob(f"{commit[:8]}-*")):
             for record in pipeline.attempt_records(folder.name):
-                if (folder.name, record["attempt"]) not in seen:
-                    seen.add((folder.name, record["attempt"]))
-                    report(f"[demo] attempt {record['attempt']}: held-out accuracy "
-                           f"{record['evaluation']['accuracy']:.4f} (hparams {record['hparams']})")
-            summary = folder / "summary.json"
-            if summary.exists():
-                return {"pipeline_id": folder.name, **json.loads(summary.read_text())}
+                if (folder.name, record.attempt) not in seen:
+                    seen.add((folder.name, record.attempt))
+                    result = (f"failed: {record.reason}" if record.accuracy is None
+                              else f"held-out accuracy {record.accuracy:.4f}")
+                    report(f"[demo] attempt {record.attempt}: {result} (hparams {record.hparams})")
+            summary = pipeline.Summary.load(folder.name)
+            if summary is not None:
+                return summary
         time.sleep(3)
     raise TimeoutError(f"the pipeline for {commit[:8]} did not end within {timeout:.0f}s")
 
@@ -117,13 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = wait_for_pipeline(commit, args.timeout, report=lambda line: print(line, flush=True))
             push_to_mail = time.monotonic() - pushed_at
             mails = sorted(mail_dir.glob("*.eml"))
-            records = pipeline.attempt_records(summary["pipeline_id"])
+            records = pipeline.attempt_records(summary.pipeline_id)
+            best = pipeline.best_record(records)
             print("\n[demo] ===== summary =====")
-            print(f"[demo] outcome: {summary['outcome']} ({summary['reason']})")
-            if records:
-                best = pipeline.best_record(records)
-                print(f"[demo] attempts: {len(records)}; best held-out accuracy "
-                      f"{best['evaluation']['accuracy']:.4f}")
+            print(f"[demo] outcome: {summary.outcome} ({summary.reason})")
+            if best:
+                print(f"[demo] attempts: {len(records)}; best held-out accuracy {best.accuracy:.4f}")
             else:
                 print(f"[demo] no attempt was evaluated: see the failed task's log in the UI ({airflow.url})")
             print(f"[demo] registry: {settings.registry_dir()}")

@@ -1,7 +1,7 @@
 """The mails a data scientist gets: target met, budget spent, pipeline failed.
 
-Content comes from the pipeline's files (``pipeline.json``, ``attempt.json``), so every mail can be
-rebuilt from what is on disk. ``PipelineMailNotifier`` is an ``SmtpNotifier``: it sends through the
+Content comes from the pipeline's records (``pipeline.Pipeline``, ``pipeline.Attempt``), so every mail can
+be rebuilt from what is on disk. ``PipelineMailNotifier`` is an ``SmtpNotifier``: it sends through the
 ``smtp_default`` connection, and it fills in recipient, subject and body only after Airflow rendered its
 templates, so text from a commit (message, diff) is never evaluated as Jinja.
 """
@@ -28,37 +28,40 @@ def _recipient(run: pipeline.Pipeline | None) -> str:
         "pushtrain@localhost"
 
 
-def leaderboard_html(records: list[dict[str, Any]], target: float) -> str:
+def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
+    """One row per attempt, best first; a failed attempt last, with the reason it failed."""
     rows = []
-    for record in sorted(records, key=lambda r: -r["evaluation"]["accuracy"]):
-        accuracy = record["evaluation"]["accuracy"]
-        hparams = ", ".join(f"{k}={v}" for k, v in sorted(record["hparams"].items()))
-        seconds = f"{record['timings']['train_seconds']:.1f}"
-        if record.get("warm_start_from"):
-            seconds += f" (continued attempt {record['warm_start_from']})"
-        rows.append(f"<tr><td>{record['attempt']}</td><td>{accuracy:.4f}</td>"
-                    f"<td>{'yes' if accuracy >= target else 'no'}</td>"
-                    f"<td>{seconds}</td><td>{html.escape(hparams)}</td></tr>")
+    for record in sorted(records, key=lambda r: (r.accuracy is None, -(r.accuracy or 0.0), r.attempt)):
+        hparams = ", ".join(f"{k}={v}" for k, v in sorted(record.hparams.items()))
+        if record.accuracy is None:
+            cells = f"<td>-</td><td>failed: {html.escape(record.reason)}</td><td>-</td>"
+        else:
+            seconds = f"{record.timings.train_seconds:.1f}"
+            if record.warm_start_from:
+                seconds += f" (continued attempt {record.warm_start_from})"
+            result = "meets target" if record.accuracy >= target else "below target"
+            cells = f"<td>{record.accuracy:.4f}</td><td>{result}</td><td>{seconds}</td>"
+        rows.append(f"<tr><td>{record.attempt}</td>{cells}<td>{html.escape(hparams)}</td></tr>")
     return ("<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
-            "<th>meets target</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>")
+            "<th>result</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>")
 
 
 def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:
     run = pipeline.Pipeline.load(pipeline_id)
     records = pipeline.attempt_records(pipeline_id)
-    winner = next(r for r in records if r["attempt"] == registered["attempt"])
-    accuracy = winner["evaluation"]["accuracy"]
+    winner = next(r for r in records if r.attempt == registered["attempt"])
+    accuracy = winner.accuracy
     subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
                f">= {run.config.target:.2f} after {len(records)} attempt(s)")
-    diff = winner.get("tweak_diff") or "(none: the committed code met the target as it is)"
+    diff = winner.tweak_diff or "(none: the committed code met the target as it is)"
     branch = registered.get("pushed_branch")
     body = f"""<h2>Your model met its target</h2>
 <ul>
 <li>Repository: {html.escape(run.repo_url)} (branch {html.escape(run.branch)})</li>
 <li>Commit: <code>{run.commit}</code> by {html.escape(run.author_name)}: {html.escape(run.commit_message)}</li>
 <li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
-({winner['evaluation']['n_evaluated']} images of {html.escape(run.config.dataset)})</li>
-<li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner['attempt']}</li>
+({winner.evaluation.n_evaluated} images of {html.escape(run.config.dataset)})</li>
+<li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 <li>Registered: {html.escape(registered['model_name'])} version {registered['version']} at \
 <code>{html.escape(registered['path'])}</code>; production: {html.escape(registered['promotion'])}</li>
 <li>Tuned model file: {html.escape(branch) if branch else 'not pushed (commit-back off or read-only remote)'}</li>
@@ -75,18 +78,19 @@ def budget_spent_mail(pipeline_id: str, reason: str) -> tuple[str, str]:
     run = pipeline.Pipeline.load(pipeline_id)
     records = pipeline.attempt_records(pipeline_id)
     best = pipeline.best_record(records)
+    best_accuracy = f"{best.accuracy:.4f}" if best else "none evaluated"
     subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target {run.config.target:.2f} not met, best "
-               f"{best['evaluation']['accuracy']:.4f} after {len(records)} attempt(s)")
+               f"{best_accuracy} after {len(records)} attempt(s)")
     body = f"""<h2>Your model did not reach its target</h2>
 <p>Why it stopped: {html.escape(reason)}.</p>
 <ul>
 <li>Repository: {html.escape(run.repo_url)}, commit <code>{run.commit}</code></li>
-<li>Best: attempt {best['attempt']}, held-out accuracy {best['evaluation']['accuracy']:.4f} against target \
+<li>Best: attempt {best.attempt if best else '-'}, held-out accuracy {best_accuracy} against target \
 {run.config.target:.4f}</li>
 <li>Outputs: <code>{html.escape(str(pipeline.pipeline_dir(pipeline_id)))}</code></li>
 </ul>
 <h3>Best attempt's change</h3>
-<pre>{html.escape(best.get('tweak_diff') or '(the committed code)')}</pre>
+<pre>{html.escape((best.tweak_diff if best else '') or '(the committed code)')}</pre>
 <h3>Leaderboard</h3>
 {leaderboard_html(records, run.config.target)}
 <p>Raise max_attempts in pushtrain.toml, lower the target, or change the model's architecture.</p>

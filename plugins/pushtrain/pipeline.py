@@ -3,29 +3,45 @@
 A pipeline run spans several DAG runs (``train_on_push`` for attempt 1, then one ``tweak_and_retrain`` run
 per further attempt), so its state lives in files under the data dir, not in the scheduler:
 
-    <data>/runs/<pipeline_id>/pipeline.json          repo, commit, author, kind, the resolved config
+    <data>/runs/<pipeline_id>/pipeline.json          Pipeline: repo, commit, author, kind, the resolved config
+    <data>/runs/<pipeline_id>/summary.json           Summary: how the pipeline ended, once it did
     <data>/runs/<pipeline_id>/attempt-<n>/           one attempt; containers write only where marked (rw)
         code/           the model repository as trained (attempt 1: the checkout; later: tweaked copies), ro
         output/         the training container's (rw): checkpoints/ (removed when the pipeline ends),
                         model/, metrics.json, progress.log, error.json
         evaluation/     the evaluation container's (rw): evaluation.json
-        attempt.json tweak.diff .lease-*.json .restarts-*.json   the platform's own records, never mounted
+        attempt.json    Attempt: the tweak when prepared, then the lineage and evaluation once judged
+        .lease-*.json .restarts-*.json   the supervisor's records; these and attempt.json are never mounted
     <data>/workspaces/<pipeline_id>/repo             the git checkout (removed when the pipeline ends)
 
-The DAG runs pass only ``{"pipeline_id", "attempt"}`` in ``conf``; everything else is read from here.
+Each file is a typed record with one ``load``/``save``, a ``schema_version`` and strict validation on load:
+a file that does not fit raises ``RecordError`` naming the file and the field. Between tasks XCom carries
+ids and small decisions, typed the same way (``PreparedAttempt``, ``Decision``: ``to_xcom``/``from_xcom``);
+the facts stay in the files. The DAG runs pass only ``{"pipeline_id", "attempt"}`` in ``conf``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from pushtrain import settings
 from pushtrain.gitops import safe_name
@@ -153,8 +169,76 @@ def trigger_run_id(pipeline_id: str, attempt: int) -> str:
     return f"pushtrain__{safe_name(pipeline_id)}__attempt-{attempt}"
 
 
-@dataclass
-class Pipeline:
+# --- records: the files above, and the values tasks hand each other ------------------------------------
+
+PIPELINE_FILE = "pipeline.json"
+ATTEMPT_FILE = "attempt.json"
+SUMMARY_FILE = "summary.json"
+
+
+class RecordError(ValueError):
+    """A record (a file, or an XCom value) does not fit its type; the message names the source and field."""
+
+
+class _Typed(BaseModel):
+    """A closed, strict shape: unknown keys and wrong types are errors, never coerced ("0.9" is no float)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @classmethod
+    def parse(cls, value: Any, source: str, *, known_only: bool = False) -> Self:
+        """Validate a JSON value read from ``source``; ``known_only`` drops the keys this type does not have."""
+        if known_only and isinstance(value, dict):
+            value = {key: item for key, item in value.items() if key in cls.model_fields}
+        return cls._parse_json(json.dumps(value), source)
+
+    @classmethod
+    def _parse_json(cls, text: str | bytes, source: str) -> Self:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(_problem(error) for error in exc.errors())
+            raise RecordError(f"{source}: {problems}") from None
+
+    def changed(self, **changes: Any) -> Self:
+        """A copy with ``changes``, validated again (pydantic's ``model_copy`` would skip that)."""
+        return type(self).model_validate({**dict(self), **changes})
+
+
+def _problem(error: Any) -> str:
+    field_path = ".".join(str(part) for part in error["loc"])
+    return f"field {field_path}: {error['msg']}" if field_path else error["msg"]
+
+
+class _File(_Typed):
+    """A record kept as one JSON file; ``schema_version`` says which shape of it the file holds."""
+
+    schema_version: Literal[1] = 1
+
+    @classmethod
+    def _read(cls, path: Path) -> Self:
+        return cls._parse_json(path.read_bytes(), str(path))
+
+    def _write(self, path: Path) -> None:
+        write_json_atomic(path, self.model_dump(mode="json"))
+
+
+class _Message(_Typed):
+    """A small value one task hands the next through XCom, where it travels as JSON."""
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_xcom(cls, value: Any, task_id: str) -> Self:
+        if isinstance(value, dict):  # derived fields are in what to_xcom gave, and derived again here
+            value = {key: item for key, item in value.items() if key not in cls.model_computed_fields}
+        return cls.parse(value, f"the XCom of {task_id}")
+
+
+class Pipeline(_File):
+    """``pipeline.json``: what the pipeline trains and how; ``kind`` is empty until ``detect_kind`` set it."""
+
     pipeline_id: str
     repo_url: str
     branch: str
@@ -166,40 +250,180 @@ class Pipeline:
     config: PipelineConfig
     origin_dag_run_id: str
     model_name: str
-    detection: list = field(default_factory=list)
+    detection: list[str] = []
+
+    @field_validator("config")
+    @classmethod
+    def _config_is_valid(cls, config: PipelineConfig) -> PipelineConfig:
+        return config.validated()
 
     def save(self) -> None:
-        document = asdict(self)
-        write_json_atomic(pipeline_dir(self.pipeline_id) / "pipeline.json", document)
+        self._write(pipeline_dir(self.pipeline_id) / PIPELINE_FILE)
 
     @classmethod
     def load(cls, pipeline_id: str) -> Pipeline:
-        path = pipeline_dir(pipeline_id) / "pipeline.json"
+        path = pipeline_dir(pipeline_id) / PIPELINE_FILE
         try:
-            document = json.loads(path.read_text())
+            return cls._read(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"pipeline {pipeline_id} has no {path}: was it cleaned up?") from None
-        document["config"] = PipelineConfig(**document["config"])
-        return cls(**document)
 
 
-def write_attempt_record(pipeline_id: str, attempt: int, record: dict[str, Any]) -> Path:
-    path = attempt_dir(pipeline_id, attempt) / "attempt.json"
-    write_json_atomic(path, record)
-    return path
+class DatasetUsed(_Typed):
+    name: str
+    split_version: str
+    split: dict[str, Any]
+    train_sha256: str
+    test_sha256: str
 
 
-def attempt_records(pipeline_id: str) -> list[dict[str, Any]]:
-    """Every evaluated attempt of the pipeline, in attempt order."""
-    records = []
-    for path in pipeline_dir(pipeline_id).glob("attempt-*/attempt.json"):
-        records.append(json.loads(path.read_text()))
-    return sorted(records, key=lambda r: r["attempt"])
+class TrainingMetrics(_Typed):
+    """What the training container measured on its own validation split: informative, never the gate."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    loss: float | None
+    evaluated_on: str
+    epochs_run: int
+    resumed_from_epoch: int
 
 
-def strategy_history(records: list[dict[str, Any]]) -> list[AttemptRecord]:
-    return [AttemptRecord(r["attempt"], r["hparams"], r["evaluation"]["accuracy"], r["timings"]["train_seconds"])
-            for r in records]
+class Evaluation(_Typed):
+    """The held-out scores of the evaluation container: the numbers the gate reads."""
+
+    accuracy: float = Field(ge=0.0, le=1.0)
+    precision: float
+    recall: float
+    f1: float
+    loss: float | None
+    n_evaluated: int
+    dataset_sha256: str
+    container_wall_seconds: float
+
+
+class Timings(_Typed):
+    train_seconds: float  # training proper, summed over restarts
+    train_container_seconds: float
+    evaluate_container_seconds: float
+
+
+class AirflowRun(_Typed):
+    dag_id: str
+    run_id: str
+
+
+class Attempt(_File):
+    """``attempt-<n>/attempt.json``: one attempt's lineage.
+
+    ``prepare_attempt`` writes it as ``prepared`` (the tweak and the hyperparameters it proposes);
+    ``judge_attempt`` completes it as ``evaluated`` (with the held-out evaluation) or ``failed`` (a tweak
+    whose model could not be built; ``reason`` says why, and there is no accuracy).
+    """
+
+    pipeline_id: str
+    attempt: int = Field(ge=1)
+    status: Literal["prepared", "evaluated", "failed"]
+    reason: str = ""
+    repo_url: str
+    commit: str
+    kind: str
+    model_file: str
+    hparams: dict[str, Any]  # as trained (metrics.json); until then, or if it failed, as the tweak proposed
+    tweak_diff: str = ""  # against the code as committed
+    tweak_updates: dict[str, Any] = {}
+    based_on_attempt: int | None = None
+    warm_start_from: int | None = None
+    warm_start_epochs: int = 0
+    model_file_sha256: str | None = None
+    dataset: DatasetUsed | None = None
+    image: str | None = None
+    image_id: str | None = None
+    training_metrics: TrainingMetrics | None = None
+    evaluation: Evaluation | None = None
+    timings: Timings | None = None
+    container_restarts: int = 0
+    airflow: AirflowRun | None = None
+    recorded_at: str | None = None
+
+    @model_validator(mode="after")
+    def _complete_for_its_status(self) -> Attempt:
+        if self.status == "evaluated":
+            missing = [name for name in ("evaluation", "training_metrics", "timings", "dataset", "airflow")
+                       if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"an evaluated attempt needs {', '.join(missing)}")
+        elif self.evaluation is not None:
+            raise ValueError(f"a {self.status} attempt has no evaluation")
+        if self.status == "failed" and not self.reason:
+            raise ValueError("a failed attempt needs the reason it failed")
+        return self
+
+    @property
+    def accuracy(self) -> float | None:
+        """Held-out accuracy; None unless evaluated."""
+        return self.evaluation.accuracy if self.evaluation else None
+
+    def save(self) -> None:
+        self._write(attempt_dir(self.pipeline_id, self.attempt) / ATTEMPT_FILE)
+
+    @classmethod
+    def load(cls, pipeline_id: str, attempt: int) -> Attempt:
+        return cls._read(attempt_dir(pipeline_id, attempt) / ATTEMPT_FILE)
+
+    def lineage(self, run: Pipeline) -> dict[str, Any]:
+        """What the registry keeps with a model version: this record and the pipeline it belongs to."""
+        return {**self.model_dump(mode="json"),
+                "pipeline": {"branch": run.branch, "author_email": run.author_email,
+                             "origin_dag_run_id": run.origin_dag_run_id, "config": asdict(run.config)}}
+
+
+def attempt_records(pipeline_id: str) -> list[Attempt]:
+    """Every judged attempt (evaluated or failed) in attempt order; one still in training is not among them."""
+    records = [Attempt._read(path) for path in pipeline_dir(pipeline_id).glob(f"attempt-*/{ATTEMPT_FILE}")]
+    return sorted((r for r in records if r.status != "prepared"), key=lambda r: r.attempt)
+
+
+def best_record(records: list[Attempt]) -> Attempt | None:
+    """The evaluated attempt with the highest accuracy (the earlier one on a tie); None if none was."""
+    evaluated = [r for r in records if r.accuracy is not None]
+    return max(evaluated, key=lambda r: (r.accuracy, -r.attempt), default=None)
+
+
+def strategy_history(records: list[Attempt]) -> list[AttemptRecord]:
+    """The attempts as a strategy sees them; a failed one has NaN accuracy, so it is never best nor repeated."""
+    return [AttemptRecord(r.attempt, r.hparams, math.nan if r.accuracy is None else r.accuracy,
+                          r.timings.train_seconds if r.timings else 0.0) for r in records]
+
+
+class Summary(_File):
+    """``summary.json``: how the pipeline ended; written once, by the DAG run in which it ended."""
+
+    pipeline_id: str
+    outcome: Literal["met", "stop", "failed"]
+    reason: str
+    ended_after_attempt: int
+
+    def save(self) -> None:
+        self._write(pipeline_dir(self.pipeline_id) / SUMMARY_FILE)
+
+    @classmethod
+    def load(cls, pipeline_id: str) -> Summary | None:
+        """The summary, or None while the pipeline has not ended."""
+        path = pipeline_dir(pipeline_id) / SUMMARY_FILE
+        return cls._read(path) if path.exists() else None
+
+
+class PreparedAttempt(_Message):
+    """``prepare_attempt``'s XCom: the attempt to train and the image kind, or a stop before training."""
+
+    pipeline_id: str
+    attempt: int
+    kind: str
+    action: Literal["train", "stop"] = "train"
+    reason: str = ""  # why there is nothing to train
+    warm_start_from: int | None = None  # the earlier attempt whose model this one continues
 
 
 class Action(StrEnum):
@@ -208,35 +432,48 @@ class Action(StrEnum):
     STOP = "stop"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(_Message):
+    """``judge_attempt``'s XCom, the one verdict every gate reads: target met, retrain, or stop."""
+
+    pipeline_id: str
+    attempt: int  # the last attempt judged
     action: Action
     reason: str
-    attempt: int
-    accuracy: float
+    accuracy: float | None  # that attempt's held-out accuracy; None when it failed or none was made
     target: float
 
+    @computed_field
+    @property
+    def next_attempt(self) -> int:
+        return self.attempt + 1
 
-def decide(config: PipelineConfig, records: list[dict[str, Any]], attempt: int) -> Decision:
-    """Met the target, try again, or stop: the one rule every gate reads."""
-    current = next(r for r in records if r["attempt"] == attempt)
-    accuracy = current["evaluation"]["accuracy"]
-    if accuracy >= config.target:
-        return Decision(Action.MET, f"accuracy {accuracy:.4f} >= target {config.target:.4f}", attempt,
-                        accuracy, config.target)
+    @computed_field
+    @property
+    def next_run_id(self) -> str:
+        return trigger_run_id(self.pipeline_id, self.next_attempt)
+
+
+def decide(config: PipelineConfig, records: list[Attempt], attempt: int) -> Decision:
+    """Met the target, try again, or stop: the rule behind every gate. A failed attempt counts as one."""
+    current = next(r for r in records if r.attempt == attempt)
+
+    def decision(action: Action, reason: str) -> Decision:
+        return Decision(pipeline_id=current.pipeline_id, attempt=attempt, action=action, reason=reason,
+                        accuracy=current.accuracy, target=config.target)
+
+    if current.accuracy is not None and current.accuracy >= config.target:
+        return decision(Action.MET, f"accuracy {current.accuracy:.4f} >= target {config.target:.4f}")
     if attempt >= config.max_attempts:
-        return Decision(Action.STOP, f"budget spent: {attempt} of {config.max_attempts} attempts, best "
-                        f"accuracy {max(r['evaluation']['accuracy'] for r in records):.4f} < target "
-                        f"{config.target:.4f}", attempt, accuracy, config.target)
+        best = best_record(records)
+        best_text = f"best accuracy {best.accuracy:.4f}" if best else "no attempt evaluated"
+        return decision(Action.STOP, f"budget spent: {attempt} of {config.max_attempts} attempts, {best_text} "
+                        f"< target {config.target:.4f}")
     if no_real_gain(strategy_history(records), config.patience, config.min_gain):
-        return Decision(Action.STOP, f"no real gain: the last {config.patience} attempts each improved the "
-                        f"best accuracy by less than {config.min_gain}", attempt, accuracy, config.target)
-    return Decision(Action.RETRAIN, f"accuracy {accuracy:.4f} < target {config.target:.4f}; attempt "
-                    f"{attempt + 1} of {config.max_attempts} next", attempt, accuracy, config.target)
-
-
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(records, key=lambda r: (r["evaluation"]["accuracy"], -r["attempt"]))
+        return decision(Action.STOP, f"no real gain: the last {config.patience} attempts each improved the "
+                        f"best accuracy by less than {config.min_gain}")
+    missed = (f"attempt {attempt} failed: {current.reason}" if current.accuracy is None
+              else f"accuracy {current.accuracy:.4f} < target {config.target:.4f}")
+    return decision(Action.RETRAIN, f"{missed}; attempt {attempt + 1} of {config.max_attempts} next")
 
 
 def cleanup(pipeline_id: str) -> list[str]:

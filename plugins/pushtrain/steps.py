@@ -6,7 +6,6 @@ failed task (no retry: retrying bad input changes nothing) and a failure mail.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from datetime import datetime
@@ -14,10 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from pushtrain import gitops, ledger, pipeline, settings
-from pushtrain.pipeline import Action, Pipeline
+from pushtrain.pipeline import (
+    Action,
+    AirflowRun,
+    Attempt,
+    DatasetUsed,
+    Decision,
+    Evaluation,
+    Pipeline,
+    PreparedAttempt,
+    Summary,
+    Timings,
+    TrainingMetrics,
+)
 from pushtrain.runner import contract
 
 HISTORY_WALK_LIMIT = 50  # commits inspected behind a new head when marking skipped ones as superseded
+# The training task's XCom "status" for a tweak whose model could not be built, and the evaluation task's
+# for an attempt it therefore did not evaluate: the attempt is recorded as failed and the loop goes on.
+UNBUILDABLE = "unbuildable"
+NOT_EVALUATED = "not_evaluated"
 
 
 class UserFacingError(Exception):
@@ -100,7 +115,7 @@ def checkout_commit(found: dict, params: dict, dag_run_id: str, remote: gitops.G
              author_name=info.author_name, author_email=info.author_email, commit_message=info.message,
              kind="", config=config, origin_dag_run_id=dag_run_id,
              model_name=config.model_name or gitops.safe_name(repo_name)).save()
-    return {"pipeline_id": pipeline_id, "commit": sha, "entry": config.entry, "author_email": info.author_email}
+    return {"pipeline_id": pipeline_id, "commit": sha}
 
 
 # --- 2. the kind ---------------------------------------------------------------------------------------
@@ -119,15 +134,13 @@ def detect_model_kind(pipeline_id: str) -> str:
         raise UserFacingError(f"the model file {run.config.entry!r} is a link out of the repository: commit "
                               "the file itself, or set `entry` to a file inside the repository")
     if run.config.kind != "auto":
-        run.kind = run.config.kind
-        run.detection = [f"kind set to {run.kind} by configuration"]
+        run = run.changed(kind=run.config.kind, detection=[f"kind set to {run.config.kind} by configuration"])
     else:
         try:
             detection = detect_kind(entry)
         except DetectionError as exc:
             raise UserFacingError(str(exc)) from None
-        run.kind = detection.kind
-        run.detection = [str(e) for e in detection.evidence]
+        run = run.changed(kind=detection.kind, detection=[str(e) for e in detection.evidence])
     run.save()
     return run.kind
 
@@ -142,27 +155,43 @@ def _copy_code(source: Path, destination: Path) -> None:
     shutil.copytree(source, destination, symlinks=True, ignore=shutil.ignore_patterns(".git"))
 
 
+def _prepared(run: Pipeline, attempt: int, hparams: dict[str, Any], **tweak: Any) -> dict:
+    """Write the attempt's record as prepared and return the XCom that sends it to training."""
+    record = Attempt(pipeline_id=run.pipeline_id, attempt=attempt, status="prepared", repo_url=run.repo_url,
+                     commit=run.commit, kind=run.kind, model_file=run.config.entry, hparams=hparams, **tweak)
+    record.save()
+    return PreparedAttempt(pipeline_id=run.pipeline_id, attempt=attempt, kind=run.kind,
+                           warm_start_from=record.warm_start_from).to_xcom()
+
+
 def prepare_first_attempt(pipeline_id: str) -> dict:
+    """Attempt 1 trains the code as committed; its hyperparameters are known once it trained."""
     run = Pipeline.load(pipeline_id)
-    code = pipeline.attempt_dir(pipeline_id, 1) / "code"
-    _copy_code(pipeline.workspace_dir(pipeline_id) / "repo", code)
-    return {"pipeline_id": pipeline_id, "attempt": 1, "kind": run.kind, "diff": "", "updates": {}}
+    _copy_code(pipeline.workspace_dir(pipeline_id) / "repo", pipeline.attempt_dir(pipeline_id, 1) / "code")
+    return _prepared(run, 1, {})
 
 
 def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
-    """Ask the strategy for new hyperparameters and write them into a copy of the best attempt's code."""
+    """Ask the strategy for new hyperparameters and write them into a copy of the best attempt's code.
+
+    A strategy with nothing left to try is a normal end of the loop: the XCom says ``stop`` with the reason,
+    and the attempt is neither written nor trained.
+    """
     from pushtrain import strategies, tweak
 
     run = Pipeline.load(pipeline_id)
-    records = [r for r in pipeline.attempt_records(pipeline_id) if r["attempt"] < attempt]
-    if not records:
-        raise UserFacingError(f"pipeline {pipeline_id} has no evaluated attempt before {attempt}")
+    records = [r for r in pipeline.attempt_records(pipeline_id) if r.attempt < attempt]
     best = pipeline.best_record(records)
-    base_code = pipeline.attempt_dir(pipeline_id, best["attempt"]) / "code"
-    original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / run.config.entry).read_text()
-    strategy = strategies.get_strategy(run.config.strategy)
+    if best is None:
+        raise UserFacingError(f"pipeline {pipeline_id} has no evaluated attempt before {attempt}")
     history = pipeline.strategy_history(records)
-    updates = strategy(run.kind, history, int(run.commit[:8], 16))
+    try:
+        updates = strategies.get_strategy(run.config.strategy)(run.kind, history, int(run.commit[:8], 16))
+    except strategies.StrategyExhaustedError as exc:
+        return PreparedAttempt(pipeline_id=pipeline_id, attempt=attempt, kind=run.kind, action="stop",
+                               reason=f"strategy {run.config.strategy} exhausted: {exc}").to_xcom()
+    base_code = pipeline.attempt_dir(pipeline_id, best.attempt) / "code"
+    original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / run.config.entry).read_text()
     try:
         tweaked = tweak.apply_hparams((base_code / run.config.entry).read_text(), updates)
     except tweak.TweakError as exc:
@@ -170,57 +199,59 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     code = pipeline.attempt_dir(pipeline_id, attempt) / "code"
     _copy_code(base_code, code)
     (code / run.config.entry).write_text(tweaked)
-    diff = tweak.unified_diff(original, tweaked, run.config.entry)
-    (pipeline.attempt_dir(pipeline_id, attempt) / "tweak.diff").write_text(diff)
+    hparams = {**best.hparams, **updates}
     # Only epochs grew from an earlier attempt: the runner continues that model instead of starting over.
-    parent = strategies.warm_start_parent(history, {**best["hparams"], **updates})
-    return {"pipeline_id": pipeline_id, "attempt": attempt, "kind": run.kind, "diff": diff,
-            "updates": updates, "based_on_attempt": best["attempt"],
-            "warm_start_from": parent.attempt if parent else None}
+    parent = strategies.warm_start_parent(history, hparams)
+    return _prepared(run, attempt, hparams, tweak_diff=tweak.unified_diff(original, tweaked, run.config.entry),
+                     tweak_updates=updates, based_on_attempt=best.attempt,
+                     warm_start_from=parent.attempt if parent else None)
 
 
-def judge_attempt(prepared: dict, trained: dict, evaluation: dict, airflow_run: dict) -> dict:
-    """Record the attempt's lineage and decide: target met, retrain, or stop."""
-    pipeline_id, attempt = prepared["pipeline_id"], prepared["attempt"]
-    run = Pipeline.load(pipeline_id)
-    metrics = contract.read_metrics(pipeline.output_dir(pipeline_id, attempt))
+def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None, airflow_run: dict) -> dict:
+    """Complete the attempt's record (evaluated, or failed when its model could not be built) and decide.
+
+    ``trained`` and ``evaluation`` are the XComs of the training and evaluation tasks; both are None when
+    ``prepared`` said stop (the strategy had nothing left to try), which ends the loop without an attempt.
+    """
     from pushtrain.datasets import load_manifest
 
+    plan = PreparedAttempt.from_xcom(prepared, "prepare_attempt")
+    run = Pipeline.load(plan.pipeline_id)
+    if plan.action == "stop":
+        return Decision(pipeline_id=plan.pipeline_id, attempt=plan.attempt - 1, action=Action.STOP,
+                        reason=plan.reason, accuracy=None, target=run.config.target).to_xcom()
+    trained, evaluation = trained or {}, evaluation or {}
     manifest = load_manifest(run.config.dataset)
-    record = {
-        "attempt": attempt,
-        "pipeline_id": pipeline_id,
-        "repo_url": run.repo_url,
-        "commit": run.commit,
-        "kind": run.kind,
-        "model_file": run.config.entry,
-        "model_file_sha256": metrics["code_sha256"],
-        "tweak_diff": prepared.get("diff", ""),
-        "tweak_updates": prepared.get("updates", {}),
-        "based_on_attempt": prepared.get("based_on_attempt"),
-        "warm_start_from": prepared.get("warm_start_from"),
-        "hparams": metrics["hparams"],
-        "dataset": {"name": run.config.dataset, "split_version": manifest.split_version,
-                    "split": manifest.split, "train_sha256": manifest.train_sha256,
-                    "test_sha256": manifest.test_sha256},
-        "image": trained["image"],
-        "image_id": trained["image_id"],
-        "training_metrics": {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "loss",
-                                                     "evaluated_on", "epochs_run", "resumed_from_epoch")},
-        "warm_start_epochs": metrics.get("warm_start_epochs", 0),
-        "evaluation": evaluation,
-        "timings": {"train_seconds": metrics["train_seconds"],
-                    "train_container_seconds": trained["container_wall_seconds"],
-                    "evaluate_container_seconds": evaluation["container_wall_seconds"]},
+    judged = {
+        "dataset": DatasetUsed(name=run.config.dataset, split_version=manifest.split_version,
+                               split=manifest.split, train_sha256=manifest.train_sha256,
+                               test_sha256=manifest.test_sha256),
+        "image": trained.get("image"),
+        "image_id": trained.get("image_id"),
         "container_restarts": trained.get("container_restarts", 0),
-        "airflow": airflow_run,
+        "airflow": AirflowRun.parse(airflow_run, "the Airflow run"),
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    pipeline.write_attempt_record(pipeline_id, attempt, record)
-    decision = pipeline.decide(run.config, pipeline.attempt_records(pipeline_id), attempt)
-    return {"pipeline_id": pipeline_id, "attempt": attempt, "action": str(decision.action),
-            "reason": decision.reason, "accuracy": decision.accuracy, "target": decision.target,
-            "next_attempt": attempt + 1, "next_run_id": pipeline.trigger_run_id(pipeline_id, attempt + 1)}
+    record = Attempt.load(plan.pipeline_id, plan.attempt)
+    failure = trained.get("failure") if trained.get("status") == UNBUILDABLE else None
+    if failure is None and evaluation.get("status") == NOT_EVALUATED:
+        failure = evaluation.get("reason") or "not evaluated"
+    if failure is not None:
+        record = record.changed(status="failed", reason=f"the model could not be built: {failure}", **judged)
+    else:
+        out_dir = pipeline.output_dir(plan.pipeline_id, plan.attempt)
+        metrics = contract.read_metrics(out_dir)
+        scores = Evaluation.parse(evaluation, "the XCom of evaluate", known_only=True)
+        record = record.changed(
+            status="evaluated", hparams=metrics["hparams"], model_file_sha256=metrics["code_sha256"],
+            training_metrics=TrainingMetrics.parse(metrics, str(out_dir / contract.METRICS_FILE), known_only=True),
+            warm_start_epochs=metrics.get("warm_start_epochs", 0), evaluation=scores,
+            timings=Timings(train_seconds=metrics["train_seconds"],
+                            train_container_seconds=trained["container_wall_seconds"],
+                            evaluate_container_seconds=scores.container_wall_seconds),
+            **judged)
+    record.save()
+    return pipeline.decide(run.config, pipeline.attempt_records(plan.pipeline_id), plan.attempt).to_xcom()
 
 
 # --- 4. the outcome ------------------------------------------------------------------------------------
@@ -230,14 +261,15 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     """Register the winning attempt, move production if not worse, push the tuned file back."""
     from pushtrain.registry import ModelRegistry
 
-    pipeline_id, attempt = decision["pipeline_id"], decision["attempt"]
+    verdict = Decision.from_xcom(decision, "judge_attempt")
+    pipeline_id, attempt = verdict.pipeline_id, verdict.attempt
     run = Pipeline.load(pipeline_id)
-    record = next(r for r in pipeline.attempt_records(pipeline_id) if r["attempt"] == attempt)
+    record = Attempt.load(pipeline_id, attempt)
+    if record.evaluation is None:
+        raise ValueError(f"attempt {attempt} of {pipeline_id} was not evaluated ({record.status}): nothing to register")
     registry = ModelRegistry(settings.registry_dir())
-    lineage = {**record, "pipeline": {"branch": run.branch, "author_email": run.author_email,
-                                      "origin_dag_run_id": run.origin_dag_run_id, "config": vars(run.config)}}
     version = registry.register(run.model_name, pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR,
-                                record["evaluation"], lineage, pipeline_run_id=pipeline_id)
+                                record.evaluation.model_dump(), record.lineage(run), pipeline_run_id=pipeline_id)
     promotion = registry.promote_if_not_worse(run.model_name, version)
 
     pushed = None
@@ -249,35 +281,36 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         sha = gitops.push_model_branch(
             remote, workspace, run.config.entry, branch,
             f"pushtrain: tuned {run.config.entry} (attempt {attempt}, accuracy "
-            f"{record['evaluation']['accuracy']:.4f})\n\n{record['tweak_diff']}")
+            f"{record.accuracy:.4f})\n\n{record.tweak_diff}")
         pushed = f"{branch} ({sha[:8]})" if sha else None
     return {"pipeline_id": pipeline_id, "attempt": attempt, "model_name": run.model_name,
             "version": version.number, "path": str(version.path), "promotion": promotion.reason,
             "is_production": promotion.candidate_is_production, "pushed_branch": pushed,
-            "accuracy": record["evaluation"]["accuracy"]}
+            "accuracy": record.accuracy}
 
 
 def report_budget_spent(decision: dict) -> dict:
-    records = pipeline.attempt_records(decision["pipeline_id"])
+    """Why the loop stopped below target and its best attempt (the mail reads the records)."""
+    verdict = Decision.from_xcom(decision, "judge_attempt")
+    records = pipeline.attempt_records(verdict.pipeline_id)
     best = pipeline.best_record(records)
-    return {"pipeline_id": decision["pipeline_id"], "reason": decision["reason"], "attempts": len(records),
-            "best_attempt": best["attempt"], "best_accuracy": best["evaluation"]["accuracy"]}
+    return {"pipeline_id": verdict.pipeline_id, "reason": verdict.reason, "attempts": len(records),
+            "best_attempt": best.attempt if best else None, "best_accuracy": best.accuracy if best else None}
 
 
 def finish_pipeline(pipeline_id: str | None, attempt: int, decision: dict | None) -> list[str]:
     """Clean up once the pipeline ended here (target met, stopped, or failed); not when it goes on."""
     if not pipeline_id or not pipeline.pipeline_dir(pipeline_id).exists():
         return []  # failed before a pipeline existed (no commit, bad input): nothing to clean
-    if decision and decision["action"] == Action.RETRAIN:
+    verdict = Decision.from_xcom(decision, "judge_attempt") if decision else None
+    if verdict and verdict.action == Action.RETRAIN:
         return []
     removed = pipeline.cleanup(pipeline_id)
-    contract.write_json_atomic(pipeline.pipeline_dir(pipeline_id) / "summary.json", {
-        "ended_after_attempt": attempt,
-        "outcome": decision["action"] if decision else "failed",
-        "reason": decision["reason"] if decision else f"a task of attempt {attempt} failed: see its log"})
+    if verdict:
+        summary = Summary(pipeline_id=pipeline_id, outcome=verdict.action.value, reason=verdict.reason,
+                          ended_after_attempt=verdict.attempt)
+    else:
+        summary = Summary(pipeline_id=pipeline_id, outcome="failed", ended_after_attempt=attempt,
+                          reason=f"a task of attempt {attempt} failed: see its log")
+    summary.save()
     return removed
-
-
-def pipeline_summary(pipeline_id: str) -> dict[str, Any]:
-    path = pipeline.pipeline_dir(pipeline_id) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}

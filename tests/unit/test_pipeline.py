@@ -1,16 +1,18 @@
 """Unit tests of pushtrain.pipeline: the configuration a model repository asks for (``pushtrain.toml`` and
-Params), the identities every write derives from, the met/retrain/stop rule, and the clean-up."""
+Params), the identities every write derives from, the typed records and their validation, the
+met/retrain/stop rule, and the clean-up."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 
 from pushtrain import pipeline
-from pushtrain.pipeline import Action, ConfigError, PipelineConfig, decide, load_config
+from pushtrain.pipeline import Action, ConfigError, PipelineConfig, RecordError, decide, load_config
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -19,18 +21,6 @@ def write_toml(repo: Path, text: str) -> Path:
     repo.mkdir(parents=True, exist_ok=True)
     (repo / pipeline.CONFIG_FILE).write_text(text)
     return repo
-
-
-def record(attempt: int, accuracy: float, train_seconds: float = 10.0) -> dict:
-    """An attempt record in the shape ``steps.judge_attempt`` writes (the keys ``decide`` reads)."""
-    return {
-        "attempt": attempt,
-        "pipeline_id": "0123abcd-feedbeef",
-        "hparams": {"epochs": attempt, "filters": 2 * attempt},
-        "evaluation": {"accuracy": accuracy, "container_wall_seconds": 3.0},
-        "timings": {"train_seconds": train_seconds, "train_container_seconds": train_seconds + 2,
-                    "evaluate_container_seconds": 3.0},
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -47,10 +37,7 @@ def test_defaults_without_pushtrain_toml(tmp_path: Path) -> None:
     config = load_config(tmp_path)
 
     assert config == PipelineConfig()
-    assert (config.target, config.metric, config.max_attempts) == (0.80, "accuracy", 5)
-    assert (config.dataset, config.entry, config.kind, config.strategy) == ("mnist5k", "model.py", "auto",
-                                                                            "default")
-    assert config.commit_back is True
+    assert config.target == 0.80  # the target the README promises a repository that sets none
 
 
 FULL_TOML_BODY = """\
@@ -247,12 +234,17 @@ def test_a_pipeline_id_cannot_escape_the_runs_dir(data_dir: Path) -> None:
     assert path.parent == data_dir.resolve() / "runs"
 
 
+def a_pipeline(**changes) -> pipeline.Pipeline:
+    fields = {"pipeline_id": "01234567-89abcdef", "repo_url": "/srv/git/models.git", "branch": "main",
+              "commit": "0123456789abcdef0123456789abcdef01234567", "author_name": "Ada",
+              "author_email": "ada@example.com", "commit_message": "first", "kind": "cnn",
+              "config": PipelineConfig(target=0.9), "origin_dag_run_id": "manual__1", "model_name": "models",
+              "detection": ["keras.layers.Conv2D at line 3"]}
+    return pipeline.Pipeline(**{**fields, **changes})
+
+
 def test_pipeline_round_trips_through_pipeline_json() -> None:
-    run = pipeline.Pipeline(pipeline_id="01234567-89abcdef", repo_url="/srv/git/models.git", branch="main",
-                            commit="0123456789abcdef0123456789abcdef01234567", author_name="Ada",
-                            author_email="ada@example.com", commit_message="first", kind="cnn",
-                            config=PipelineConfig(target=0.9), origin_dag_run_id="manual__1",
-                            model_name="models", detection=["keras.layers.Conv2D at line 3"])
+    run = a_pipeline()
     run.save()
 
     assert pipeline.Pipeline.load(run.pipeline_id) == run
@@ -260,33 +252,143 @@ def test_pipeline_round_trips_through_pipeline_json() -> None:
         pipeline.Pipeline.load("ffffffff-00000000")
 
 
-def test_attempt_records_are_read_in_attempt_order() -> None:
+def test_attempt_records_are_the_judged_attempts_in_attempt_order(attempts) -> None:
     for attempt in (10, 2, 1):
-        pipeline.write_attempt_record("p-1", attempt, record(attempt, 0.1 * attempt / 10))
+        attempts.evaluated(attempt, 0.1 * attempt / 10).save()
+    attempts.failed(3, "the model could not be built: negative dimension").save()
+    prepared = attempts.evaluated(11, 0.5).changed(status="prepared", evaluation=None)
+    prepared.save()  # still in training: not judged yet
 
-    assert [r["attempt"] for r in pipeline.attempt_records("p-1")] == [1, 2, 10]
+    records = pipeline.attempt_records(attempts.pipeline_id)
+
+    assert [(r.attempt, r.status) for r in records] == [(1, "evaluated"), (2, "evaluated"), (3, "failed"),
+                                                        (10, "evaluated")]
+    assert records[0] == pipeline.Attempt.load(attempts.pipeline_id, 1)
+    assert pipeline.Attempt.load(attempts.pipeline_id, 11) == prepared
     assert pipeline.attempt_records("no-such-pipeline") == []
+
+
+# ------------------------------------------------------------------------------------ records on load
+
+
+def attempt_json(attempts) -> Path:
+    attempts.evaluated(2, 0.7).save()
+    return pipeline.attempt_dir(attempts.pipeline_id, 2) / pipeline.ATTEMPT_FILE
+
+
+@pytest.mark.parametrize(("change", "field", "problem"), [
+    (lambda d: d["evaluation"].update(accuracy="0.7"), "evaluation.accuracy", "valid number"),
+    (lambda d: d["evaluation"].update(accuracy=1.5), "evaluation.accuracy", "less than or equal to 1"),
+    (lambda d: d.pop("commit"), "commit", "Field required"),
+    (lambda d: d.update(attempts=2), "attempts", "Extra inputs are not permitted"),
+    (lambda d: d.update(schema_version=2), "schema_version", "Input should be 1"),
+    (lambda d: d.update(status="lost"), "status", "'prepared', 'evaluated' or 'failed'"),
+    (lambda d: d["timings"].update(train_seconds=None), "timings.train_seconds", "valid number"),
+], ids=["string for a number", "accuracy above 1", "missing field", "unknown field", "newer schema",
+        "unknown status", "null for a number"])
+def test_an_attempt_json_that_does_not_fit_names_the_file_and_the_field(attempts, change, field: str,
+                                                                         problem: str) -> None:
+    path = attempt_json(attempts)
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(RecordError) as caught:
+        pipeline.Attempt.load(attempts.pipeline_id, 2)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert f"field {field}: " in message and problem in message, message
+
+
+def test_an_attempt_json_that_is_not_json_names_the_file(attempts) -> None:
+    path = attempt_json(attempts)
+    path.write_text('{"attempt": 2,')
+
+    with pytest.raises(RecordError, match=rf"^{re.escape(str(path))}: Invalid JSON"):
+        pipeline.attempt_records(attempts.pipeline_id)
+
+
+@pytest.mark.parametrize(("status", "remove", "problem"), [
+    ("evaluated", "evaluation", "an evaluated attempt needs evaluation"),
+    ("failed", "reason", "a failed attempt needs the reason it failed"),
+], ids=["evaluated without evaluation", "failed without reason"])
+def test_an_attempt_must_hold_what_its_status_promises(attempts, status: str, remove: str,
+                                                       problem: str) -> None:
+    path = attempt_json(attempts) if status == "evaluated" else None
+    if path is None:
+        attempts.failed(2, "cannot build").save()
+        path = pipeline.attempt_dir(attempts.pipeline_id, 2) / pipeline.ATTEMPT_FILE
+    document = json.loads(path.read_text())
+    document[remove] = None if remove == "evaluation" else ""
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(RecordError, match=problem):
+        pipeline.Attempt.load(attempts.pipeline_id, 2)
+    with pytest.raises(ValueError, match=problem):  # the same rule when the pipeline builds one
+        pipeline.Attempt.model_validate_json(json.dumps(document))
+
+
+def test_a_pipeline_json_with_an_invalid_config_names_the_file_and_the_key() -> None:
+    run = a_pipeline()
+    run.save()
+    path = pipeline.pipeline_dir(run.pipeline_id) / pipeline.PIPELINE_FILE
+    document = json.loads(path.read_text())
+    document["config"]["max_attempts"] = 0
+    document["config"]["colour"] = "blue"
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(RecordError) as caught:
+        pipeline.Pipeline.load(run.pipeline_id)
+    assert str(caught.value).startswith(f"{path}: field config")
+    assert "colour" in str(caught.value)
+
+
+def test_a_changed_record_is_validated_again(attempts) -> None:
+    record = attempts.evaluated(1, 0.5)
+
+    with pytest.raises(ValueError, match="an evaluated attempt needs"):
+        record.changed(timings=None)
+    assert record.changed(container_restarts=2).container_restarts == 2
+
+
+def test_a_decision_travels_through_xcom_and_carries_the_next_run_id() -> None:
+    decision = pipeline.Decision(pipeline_id="01234567-89abcdef", attempt=2, action=Action.RETRAIN,
+                                 reason="accuracy 0.5 < target 0.9", accuracy=0.5, target=0.9)
+
+    value = json.loads(json.dumps(decision.to_xcom()))  # what XCom stores and hands back
+
+    assert value["next_attempt"] == 3
+    assert value["next_run_id"] == pipeline.trigger_run_id("01234567-89abcdef", 3)  # trigger_retrain's id
+    assert pipeline.Decision.from_xcom(value, "judge_attempt") == decision
+
+
+def test_a_damaged_xcom_names_the_task_and_the_field() -> None:
+    with pytest.raises(RecordError, match=r"^the XCom of judge_attempt: field action: .*'met', 'retrain'"):
+        pipeline.Decision.from_xcom({"pipeline_id": "p", "attempt": 2, "action": "maybe", "reason": "",
+                                     "accuracy": None, "target": 0.9}, "judge_attempt")
+    with pytest.raises(RecordError, match=r"^the XCom of prepare_attempt: field attempt: Field required"):
+        pipeline.PreparedAttempt.from_xcom({"pipeline_id": "p", "kind": "cnn"}, "prepare_attempt")
 
 
 # ------------------------------------------------------------------------------------------------ decide
 
 
-def test_met_when_accuracy_equals_the_target() -> None:
+def test_met_when_accuracy_equals_the_target(attempts) -> None:
     config = PipelineConfig(target=0.8)
-    decision = decide(config, [record(1, 0.5), record(2, 0.8)], 2)
+    decision = decide(config, [attempts.evaluated(1, 0.5), attempts.evaluated(2, 0.8)], 2)
 
     assert decision.action == Action.MET
     assert (decision.attempt, decision.accuracy, decision.target) == (2, 0.8, 0.8)
 
 
-def test_met_takes_precedence_over_a_spent_budget() -> None:
+def test_met_takes_precedence_over_a_spent_budget(attempts) -> None:
     config = PipelineConfig(target=0.8, max_attempts=2)
-    assert decide(config, [record(1, 0.5), record(2, 0.85)], 2).action == Action.MET
+    assert decide(config, [attempts.evaluated(1, 0.5), attempts.evaluated(2, 0.85)], 2).action == Action.MET
 
 
-def test_stop_at_max_attempts_says_budget_spent() -> None:
+def test_stop_at_max_attempts_says_budget_spent(attempts) -> None:
     config = PipelineConfig(target=0.9, max_attempts=3)
-    records = [record(1, 0.5), record(2, 0.7), record(3, 0.6)]
+    records = [attempts.evaluated(1, 0.5), attempts.evaluated(2, 0.7), attempts.evaluated(3, 0.6)]
 
     decision = decide(config, records, 3)
 
@@ -296,9 +398,9 @@ def test_stop_at_max_attempts_says_budget_spent() -> None:
     assert decision.accuracy == 0.6
 
 
-def test_stop_when_the_last_patience_attempts_gained_nothing_real() -> None:
+def test_stop_when_the_last_patience_attempts_gained_nothing_real(attempts) -> None:
     config = PipelineConfig(target=0.9, max_attempts=10, patience=2, min_gain=0.005)
-    records = [record(1, 0.5), record(2, 0.502), record(3, 0.503)]
+    records = [attempts.evaluated(1, 0.5), attempts.evaluated(2, 0.502), attempts.evaluated(3, 0.503)]
 
     decision = decide(config, records, 3)
 
@@ -306,16 +408,16 @@ def test_stop_when_the_last_patience_attempts_gained_nothing_real() -> None:
     assert "no real gain" in decision.reason
 
 
-def test_retrain_while_flat_attempts_are_fewer_than_patience() -> None:
+def test_retrain_while_flat_attempts_are_fewer_than_patience(attempts) -> None:
     config = PipelineConfig(target=0.9, max_attempts=10, patience=3, min_gain=0.005)
-    records = [record(1, 0.5), record(2, 0.502), record(3, 0.503)]
+    records = [attempts.evaluated(1, 0.5), attempts.evaluated(2, 0.502), attempts.evaluated(3, 0.503)]
 
     assert decide(config, records, 3).action == Action.RETRAIN
 
 
-def test_retrain_below_target_with_budget_and_gain_left() -> None:
+def test_retrain_below_target_with_budget_and_gain_left(attempts) -> None:
     config = PipelineConfig(target=0.9, max_attempts=5)
-    records = [record(2, 0.6), record(1, 0.5)]  # order on disk is not attempt order
+    records = [attempts.evaluated(2, 0.6), attempts.evaluated(1, 0.5)]  # order on disk is not attempt order
 
     decision = decide(config, records, 2)
 
@@ -324,16 +426,57 @@ def test_retrain_below_target_with_budget_and_gain_left() -> None:
     assert "attempt 3 of 5" in decision.reason
 
 
-def test_best_record_prefers_the_earlier_attempt_on_a_tie() -> None:
-    records = [record(1, 0.7), record(2, 0.9), record(3, 0.9)]
-    assert pipeline.best_record(records)["attempt"] == 2
+def test_a_failed_attempt_is_retrained_past_with_its_reason(attempts) -> None:
+    config = PipelineConfig(target=0.9, max_attempts=5)
+    records = [attempts.evaluated(1, 0.5), attempts.failed(2, "the model could not be built: negative size")]
+
+    decision = decide(config, records, 2)
+
+    assert decision.action == Action.RETRAIN
+    assert decision.accuracy is None
+    assert "attempt 2 failed: the model could not be built: negative size" in decision.reason
+    assert "attempt 3 of 5 next" in decision.reason
+
+
+def test_a_failed_attempt_counts_against_max_attempts(attempts) -> None:
+    config = PipelineConfig(target=0.9, max_attempts=2)
+    records = [attempts.evaluated(1, 0.5), attempts.failed(2, "the model could not be built")]
+
+    decision = decide(config, records, 2)
+
+    assert decision.action == Action.STOP
+    assert "budget spent: 2 of 2 attempts, best accuracy 0.5000" in decision.reason
+
+
+def test_failed_attempts_count_as_no_gain_for_patience(attempts) -> None:
+    config = PipelineConfig(target=0.9, max_attempts=10, patience=2)
+    records = [attempts.evaluated(1, 0.5), attempts.failed(2, "cannot build"), attempts.failed(3, "cannot build")]
+
+    assert decide(config, records, 3).action == Action.STOP
+
+
+def test_best_record_prefers_the_earlier_attempt_on_a_tie_and_ignores_failed_ones(attempts) -> None:
+    records = [attempts.evaluated(1, 0.7), attempts.evaluated(2, 0.9), attempts.failed(3, "cannot build"),
+               attempts.evaluated(4, 0.9)]
+    assert pipeline.best_record(records).attempt == 2
+    assert pipeline.best_record([attempts.failed(2, "cannot build")]) is None
+
+
+def test_a_strategy_sees_a_failed_attempt_as_nan_with_its_hparams(attempts) -> None:
+    failed = attempts.failed(2, "cannot build", hparams={"conv_blocks": 5})
+
+    history = pipeline.strategy_history([attempts.evaluated(1, 0.5, train_seconds=4.0), failed])
+
+    assert (history[0].accuracy, history[0].train_seconds) == (0.5, 4.0)
+    assert history[1].hparams == {"conv_blocks": 5}
+    assert math.isnan(history[1].accuracy) and history[1].train_seconds == 0.0
 
 
 # ----------------------------------------------------------------------------------------------- cleanup
 
 
-def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results() -> None:
-    pipeline_id = "01234567-89abcdef"
+def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results(attempts) -> None:
+    pipeline_id = attempts.pipeline_id
     workspace = pipeline.workspace_dir(pipeline_id) / "repo"
     workspace.mkdir(parents=True)
     (workspace / "model.py").write_text("HPARAMS = {}\n")
@@ -345,7 +488,7 @@ def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results() -> No
         (out / "model").mkdir()
         (out / "model" / "model.keras").write_bytes(b"weights")
         (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
-        pipeline.write_attempt_record(pipeline_id, attempt, record(attempt, 0.5))
+        attempts.evaluated(attempt, 0.5).save()
         kept += [out / "model" / "model.keras", out / "metrics.json",
                  pipeline.attempt_dir(pipeline_id, attempt) / "attempt.json"]
     other = pipeline.output_dir("ffffffff-00000000", 1) / "checkpoints"

@@ -9,6 +9,8 @@ as of the run's logical date", is tested against known instants.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import html
 import json
 import os
 import re
@@ -20,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from pushtrain import gitops, ledger, pipeline, steps, tweak
+from pushtrain import datasets, gitops, ledger, pipeline, settings, steps, tweak
+from pushtrain.mail import budget_spent_mail, leaderboard_html
+from pushtrain.registry import ModelRegistry
+from pushtrain.runner import contract
 
 BRANCH = "main"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the first commit's time; the others are hours later
@@ -265,8 +270,7 @@ def test_checkout_commit_writes_pipeline_json_and_checks_out_exactly_that_commit
     result = checkout(origin, sha)
 
     pipeline_id = pipeline.pipeline_id_for(sha, RUN_1)
-    assert result == {"pipeline_id": pipeline_id, "commit": sha, "entry": "model.py",
-                      "author_email": AUTHOR[1]}
+    assert result == {"pipeline_id": pipeline_id, "commit": sha}
     workspace = pipeline.workspace_dir(pipeline_id) / "repo"
     assert tree(workspace) == files
     assert git(workspace, "rev-parse", "HEAD") == sha
@@ -382,7 +386,7 @@ def test_a_file_of_no_kind_is_a_user_facing_error(origin: Origin) -> None:
         steps.detect_model_kind(pipeline_id)
 
 
-# ---------------------------------------------------------------------------- prepare_*_attempt (tweaks)
+# ------------------------------------------------------------------ prepare, judge, register and finish
 
 
 def commented_cnn(templates_dir: Path) -> str:
@@ -392,27 +396,71 @@ def commented_cnn(templates_dir: Path) -> str:
     return source.replace("\n\ndef build_model", "\n# keep this comment\n\ndef build_model", 1)
 
 
-def attempt_record(pipeline_id: str, attempt: int, accuracy: float) -> dict:
-    """The attempt.json of an evaluated attempt, in the layout steps.judge_attempt writes."""
-    code = pipeline.attempt_dir(pipeline_id, attempt) / "code" / "model.py"
-    record = {"attempt": attempt, "pipeline_id": pipeline_id, "hparams": tweak.read_hparams(code.read_text()),
-              "evaluation": {"accuracy": accuracy, "container_wall_seconds": 2.0},
-              "timings": {"train_seconds": 5.0, "train_container_seconds": 7.0,
-                          "evaluate_container_seconds": 2.0}}
-    pipeline.write_attempt_record(pipeline_id, attempt, record)
-    return record
+@pytest.fixture
+def digits(data_dir: Path) -> datasets.Manifest:
+    """A small digits export made by the pipeline's own exporter (the real one takes seconds per test)."""
+    rows = [([(17 * n + 3 * p) % 256 for p in range(64)], str(n % 10)) for n in range(60)]
+    return datasets.export_dataset("digits", rows)
+
+
+def trained_and_evaluated(prepared: dict, accuracy: float) -> tuple[dict, dict]:
+    """What the training and evaluation tasks leave for ``judge_attempt``: ``metrics.json`` and a saved
+    model in the attempt's output dir (as the runner writes them), and the two tasks' XComs."""
+    plan = pipeline.PreparedAttempt.from_xcom(prepared, "prepare_attempt")
+    run = pipeline.Pipeline.load(plan.pipeline_id)
+    manifest = datasets.load_manifest(run.config.dataset)
+    model_file = pipeline.attempt_dir(plan.pipeline_id, plan.attempt) / "code" / run.config.entry
+    hparams = tweak.read_hparams(model_file.read_text())
+    metrics = {"schema_version": contract.SCHEMA_VERSION, "kind": plan.kind, "evaluated_on": "validation",
+               "accuracy": accuracy, "precision": accuracy, "recall": accuracy, "f1": accuracy, "loss": 0.4,
+               "per_class": {}, "n_train": 48, "n_evaluated": 12, "epochs_run": hparams.get("epochs", 1),
+               "resumed_from_epoch": 0, "train_seconds": 5.0, "history": [], "hparams": hparams,
+               "code_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+               "dataset_sha256": manifest.train_sha256, "versions": {}, "finished_at": "2026-03-01T12:00:00Z"}
+    assert contract.validate_metrics(metrics) == []
+    out = pipeline.output_dir(plan.pipeline_id, plan.attempt)
+    contract.write_json_atomic(out / contract.METRICS_FILE, metrics)
+    (out / contract.MODEL_DIR).mkdir(parents=True, exist_ok=True)
+    (out / contract.MODEL_DIR / "model.keras").write_bytes(f"weights of attempt {plan.attempt}".encode())
+    (out / contract.CHECKPOINT_DIR).mkdir(exist_ok=True)
+    trained = {"status": "trained", "pipeline_id": plan.pipeline_id, "attempt": plan.attempt, "kind": plan.kind,
+               "image": f"pushtrain/{plan.kind}:unit", "image_id": "sha256:" + "1" * 64,
+               "container_wall_seconds": 7.0, "container_restarts": 0}
+    evaluation = pipeline.Evaluation(accuracy=accuracy, precision=accuracy, recall=accuracy, f1=accuracy,
+                                     loss=0.4, n_evaluated=12, dataset_sha256=manifest.test_sha256,
+                                     container_wall_seconds=2.0).model_dump()
+    return trained, evaluation
+
+
+def judge(prepared: dict, accuracy: float) -> pipeline.Decision:
+    trained, evaluation = trained_and_evaluated(prepared, accuracy)
+    airflow_run = {"dag_id": "tweak_and_retrain", "run_id": f"run-{prepared['attempt']}"}
+    return pipeline.Decision.from_xcom(steps.judge_attempt(prepared, trained, evaluation, airflow_run),
+                                       "judge_attempt")
+
+
+def judge_unbuildable(prepared: dict, message: str) -> pipeline.Decision:
+    """The XComs of a tweaked attempt whose model the runner could not build (the training task's contract)."""
+    trained = {"status": "unbuildable", "failure": message, "pipeline_id": prepared["pipeline_id"],
+               "attempt": prepared["attempt"], "kind": prepared["kind"], "image": "pushtrain/tensorflow:unit",
+               "image_id": "sha256:" + "1" * 64, "container_wall_seconds": 3.0, "container_restarts": 0}
+    evaluation = {"status": "not_evaluated", "reason": "the model could not be built"}
+    airflow_run = {"dag_id": "tweak_and_retrain", "run_id": f"run-{prepared['attempt']}"}
+    return pipeline.Decision.from_xcom(steps.judge_attempt(prepared, trained, evaluation, airflow_run),
+                                       "judge_attempt")
 
 
 @pytest.fixture
-def first_attempt(origin: Origin, templates_dir: Path) -> str:
-    """A cnn pipeline whose attempt 1 was prepared and evaluated (accuracy 0.3); returns its id."""
+def first_attempt(origin: Origin, templates_dir: Path, digits: datasets.Manifest) -> str:
+    """A cnn pipeline whose attempt 1 was prepared, trained and judged (accuracy 0.3); returns its id."""
     files = {"model.py": commented_cnn(templates_dir), "pushtrain.toml": CNN_TOML, "data/README": "notes\n"}
     pipeline_id = checkout(origin, origin.commit(files, "cnn", T0))["pipeline_id"]
     steps.detect_model_kind(pipeline_id)
     prepared = steps.prepare_first_attempt(pipeline_id)
-    assert prepared == {"pipeline_id": pipeline_id, "attempt": 1, "kind": "cnn", "diff": "", "updates": {}}
+    assert prepared == {"pipeline_id": pipeline_id, "attempt": 1, "kind": "cnn", "action": "train", "reason": "",
+                        "warm_start_from": None}
     assert tree(pipeline.attempt_dir(pipeline_id, 1) / "code") == files
-    attempt_record(pipeline_id, 1, 0.3)
+    judge(prepared, 0.3)
     return pipeline_id
 
 
@@ -428,11 +476,13 @@ def test_prepare_tweaked_attempt_changes_hparams_only(first_attempt: str) -> Non
     prepared = steps.prepare_tweaked_attempt(pipeline_id, 2)
 
     after = (pipeline.attempt_dir(pipeline_id, 2) / "code" / "model.py").read_text()
-    updates = prepared["updates"]
-    assert prepared["attempt"] == 2 and prepared["kind"] == "cnn" and prepared["based_on_attempt"] == 1
+    record = pipeline.Attempt.load(pipeline_id, 2)
+    updates = record.tweak_updates
+    assert (prepared["attempt"], prepared["kind"], prepared["action"]) == (2, "cnn", "train")
+    assert (record.status, record.based_on_attempt) == ("prepared", 1)
     assert updates and after != before
     old_hparams, new_hparams = tweak.read_hparams(before), tweak.read_hparams(after)
-    assert new_hparams == {**old_hparams, **updates}
+    assert new_hparams == {**old_hparams, **updates} == record.hparams
     assert {k for k in new_hparams if new_hparams[k] != old_hparams.get(k)} == set(updates)
     # Every changed line is an HPARAMS entry of an updated key; comments and the rest are byte-identical.
     entry = re.compile(r'^[+-]\s+"(\w+)": ')
@@ -446,35 +496,36 @@ def test_prepare_tweaked_attempt_changes_hparams_only(first_attempt: str) -> Non
     # The other files of the repository come along; attempt 1's copy is untouched.
     assert (pipeline.attempt_dir(pipeline_id, 2) / "code" / "data" / "README").read_text() == "notes\n"
     assert (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text() == before
-    diff = (pipeline.attempt_dir(pipeline_id, 2) / "tweak.diff").read_text()
-    assert diff == prepared["diff"]
-    assert diff.startswith("--- a/model.py\n+++ b/model.py\n")
-    assert diff == tweak.unified_diff(before, after, "model.py")
+    assert record.tweak_diff.startswith("--- a/model.py\n+++ b/model.py\n")
+    assert record.tweak_diff == tweak.unified_diff(before, after, "model.py")
 
 
 def test_a_later_attempt_starts_from_the_best_attempt_so_far(first_attempt: str) -> None:
     pipeline_id = first_attempt
-    steps.prepare_tweaked_attempt(pipeline_id, 2)
-    best = attempt_record(pipeline_id, 2, 0.6)
+    judge(steps.prepare_tweaked_attempt(pipeline_id, 2), 0.6)
+    best = pipeline.Attempt.load(pipeline_id, 2)
 
-    prepared = steps.prepare_tweaked_attempt(pipeline_id, 3)
+    steps.prepare_tweaked_attempt(pipeline_id, 3)
 
-    assert prepared["based_on_attempt"] == 2
-    third = tweak.read_hparams((pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text())
-    assert third == {**best["hparams"], **prepared["updates"]}
-    assert third != best["hparams"]
+    third = pipeline.Attempt.load(pipeline_id, 3)
+    assert third.based_on_attempt == 2
+    assert tweak.read_hparams((pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text()) == \
+        third.hparams == {**best.hparams, **third.tweak_updates}
+    assert third.hparams != best.hparams
     # The recorded diff is against the code as committed (attempt 1), so it shows every change so far.
     original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text()
     tweaked = (pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text()
-    assert prepared["diff"] == tweak.unified_diff(original, tweaked, "model.py")
+    assert third.tweak_diff == tweak.unified_diff(original, tweaked, "model.py")
 
 
 def test_a_retried_tweak_writes_the_same_attempt(first_attempt: str) -> None:
     first = steps.prepare_tweaked_attempt(first_attempt, 2)
+    record = pipeline.Attempt.load(first_attempt, 2)
     code = pipeline.attempt_dir(first_attempt, 2) / "code"
     (code / "leftover.txt").write_text("from a killed try\n")
 
     assert steps.prepare_tweaked_attempt(first_attempt, 2) == first
+    assert pipeline.Attempt.load(first_attempt, 2) == record
     assert not (code / "leftover.txt").exists()
 
 
@@ -483,6 +534,178 @@ def test_tweak_without_an_evaluated_attempt_is_a_user_facing_error(first_attempt
 
     with pytest.raises(steps.UserFacingError, match="no evaluated attempt"):
         steps.prepare_tweaked_attempt(first_attempt, 2)
+
+
+def test_judge_attempt_records_the_lineage_and_decides(first_attempt: str, digits: datasets.Manifest) -> None:
+    pipeline_id = first_attempt
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 2)
+
+    decision = judge(prepared, 0.95)  # CNN_TOML's target is 0.9
+
+    record = pipeline.Attempt.load(pipeline_id, 2)
+    run = pipeline.Pipeline.load(pipeline_id)
+    metrics = contract.read_metrics(pipeline.output_dir(pipeline_id, 2))
+    assert (decision.action, decision.attempt, decision.accuracy, decision.target) == ("met", 2, 0.95, 0.9)
+    assert (record.status, record.accuracy, record.commit, record.repo_url) == ("evaluated", 0.95, run.commit,
+                                                                                 run.repo_url)
+    assert record.hparams == metrics["hparams"] and record.model_file_sha256 == metrics["code_sha256"]
+    assert record.dataset.test_sha256 == digits.test_sha256 and record.dataset.split_version == "v1"
+    assert record.image_id == "sha256:" + "1" * 64
+    assert record.timings.train_container_seconds == 7.0 and record.timings.evaluate_container_seconds == 2.0
+    assert record.airflow.run_id == "run-2" and record.recorded_at
+    assert pipeline.Attempt.load(pipeline_id, 1).accuracy == 0.3  # the other attempt is untouched
+
+
+def test_judge_attempt_retrains_below_target(first_attempt: str) -> None:
+    decision = judge(steps.prepare_tweaked_attempt(first_attempt, 2), 0.5)
+
+    assert decision.action == "retrain"
+    assert decision.next_run_id == pipeline.trigger_run_id(first_attempt, 3)
+
+
+def test_an_unbuildable_tweak_is_a_failed_attempt_and_the_loop_moves_on(first_attempt: str) -> None:
+    pipeline_id = first_attempt
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 2)
+    failed_hparams = pipeline.Attempt.load(pipeline_id, 2).hparams
+    message = "ValueError: Computed output size would be negative: -1 [input_size: 1, pool_size: 2]"
+
+    decision = judge_unbuildable(prepared, message)
+
+    record = pipeline.Attempt.load(pipeline_id, 2)
+    assert (record.status, record.accuracy, record.evaluation) == ("failed", None, None)
+    assert record.reason == f"the model could not be built: {message}"
+    assert record.hparams == failed_hparams  # what it tried, so no strategy proposes it again
+    assert decision.action == "retrain" and decision.accuracy is None
+    assert "attempt 2 failed: the model could not be built" in decision.reason
+    # The next attempt starts from the best one (attempt 1) with another move.
+    steps.prepare_tweaked_attempt(pipeline_id, 3)
+    third = pipeline.Attempt.load(pipeline_id, 3)
+    assert third.based_on_attempt == 1
+    assert third.hparams != failed_hparams
+    assert "failed: the model could not be built" in leaderboard_html(pipeline.attempt_records(pipeline_id), 0.9)
+
+
+def test_the_last_attempt_failing_stops_with_the_budget_spent(origin: Origin, templates_dir: Path,
+                                                              digits: datasets.Manifest) -> None:
+    files = {"model.py": (templates_dir / "cnn_keras.py").read_text(),
+             "pushtrain.toml": CNN_TOML + "max_attempts = 2\n"}
+    pipeline_id = checkout(origin, origin.commit(files, "cnn", T0), params={**PARAMS, "max_attempts": None})[
+        "pipeline_id"]
+    steps.detect_model_kind(pipeline_id)
+    judge(steps.prepare_first_attempt(pipeline_id), 0.3)
+
+    decision = judge_unbuildable(steps.prepare_tweaked_attempt(pipeline_id, 2), "cannot build")
+
+    assert decision.action == "stop"
+    assert "budget spent: 2 of 2 attempts, best accuracy 0.3000" in decision.reason
+
+
+KNN_TWO_COMBINATIONS = '''from sklearn.neighbors import KNeighborsClassifier
+
+HPARAMS = {"weights": "uniform"}
+
+
+def build_estimator(hp):
+    return KNeighborsClassifier(n_neighbors=5, weights=hp["weights"])
+'''
+
+
+def test_a_strategy_with_nothing_left_to_try_stops_the_loop_with_the_reason(origin: Origin,
+                                                                             digits: datasets.Manifest) -> None:
+    files = {"model.py": KNN_TWO_COMBINATIONS,
+             "pushtrain.toml": 'dataset = "digits"\ntarget = 0.999\nmax_attempts = 6\npatience = 10\n'}
+    pipeline_id = checkout(origin, origin.commit(files, "knn with one knob", T0),
+                           params={**PARAMS, "max_attempts": None})["pipeline_id"]
+    assert steps.detect_model_kind(pipeline_id) == "knn"
+    judge(steps.prepare_first_attempt(pipeline_id), 0.8)
+    assert judge(steps.prepare_tweaked_attempt(pipeline_id, 2), 0.85).action == "retrain"
+
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 3)  # uniform and distance are both tried
+
+    assert prepared["action"] == "stop" and prepared["attempt"] == 3
+    assert "strategy default exhausted" in prepared["reason"] and "weights" in prepared["reason"]
+    assert not pipeline.attempt_dir(pipeline_id, 3).exists()  # nothing was prepared to train
+    decision = steps.judge_attempt(prepared, None, None, {"dag_id": "tweak_and_retrain", "run_id": "run-3"})
+    assert (decision["action"], decision["attempt"], decision["reason"]) == ("stop", 2, prepared["reason"])
+    report = steps.report_budget_spent(decision)
+    assert (report["attempts"], report["best_attempt"], report["best_accuracy"]) == (2, 2, 0.85)
+    steps.finish_pipeline(pipeline_id, 3, decision)
+    summary = pipeline.Summary.load(pipeline_id)
+    assert (summary.outcome, summary.ended_after_attempt, summary.reason) == ("stop", 2, prepared["reason"])
+    subject, body = budget_spent_mail(pipeline_id, report["reason"])
+    assert "best 0.8500 after 2 attempt(s)" in subject
+    assert f"Why it stopped: {html.escape(prepared['reason'])}" in body
+
+
+def test_register_model_registers_the_winner_with_its_record_as_lineage(first_attempt: str,
+                                                                         origin: Origin) -> None:
+    pipeline_id = first_attempt
+    decision = judge(steps.prepare_tweaked_attempt(pipeline_id, 2), 0.95)
+
+    registered = steps.register_model(decision.to_xcom(), origin.remote)
+
+    run = pipeline.Pipeline.load(pipeline_id)
+    record = pipeline.Attempt.load(pipeline_id, 2)
+    version = ModelRegistry(settings.registry_dir()).production(run.model_name)
+    assert (registered["version"], registered["attempt"], registered["accuracy"]) == (1, 2, 0.95)
+    assert registered["is_production"] and version.number == 1 and registered["path"] == str(version.path)
+    assert version.lineage == record.lineage(run)
+    assert version.lineage["tweak_diff"] == record.tweak_diff and version.lineage["pipeline"]["branch"] == BRANCH
+    assert version.metrics == record.evaluation.model_dump()
+    assert (version.artifact_dir / "model.keras").read_bytes() == b"weights of attempt 2"
+    branch = f"pushtrain/{run.commit[:8]}"
+    assert registered["pushed_branch"].startswith(branch)
+    assert git(origin.bare, "show", f"{branch}:model.py") + "\n" == \
+        (pipeline.attempt_dir(pipeline_id, 2) / "code" / "model.py").read_text()
+    # A retried task registers nothing new and pushes the same commit.
+    assert steps.register_model(decision.to_xcom(), origin.remote)["version"] == 1
+
+
+def test_register_model_without_a_remote_pushes_nothing(first_attempt: str, origin: Origin) -> None:
+    decision = judge(steps.prepare_tweaked_attempt(first_attempt, 2), 0.95)
+
+    registered = steps.register_model(decision.to_xcom(), None)
+
+    assert registered["pushed_branch"] is None and registered["version"] == 1
+    assert set(origin.branches()) == {BRANCH}
+
+
+def test_finish_pipeline_keeps_everything_while_the_loop_goes_on(first_attempt: str) -> None:
+    decision = judge(steps.prepare_tweaked_attempt(first_attempt, 2), 0.5)
+
+    assert steps.finish_pipeline(first_attempt, 2, decision.to_xcom()) == []
+    assert pipeline.Summary.load(first_attempt) is None
+    assert (pipeline.workspace_dir(first_attempt) / "repo").exists()
+    assert (pipeline.output_dir(first_attempt, 2) / contract.CHECKPOINT_DIR).exists()
+
+
+def test_finish_pipeline_cleans_up_and_writes_the_summary_once_the_target_is_met(first_attempt: str) -> None:
+    decision = judge(steps.prepare_tweaked_attempt(first_attempt, 2), 0.95)
+
+    removed = steps.finish_pipeline(first_attempt, 2, decision.to_xcom())
+
+    assert str(pipeline.workspace_dir(first_attempt)) in removed
+    assert not list(pipeline.pipeline_dir(first_attempt).glob("attempt-*/output/checkpoints"))
+    assert (pipeline.output_dir(first_attempt, 2) / contract.MODEL_DIR / "model.keras").exists()
+    summary = pipeline.Summary.load(first_attempt)
+    assert (summary.outcome, summary.ended_after_attempt, summary.reason) == ("met", 2, decision.reason)
+
+
+def test_finish_pipeline_after_a_failed_task_says_so(first_attempt: str) -> None:
+    steps.prepare_tweaked_attempt(first_attempt, 2)  # and then its training task failed
+
+    steps.finish_pipeline(first_attempt, 2, None)
+
+    summary = pipeline.Summary.load(first_attempt)
+    assert (summary.outcome, summary.ended_after_attempt) == ("failed", 2)
+    assert "attempt 2 failed" in summary.reason
+    assert not pipeline.workspace_dir(first_attempt).exists()
+
+
+def test_finish_pipeline_before_a_pipeline_existed_does_nothing(data_dir: Path) -> None:
+    assert steps.finish_pipeline(None, 1, None) == []
+    assert steps.finish_pipeline("ffffffff-00000000", 1, None) == []
+    assert not (data_dir / "runs").exists()
 
 
 # --------------------------------------------------------------------------------------- push_model_branch
