@@ -10,9 +10,15 @@ Started by `train_on_push` (and by itself) through a `TriggerDagRunOperator` who
    literal of a copy of the best attempt's model file through a concrete syntax tree (comments and
    formatting kept) and the diff is recorded. When only `epochs` grew from an earlier attempt, that attempt
    is the warm start: its output is mounted read-only and training continues its model for the new epochs.
+   When the strategy has tried every combination it can make, there is nothing to train: the run skips
+   training (**nothing_left_to_try**) and ends in **report_budget_spent**, whose mail says so: a normal
+   end, not a failure.
 2. Then the same steps as attempt 1: train in the kind's image, evaluate on the held-out split, gate.
-   The loop ends at the target, after `max_attempts`, or when `patience` attempts in a row brought no real
-   gain.
+   A tweak whose model cannot be built (say one more pooling block than the images are wide) is recorded
+   as a failed attempt with the builder's message; it counts against `max_attempts`, and the next attempt
+   starts again from the best one with another move.
+   The loop ends at the target, after `max_attempts`, when `patience` attempts in a row brought no real
+   gain, or when the strategy has nothing left to try.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def tweak_and_retrain() -> None:
     @task(task_id="prepare_attempt")
     @dag_parts.user_errors_fail_fast
     def prepare_attempt(**context: Any) -> dict:
-        """Tweak HPARAMS of the best attempt so far into this attempt's copy of the code."""
+        """Tweak HPARAMS of the best attempt so far into this attempt's copy of the code, or say stop."""
         params = context["params"]
         attempt = int(params["attempt"])
         config = pipeline.Pipeline.load(params["pipeline_id"]).config

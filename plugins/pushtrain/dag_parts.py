@@ -4,12 +4,17 @@
 prepared; from ``prepare_attempt`` on they run the same tasks, built here once::
 
     prepare_attempt >> choose_trainer ─cnn────> train_cnn ────┐
-                                      ─linear─> train_linear ─┼─> evaluate >> judge_attempt
-                                      ─knn────> train_knn ────┘
+                                      ─linear─> train_linear ─┼─> evaluate ─────────┐
+                                      ─knn────> train_knn ────┘                     ├─> judge_attempt
+                                      ─strategy exhausted─> nothing_left_to_try ────┘
     judge_attempt >> target_met    >> register_model        (success mail)
                   >> retry_allowed >> trigger_retrain       (next tweak_and_retrain run)
                   >> budget_spent  >> report_budget_spent   (leaderboard mail)
     all of them   >> finish_pipeline                        (clean-up once the pipeline ended)
+
+A strategy with nothing left to try is a normal end, not a failure: ``prepare_attempt`` says ``stop``,
+``choose_trainer`` skips training, and ``judge_attempt`` turns that into a stop whose mail says why. A
+tweak whose model cannot be built is trained and judged as a failed attempt; the loop goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import functools
 from datetime import timedelta
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Label, TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
@@ -28,6 +34,7 @@ from pushtrain.operators import EvaluateAttemptOperator, TrainAttemptOperator
 from pushtrain.runner.contract import KINDS
 
 RETRAIN_DAG_ID = "tweak_and_retrain"
+NOTHING_LEFT_TO_TRY = "nothing_left_to_try"
 TRAINER_LABELS = {"cnn": "cnn: Keras image", "linear": "linear: scikit-learn image",
                   "knn": "knn: scikit-learn image"}
 TRAINING_TIMEOUT = settings.training_timeout()
@@ -70,19 +77,22 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
 
     @task.branch(task_id="choose_trainer")
     def choose_trainer(attempt: dict) -> str:
-        """Route to the training task whose image fits the detected kind."""
+        """Route to the training task whose image fits the detected kind; past training on a stop."""
+        if attempt["action"] == "stop":
+            return NOTHING_LEFT_TO_TRY
         return f"train_{attempt['kind']}"
 
     trainers = [TrainAttemptOperator(task_id=f"train_{kind}", kind=kind, execution_timeout=TRAINING_TIMEOUT)
                 for kind in KINDS]
     evaluate = EvaluateAttemptOperator(task_id="evaluate", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
                                        execution_timeout=timedelta(minutes=30))
+    nothing_left_to_try = EmptyOperator(task_id=NOTHING_LEFT_TO_TRY)
 
     @task(task_id="judge_attempt", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def judge_attempt(attempt: dict, evaluation: dict, **context: Any) -> dict:
-        """Record the attempt's lineage and decide: target met, retrain, or stop."""
+    def judge_attempt(attempt: dict, evaluation: dict | None, **context: Any) -> dict:
+        """Record the attempt (evaluated, or failed) and decide: target met, retrain, or stop."""
         ti = context["ti"]
-        trained = next(t for t in ti.xcom_pull(task_ids=[f"train_{k}" for k in KINDS]) if t)
+        trained = next((t for t in ti.xcom_pull(task_ids=[f"train_{k}" for k in KINDS]) if t), None)
         return steps.judge_attempt(attempt, trained, evaluation, {"dag_id": ti.dag_id, "run_id": ti.run_id})
 
     @task.short_circuit(task_id="target_met", ignore_downstream_trigger_rules=False)
@@ -97,7 +107,7 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
 
     @task.short_circuit(task_id="budget_spent", ignore_downstream_trigger_rules=False)
     def budget_spent(decision: dict) -> bool:
-        """Below target and out of attempts, or no real gain any more."""
+        """Below target and out of attempts, no real gain any more, or nothing left to try."""
         return decision["action"] == "stop"
 
     @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS))
@@ -134,7 +144,9 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
     route = choose_trainer(prepared)
     for trainer in trainers:
         route >> Label(TRAINER_LABELS[trainer.kind]) >> trainer >> evaluate
+    route >> Label("strategy exhausted") >> nothing_left_to_try
     decision = judge_attempt(prepared, evaluate.output)
+    nothing_left_to_try >> decision
     met, retry, spent = target_met(decision), retry_allowed(decision), budget_spent(decision)
     outcomes = [met >> Label("target met") >> register_model(decision),
                 retry >> Label("below target, budget left") >> trigger_retrain,
@@ -148,7 +160,8 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         """Fail the run when a step failed: finish_pipeline, the other leaf, runs and succeeds regardless."""
         raise AirflowFailException("a step of this pipeline run failed: its task log says why")
 
-    every_step = [*earlier, prepared, route, *trainers, evaluate, decision, met, retry, spent, *outcomes, finish]
+    every_step = [*earlier, prepared, route, *trainers, evaluate, nothing_left_to_try, decision, met, retry, spent,
+                  *outcomes, finish]
     every_step >> fail_if_any_step_failed()
 
 
