@@ -61,6 +61,19 @@ def build_model(hp, input_shape, num_classes):
 '''
 
 
+# A knn model with one knob of two values: the strategy has nothing left to try after attempt 2.
+KNN_ONE_KNOB = '''"""KNN whose only knob is the weighting."""
+
+HPARAMS = {"weights": "uniform"}
+
+
+def build_estimator(hp):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=5, weights=hp["weights"])
+'''
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -119,6 +132,14 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
     crashing = Scenario(root, "crash-repo", "knn_sklearn.py", {"dataset": "digits"})
     shutil.copyfile(FIXTURES / "builder_raises.py", crashing.work / "model.py")
+    exhausted = Scenario(root, "exhausted-repo", "knn_sklearn.py",
+                         {"dataset": "digits", "target": 0.999, "max_attempts": 5, "patience": 10})
+    (exhausted.work / "model.py").write_text(KNN_ONE_KNOB)
+    # Three unpadded poolings take 8x8 digits to 1x1; the default strategy's first jump adds a fourth.
+    unbuildable = Scenario(root, "unbuildable-repo", "cnn_keras.py",
+                           {"dataset": "digits", "target": 0.999, "max_attempts": 3})
+    (unbuildable.work / "model.py").write_text(
+        apply_hparams((FIXTURES / "cnn_valid_pooling.py").read_text(), {"conv_blocks": 3}))
 
     smtp_port = free_port()
     sink = MailSink(root / "mail", port=smtp_port)
@@ -143,11 +164,12 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
                 airflow.airflow(*backfill)
             # Scenarios that inject a fault at a moment of their training start in their own test instead.
             for scenario, conf in ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 3}), (unknown, {}),
-                                   (crashing, {})):
+                                   (crashing, {}), (exhausted, {}), (unbuildable, {})):
                 trigger(airflow, scenario, conf)
             yield {"history": history, "airflow": airflow, "sink": sink, "root": root, "data_dir": data_dir, "watched": watched,
                    "knn": knn, "unreachable": unreachable, "unknown": unknown, "healing": healing,
-                   "stopped": stopped, "timed_out": timed_out, "adopted": adopted, "crashing": crashing}
+                   "stopped": stopped, "timed_out": timed_out, "adopted": adopted, "crashing": crashing,
+                   "exhausted": exhausted, "unbuildable": unbuildable}
         finally:
             airflow.stop()
 
@@ -195,12 +217,12 @@ def body(message) -> str:
 def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     watched = e2e["watched"]
     summary = wait_for_pipeline(watched.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "met", summary
-    records = pipeline.attempt_records(summary["pipeline_id"])
+    assert summary.outcome == "met", summary
+    records = pipeline.attempt_records(summary.pipeline_id)
     assert len(records) >= 2, "the weak template should need at least one tweak"
     winner = records[-1]
-    assert winner["evaluation"]["accuracy"] >= 0.90
-    assert all(r["evaluation"]["accuracy"] < 0.90 for r in records[:-1])
+    assert winner.accuracy >= 0.90
+    assert all(r.accuracy < 0.90 for r in records[:-1])
 
     versions = ModelRegistry(e2e["data_dir"] / "registry").versions("watched")
     assert len(versions) == 1
@@ -208,26 +230,26 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     assert production is not None and production.number == versions[0].number
     lineage = production.lineage
     assert lineage["commit"] == watched.commit
-    assert lineage["attempt"] == winner["attempt"]
+    assert lineage["attempt"] == winner.attempt
     assert lineage["dataset"]["test_sha256"] and lineage["image_id"].startswith("sha256:")
     assert lineage["tweak_diff"].startswith("--- a/model.py")
     assert lineage["airflow"]["dag_id"] == "tweak_and_retrain"
-    assert lineage["hparams"] == winner["hparams"]
+    assert lineage["hparams"] == winner.hparams
     # An attempt that only doubled epochs continued the earlier model instead of training from scratch.
     for record in records:
-        if record["warm_start_from"]:
-            parent = next(r for r in records if r["attempt"] == record["warm_start_from"])
-            assert record["warm_start_epochs"] == parent["hparams"]["epochs"] < record["hparams"]["epochs"]
-            assert {**record["hparams"], "epochs": 0} == {**parent["hparams"], "epochs": 0}
+        if record.warm_start_from:
+            parent = next(r for r in records if r.attempt == record.warm_start_from)
+            assert record.warm_start_epochs == parent.hparams["epochs"] < record.hparams["epochs"]
+            assert {**record.hparams, "epochs": 0} == {**parent.hparams, "epochs": 0}
     if len(records) >= 3:
-        assert any(r["warm_start_from"] for r in records), [r["hparams"] for r in records]
+        assert any(r.warm_start_from for r in records), [r.hparams for r in records]
 
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], watched.commit) if "target met" in m["subject"]],
                        60, "the success mail")
     assert len(mails) == 1
     text = body(mails[0])
     assert mails[0]["to"] == "dana@example.com"
-    assert f"{winner['evaluation']['accuracy']:.4f}" in text and "0.9000" in text
+    assert f"{winner.accuracy:.4f}" in text and "0.9000" in text
     assert f"Attempts: {len(records)}" in text
     assert str(production.path) in text
     assert "+    &quot;epochs&quot;" in text  # the winning diff
@@ -235,32 +257,32 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     branch = subprocess.run(["git", "-C", str(watched.bare), "branch", "--list", f"pushtrain/{watched.commit[:8]}"],
                             capture_output=True, text=True, check=True).stdout
     assert branch.strip() == f"pushtrain/{watched.commit[:8]}"
-    assert not pipeline.workspace_dir(summary["pipeline_id"]).exists()
-    assert not list(pipeline.pipeline_dir(summary["pipeline_id"]).glob("attempt-*/output/checkpoints"))
+    assert not pipeline.workspace_dir(summary.pipeline_id).exists()
+    assert not list(pipeline.pipeline_dir(summary.pipeline_id).glob("attempt-*/output/checkpoints"))
 
 
 def test_sklearn_repo_routes_to_the_sklearn_image(e2e):
     knn = e2e["knn"]
     summary = wait_for_pipeline(knn.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "met", summary
-    record = pipeline.attempt_records(summary["pipeline_id"])[0]
-    assert record["kind"] == "knn"
-    assert record["image"].startswith("pushtrain/sklearn:")
-    assert record["evaluation"]["n_evaluated"] == 359
+    assert summary.outcome == "met", summary
+    record = pipeline.attempt_records(summary.pipeline_id)[0]
+    assert record.kind == "knn"
+    assert record.image.startswith("pushtrain/sklearn:")
+    assert record.evaluation.n_evaluated == 359
 
 
 def test_unreachable_target_stops_after_exactly_max_attempts_with_leaderboard(e2e):
     unreachable = e2e["unreachable"]
     summary = wait_for_pipeline(unreachable.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "stop", summary
-    assert "budget spent: 3 of 3 attempts" in summary["reason"]
-    records = pipeline.attempt_records(summary["pipeline_id"])
-    assert [r["attempt"] for r in records] == [1, 2, 3]
+    assert summary.outcome == "stop", summary
+    assert "budget spent: 3 of 3 attempts" in summary.reason
+    records = pipeline.attempt_records(summary.pipeline_id)
+    assert [r.attempt for r in records] == [1, 2, 3]
     # Attempt 2 is the default strategy's jump; attempt 3 doubles its epochs and so continues its model.
     jump, doubled = records[1], records[2]
-    assert doubled["hparams"] == {**jump["hparams"], "epochs": 2 * jump["hparams"]["epochs"]}
-    assert doubled["warm_start_from"] == 2 and doubled["warm_start_epochs"] == jump["hparams"]["epochs"]
-    assert doubled["training_metrics"]["epochs_run"] == doubled["hparams"]["epochs"]
+    assert doubled.hparams == {**jump.hparams, "epochs": 2 * jump.hparams["epochs"]}
+    assert doubled.warm_start_from == 2 and doubled.warm_start_epochs == jump.hparams["epochs"]
+    assert doubled.training_metrics.epochs_run == doubled.hparams["epochs"]
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unreachable.commit) if "not met" in m["subject"]],
                        60, "the budget-spent mail")
     assert len(mails) == 1
@@ -271,23 +293,67 @@ def test_unreachable_target_stops_after_exactly_max_attempts_with_leaderboard(e2
     assert ModelRegistry(e2e["data_dir"] / "registry").versions("linear-repo") == []
 
 
+def test_a_strategy_with_nothing_left_to_try_ends_the_loop_normally_with_a_mail(e2e):
+    exhausted = e2e["exhausted"]
+    summary = wait_for_pipeline(exhausted.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary.outcome == "stop", summary
+    assert "exhausted" in summary.reason and "weights" in summary.reason, summary
+    assert summary.ended_after_attempt == 2
+    records = pipeline.attempt_records(summary.pipeline_id)
+    assert [(r.attempt, r.hparams["weights"]) for r in records] == [(1, "uniform"), (2, "distance")]
+    assert not pipeline.attempt_dir(summary.pipeline_id, 3).exists()  # nothing was prepared, nothing trained
+    # Attempt 3's run stopped as a normal result: no task failed or was retried.
+    run_id = pipeline.trigger_run_id(summary.pipeline_id, 3)
+    for task_id in ("prepare_attempt", "nothing_left_to_try", "judge_attempt", "report_budget_spent"):
+        state = task_instance(e2e["airflow"], "tweak_and_retrain", run_id, task_id)
+        assert (state["state"], state["try_number"]) == ("success", 1), (task_id, state)
+    assert task_instance(e2e["airflow"], "tweak_and_retrain", run_id, "train_knn")["state"] == "skipped"
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], exhausted.commit) if "not met" in m["subject"]],
+                       60, "the budget-spent mail")
+    assert len(mails) == 1
+    assert "exhausted" in body(mails[0]) and body(mails[0]).count("<tr><td>") == 2
+    assert not [m for m in mails_about(e2e["sink"], exhausted.commit) if "failed" in m["subject"]]
+
+
+def test_an_unbuildable_tweak_is_a_failed_attempt_and_the_loop_goes_on(e2e):
+    unbuildable = e2e["unbuildable"]
+    summary = wait_for_pipeline(unbuildable.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary.outcome == "stop", summary
+    assert "budget spent: 3 of 3 attempts" in summary.reason
+    records = pipeline.attempt_records(summary.pipeline_id)
+    assert [r.status for r in records] == ["evaluated", "failed", "evaluated"], records
+    failed = records[1]
+    assert failed.hparams["conv_blocks"] == 4 and failed.accuracy is None and failed.evaluation is None
+    assert failed.reason.startswith("the model could not be built: ") and len(failed.reason) > 40
+    # The loop went on from the best attempt with another move, never the failed one again.
+    assert records[2].based_on_attempt == 1 and records[2].hparams != failed.hparams
+    state = task_instance(e2e["airflow"], "tweak_and_retrain", pipeline.trigger_run_id(summary.pipeline_id, 2),
+                          "train_cnn")
+    assert state["state"] == "success"  # a failed attempt, not a failed task
+    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unbuildable.commit) if "not met" in m["subject"]],
+                       60, "the budget-spent mail")
+    text = body(mails[0])
+    assert text.count("<tr><td>") == 3 and "failed: the model could not be built" in text
+    assert not [m for m in mails_about(e2e["sink"], unbuildable.commit) if "failed" in m["subject"]]
+
+
 def test_unknown_kind_fails_with_a_clear_message_and_a_mail(e2e):
     unknown = e2e["unknown"]
     summary = wait_for_pipeline(unknown.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "failed"
+    assert summary.outcome == "failed"
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unknown.commit) if "failed" in m["subject"]],
                        60, "the failure mail")
     assert "detect_kind" in mails[0]["subject"]
     text = body(mails[0])
     assert "no" in text.lower() and "kind" in text
-    assert not pipeline.workspace_dir(summary["pipeline_id"]).exists()
+    assert not pipeline.workspace_dir(summary.pipeline_id).exists()
 
 
 def test_backfill_trains_each_past_head_once(e2e):
     history, repo_url = e2e["history"], str(e2e["watched"].bare)
     for sha in history["commits"]:
         summary = wait_for_pipeline(sha, PIPELINE_TIMEOUT, report=lambda _: None)
-        assert summary["outcome"] == "met", summary
+        assert summary.outcome == "met", summary
         assert len(list(settings.runs_dir().glob(f"{sha[:8]}-*"))) == 1  # once, though two intervals saw it
         assert "backfill" in ledger.read(repo_url, sha)["run_id"]
     # (Whether the live sensor noted them as superseded first depends on which run fetched first: the
@@ -305,7 +371,7 @@ def test_two_quick_pushes_are_each_trained_exactly_once(e2e):
     second = watched.push("Quick push 2")  # arrives while the first one trains: it queues
     for sha in (first, second):
         summary = wait_for_pipeline(sha, PIPELINE_TIMEOUT, report=lambda _: None)
-        assert summary["outcome"] == "met"
+        assert summary.outcome == "met"
         assert len(list(settings.runs_dir().glob(f"{sha[:8]}-*"))) == 1
         assert ledger.read(repo_url, sha)["run_id"]
     assert ledger.read(repo_url, first)["run_id"] != ledger.read(repo_url, second)["run_id"]
@@ -326,14 +392,14 @@ def test_container_killed_mid_training_is_restarted_by_container_health_and_resu
     wait_until(lambda: "resuming from checkpoint" in log.read_text(), HEALTH_INTERVAL_S + 60, "the restart")
     assert time.monotonic() - killed_at <= HEALTH_INTERVAL_S + 30 + 5  # interval + 30 s, 5 s of polling slack
     summary = wait_for_pipeline(healing.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "met", summary
-    record = pipeline.attempt_records(summary["pipeline_id"])[0]
-    assert record["container_restarts"] == 1
-    resumed = record["training_metrics"]["resumed_from_epoch"]
+    assert summary.outcome == "met", summary
+    record = pipeline.attempt_records(summary.pipeline_id)[0]
+    assert record.container_restarts == 1
+    resumed = record.training_metrics.resumed_from_epoch
     assert resumed >= 3
     epoch_lines = [line for line in log.read_text().splitlines() if "/12 " in line and "] epoch " in line]
     assert len(epoch_lines) - 12 <= 1  # at most one epoch trained twice
-    assert record["training_metrics"]["epochs_run"] == 12
+    assert record.training_metrics.epochs_run == 12
 
 
 def lease_of(scenario: Scenario) -> dict | None:
@@ -390,7 +456,7 @@ def test_marking_the_task_failed_removes_a_sigterm_trapping_container_within_15s
     state = task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"])
     assert state["state"] == "failed"
     summary = wait_for_pipeline(stopped.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "failed"
+    assert summary.outcome == "failed"
 
 
 def test_execution_timeout_removes_the_container_within_15s_and_fails_without_retry(e2e, docker):
@@ -407,7 +473,7 @@ def test_execution_timeout_removes_the_container_within_15s_and_fails_without_re
     assert (gone - started).total_seconds() <= TRAINING_TIMEOUT_S + 15 + 3  # 3 s of polling slack
     assert state["try_number"] == 1  # a timeout is not retried
     summary = wait_for_pipeline(timed_out.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "failed"
+    assert summary.outcome == "failed"
 
 
 def test_killed_task_process_is_retried_and_adopts_or_reuses_its_container(e2e, docker):
@@ -418,7 +484,7 @@ def test_killed_task_process_is_retried_and_adopts_or_reuses_its_container(e2e, 
     task = holder_parts(lease)
     os.kill(task["pid"], signal.SIGKILL)
     summary = wait_for_pipeline(adopted.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "met", summary
+    assert summary.outcome == "met", summary
     state = task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"])
     assert state["try_number"] == 2 and state["state"] == "success"
     log = next(settings.runs_dir().glob(f"{adopted.commit[:8]}-*/attempt-1/output/progress.log")).read_text()
@@ -429,7 +495,7 @@ def test_killed_task_process_is_retried_and_adopts_or_reuses_its_container(e2e, 
 def test_deterministic_crash_is_restarted_within_budget_then_fails_and_mails(e2e):
     crashing = e2e["crashing"]
     summary = wait_for_pipeline(crashing.commit, PIPELINE_TIMEOUT, report=lambda _: None)
-    assert summary["outcome"] == "failed"
+    assert summary.outcome == "failed"
     attempt = next(settings.runs_dir().glob(f"{crashing.commit[:8]}-*/attempt-1"))
     restarts = json.loads((attempt / ".restarts-train.json").read_text())
     assert restarts["crashes"] == 2 and "crash budget" in restarts["gave_up"]
