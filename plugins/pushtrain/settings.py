@@ -54,26 +54,39 @@ def public_base_image() -> str:
     return _env("PUSHTRAIN_PUBLIC_BASE_IMAGE", "python:3.11-slim")
 
 
-def debian_mirror() -> str:
-    """The Debian mirror for a debootstrapped base: ``PUSHTRAIN_DEBIAN_MIRROR``, else the host's apt source."""
+class MissingSettingError(RuntimeError):
+    """A setting without a safe default is unset; the message names the variable to set."""
+
+
+def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror a debootstrapped base image comes from.
+
+    ``PUSHTRAIN_DEBIAN_MIRROR`` when set (an explicit choice wins), else the Debian mirror of the host's own
+    apt sources under ``apt_dir``. pushtrain names no public mirror itself: without either, it is an error.
+    """
     configured = os.environ.get("PUSHTRAIN_DEBIAN_MIRROR", "").strip()
     if configured:
         return configured
-    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    sources = sorted((apt_dir / "sources.list.d").glob("*.sources")) + [apt_dir / "sources.list"]
     for source in sources:
         try:
             text = source.read_text()
         except OSError:
             continue
         for line in text.splitlines():
-            words = line.split()
-            if words[:1] == ["URIs:"] and len(words) > 1 and words[1].rstrip("/").endswith("/debian"):
-                return words[1]
-            if words[:1] == ["deb"] and len(words) > 2 and words[-2] != "bookworm-security":
-                uri = next((w for w in words[1:] if "://" in w), None)
-                if uri and uri.rstrip("/").endswith("/debian"):
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["URIs:"]:  # deb822 (.sources)
+                uris = words[1:]
+            elif words[:1] == ["deb"]:  # one-line format: deb [options] uri suite components
+                uris = [word for word in words[1:] if "://" in word][:1]
+            else:
+                continue
+            for uri in uris:
+                if uri.rstrip("/").endswith("/debian"):
                     return uri
-    return "http://deb.debian.org/debian"
+    raise MissingSettingError(f"no Debian mirror to debootstrap a base image from: the apt sources in {apt_dir} "
+                              "name none; set PUSHTRAIN_DEBIAN_MIRROR to a Debian mirror (or apt proxy) this "
+                              "host can reach, or set PUSHTRAIN_BASE_IMAGE to a base image you have")
 
 
 def docker_url() -> str:
