@@ -29,7 +29,8 @@ Invariants:
 - **Nothing left behind on error.** A failed registration removes its staging dir; a staging dir older than
   an hour can only be a crash leftover and is removed by the next registration.
 
-Standard library only: the DAG files import this at parse time, and it must work in any container.
+Standard library only, and nothing else of pushtrain: ``register_model`` is its one caller in the
+pipeline, and any other process (a script, a serving container) can use the registry with this module alone.
 """
 
 from __future__ import annotations
