@@ -95,8 +95,9 @@ def test_a_strategy_with_nothing_left_to_try_ends_the_run_as_a_normal_stop_with_
     for task_id in ("prepare_attempt", "choose_trainer", "nothing_left_to_try", "judge_attempt", "budget_spent",
                     "report_budget_spent", "finish_pipeline"):
         assert (tasks[task_id].state, tasks[task_id].try_number) == ("success", 1), task_id
-    for task_id in ("train_cnn", "train_linear", "train_knn", "evaluate", "register_model", "trigger_retrain",
-                    "fail_if_any_step_failed"):
+    trainers = [task_id for task_id in tasks if task_id.startswith("train_")]
+    assert trainers
+    for task_id in (*trainers, "evaluate", "register_model", "trigger_retrain", "fail_if_any_step_failed"):
         assert tasks[task_id].state == "skipped", task_id
     assert not pipeline.attempt_dir(pipeline_id, 3).exists()  # nothing prepared, nothing trained
     summary = pipeline.Summary.load(pipeline_id)
