@@ -6,6 +6,8 @@ Run with ``plugins/`` on ``PYTHONPATH`` (as Airflow has it)::
     PYTHONPATH=plugins python -m pushtrain detect model.py
     PYTHONPATH=plugins python -m pushtrain images          # build the training images (cached)
     PYTHONPATH=plugins python -m pushtrain datasets        # export the offline data sets (cached)
+    PYTHONPATH=plugins python -m pushtrain datasets add pets /data/pets.zip --image-size 64 64
+    PYTHONPATH=plugins python -m pushtrain datasets list
 """
 
 from __future__ import annotations
@@ -37,12 +39,58 @@ def _parser() -> argparse.ArgumentParser:
     images.add_argument("names", nargs="*", help="tensorflow, sklearn (default: all)")
     images.add_argument("--print-tags", action="store_true", help="print the tags of the current source")
 
-    datasets = commands.add_parser("datasets", help="export the offline data sets as image folders")
-    datasets.add_argument("names", nargs="*", help="digits, mnist5k (default: all)")
+    datasets = commands.add_parser("datasets", help="data sets: export the bundled ones, add your own, list")
+    actions = datasets.add_subparsers(dest="action")
+    export = actions.add_parser("export", help="export the bundled data sets (the default action)")
+    export.add_argument("names", nargs="*", help="digits, mnist5k (default: all)")
+    add = actions.add_parser("add", help="import a folder, .zip/.tar.gz or .csv as NAME's next version")
+    add.add_argument("name", help="data set name: letters, digits, '.', '_', '-'")
+    add.add_argument("path", type=Path, help="<path>/<label>/<image>, or a CSV with a label column")
+    add.add_argument("--test-fraction", type=float, default=0.2, help="held out per class (default 0.2)")
+    add.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                     help="resize every image to this (default: the most common size)")
+    add.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 colour (default: most common)")
+    add.add_argument("--label-column", help="the CSV column holding the classes (default: label)")
+    add.add_argument("--categorical", default="", help="CSV columns to one-hot encode, comma-separated")
+    listing = actions.add_parser("list", help="names, versions, counts, classes, sizes and hashes")
+    listing.add_argument("names", nargs="*", help="only these data sets")
+    listing.add_argument("--json", action="store_true", help="the manifests as JSON")
     return parser
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pushtrain import datasets
+
+    if args.action == "add":
+        options = datasets.ImportOptions(
+            test_fraction=args.test_fraction, image_size=tuple(args.image_size) if args.image_size else None,
+            channels=args.channels, label_column=args.label_column,
+            categorical=tuple(c.strip() for c in args.categorical.split(",") if c.strip()))
+        try:
+            datasets.add_path(args.name, args.path, options)
+        except datasets.DatasetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.action == "list":
+        manifests = [m for m in datasets.list_datasets() if not args.names or m.name in args.names]
+        print(json.dumps([asdict(m) for m in manifests], indent=2) if args.json else
+              "\n".join(datasets.listing(manifests)))
+        return 0
+    for name in getattr(args, "names", None) or datasets.DATASET_NAMES:
+        manifest = datasets.ensure_dataset(name)
+        print(f"{name}: {manifest.root} ({manifest.counts['train']} train / {manifest.counts['test']} test, "
+              f"sha256 {manifest.dataset_sha256[:12]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["datasets"] and len(argv) > 1 and argv[1] not in ("export", "add", "list") \
+            and not argv[1].startswith("-"):
+        argv.insert(1, "export")  # `datasets digits`, as before there were actions
     args = _parser().parse_args(argv)
     if args.command == "detect":
         from pushtrain import detect
@@ -63,13 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "datasets":
-        from pushtrain import datasets
-
-        for name in args.names or datasets.DATASET_NAMES:
-            manifest = datasets.ensure_dataset(name)
-            print(f"{name}: {manifest.root} ({manifest.counts['train']} train / {manifest.counts['test']} test, "
-                  f"sha256 {manifest.dataset_sha256[:12]})")
-        return 0
+        return _datasets(args)
     from pushtrain import localrun
 
     try:

@@ -158,3 +158,18 @@ def training_timeout() -> timedelta:
 def container_gpus() -> str | None:
     """``all`` or a count of GPUs to request through Docker ``device_requests``; unset means none."""
     return os.environ.get("PUSHTRAIN_GPUS", "").strip() or None
+
+
+def dataset_max_bytes() -> int:
+    """Largest data set an import accepts, in bytes of its source files (and of what it writes)."""
+    return int(_env("PUSHTRAIN_DATASET_MAX_BYTES", str(4 * 1024**3)))
+
+
+def dataset_max_files() -> int:
+    """Most files a data set folder or archive may hold; more is refused before anything is read."""
+    return int(_env("PUSHTRAIN_DATASET_MAX_FILES", "1000000"))
+
+
+def archive_max_unpacked_bytes() -> int:
+    """Cap on what an archive may unpack to (a decompression bomb stops here); default: the data set cap."""
+    return int(_env("PUSHTRAIN_ARCHIVE_MAX_UNPACKED_BYTES", str(dataset_max_bytes())))

@@ -1,7 +1,15 @@
-"""Load an image-folder data set: ``<root>/<label>/<name>.png``, one folder per class.
+"""Load one split of a data set: an image folder or a table, as the platform wrote it.
 
-This is the layout of a user's own cats-vs-dogs folder, and the layout pushtrain exports its offline data
-sets in. Labels are the folder names, ordered naturally ("2" before "10").
+* **Images**: ``<root>/<label>/<name>.png``, one folder per class. This is the layout of a user's own
+  cats-vs-dogs folder, and the layout every data set version's ``train/`` and ``test/`` have (the platform
+  writes them as PNGs of one size and mode, ``pushtrain.datasets``). Labels are the folder names, ordered
+  naturally ("2" before "10").
+* **Tables**: ``<root>/table.csv`` (the feature columns, all numbers, then the label column last) beside
+  ``<root>/schema.json`` (column names, the label column, the class names in natural order, the row count).
+  Loaded as float32 rows ``(n, features)`` and class indices, for the scikit-learn kinds.
+
+``load_data`` tells the two apart; both come back as an ``ImageFolder`` (a ``Table`` for tables), the one
+shape the trainers take.
 
 The evaluation container gets another layout, a label-blind view (``pushtrain.blind``): ``<root>/<id>.png``
 in one flat folder, ids opaque, no labels anywhere.
@@ -9,16 +17,20 @@ in one flat folder, ids opaque, no labels anywhere.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+TABLE_FILE = "table.csv"
+TABLE_SCHEMA_FILE = "schema.json"
 
 
 class DataError(Exception):
@@ -27,7 +39,7 @@ class DataError(Exception):
 
 @dataclass
 class ImageFolder:
-    images: np.ndarray  # float32, (n, height, width, channels), scaled to [0, 1]
+    images: np.ndarray  # float32, (n, height, width, channels), scaled to [0, 1]; a Table: (n, features)
     labels: np.ndarray  # int64 class indices
     class_names: list[str]
     relative_paths: list[str]
@@ -38,21 +50,29 @@ class ImageFolder:
         return tuple(int(d) for d in self.images.shape[1:])
 
     def subset(self, mask: np.ndarray) -> ImageFolder:
-        return ImageFolder(
+        return replace(
+            self,
             images=self.images[mask],
             labels=self.labels[mask],
-            class_names=self.class_names,
             relative_paths=[p for p, keep in zip(self.relative_paths, mask, strict=True) if keep],
-            sha256=self.sha256,
         )
 
 
-def _natural_key(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+@dataclass
+class Table(ImageFolder):
+    """A table split: ``images`` holds the rows as written (float32, not rescaled), ``relative_paths`` the
+    rows' line numbers (``table.csv:2`` ...), which keeps the validation subset stable."""
+
+    feature_names: list[str] = field(default_factory=list)
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key for names: numbers by value ("2" before "10"), ties broken by the name itself."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)], text
 
 
 def class_folders(root: Path) -> list[str]:
-    return sorted((p.name for p in Path(root).iterdir() if p.is_dir()), key=_natural_key)
+    return sorted((p.name for p in Path(root).iterdir() if p.is_dir()), key=natural_key)
 
 
 def image_files(root: Path, class_names: list[str]) -> list[tuple[int, str, Path]]:
@@ -61,15 +81,25 @@ def image_files(root: Path, class_names: list[str]) -> list[tuple[int, str, Path
     for index, label in enumerate(class_names):
         folder = Path(root) / label
         if folder.is_dir():
-            for path in sorted(folder.iterdir(), key=lambda p: _natural_key(p.name)):
+            for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append((index, f"{label}/{path.name}", path))
     return files
 
 
+def is_table(root: Path) -> bool:
+    return (Path(root) / TABLE_FILE).is_file()
+
+
 def folder_sha256(root: Path) -> str:
-    """Content hash of an image folder: every file's relative path and bytes, in a fixed order."""
+    """Content hash of a split: every file's relative path and bytes, in a fixed order (for a table, its
+    schema then its CSV, read in chunks)."""
     digest = hashlib.sha256()
+    if is_table(root):
+        for name in (TABLE_SCHEMA_FILE, TABLE_FILE):
+            with (Path(root) / name).open("rb") as handle:
+                digest.update(name.encode() + b"\0" + hashlib.file_digest(handle, "sha256").digest())
+        return digest.hexdigest()
     for _, relative, path in image_files(root, class_folders(root)):
         digest.update(folder_hash_entry(relative, path.read_bytes()))
     return digest.hexdigest()
@@ -78,6 +108,50 @@ def folder_sha256(root: Path) -> str:
 def folder_hash_entry(relative: str, content: bytes) -> bytes:
     """What one file adds to ``folder_sha256``, for callers that read the files anyway."""
     return relative.encode() + b"\0" + hashlib.sha256(content).digest()
+
+
+def load_data(root: Path, class_names: list[str] | None = None) -> ImageFolder:
+    """Load a split: a ``Table`` where ``root`` holds ``table.csv``, else an image folder."""
+    return load_table(root, class_names) if is_table(root) else load_image_folder(root, class_names)
+
+
+def load_table(root: Path, class_names: list[str] | None = None) -> Table:
+    """Read ``root/table.csv`` as its ``schema.json`` describes it; ``class_names`` fixes the label order."""
+    root = Path(root)
+    schema_path, table_path = root / TABLE_SCHEMA_FILE, root / TABLE_FILE
+    try:
+        schema = json.loads(schema_path.read_text())
+        features, label_column = list(schema["feature_columns"]), schema["label_column"]
+        rows, classes = int(schema["rows"]), list(schema["class_names"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read the table schema {schema_path}: {exc}") from None
+    classes = list(class_names) if class_names is not None else classes
+    index = {name: i for i, name in enumerate(classes)}
+    values = np.empty((rows, len(features)), dtype=np.float32)
+    labels = np.empty(rows, dtype=np.int64)
+    count = 0
+    with table_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != [*features, label_column]:
+            raise DataError(f"{table_path} has columns {header}, its schema says {[*features, label_column]}")
+        for line, record in enumerate(reader, start=2):
+            if count == rows or len(record) != len(features) + 1:
+                raise DataError(f"{table_path} line {line}: {len(record)} values, or more rows than the "
+                                f"{rows} its schema counts")
+            try:
+                values[count] = record[:-1]
+            except ValueError:
+                raise DataError(f"{table_path} line {line}: a feature is not a number") from None
+            if record[-1] not in index:
+                raise DataError(f"{table_path} line {line}: label {record[-1]!r} is not one of the classes "
+                                f"{classes}")
+            labels[count] = index[record[-1]]
+            count += 1
+    if count != rows or rows == 0:
+        raise DataError(f"{table_path} has {count} rows, its schema says {rows}")
+    return Table(values, labels, classes, [f"{TABLE_FILE}:{line}" for line in range(2, rows + 2)],
+                 folder_sha256(root), feature_names=features)
 
 
 def load_image_folder(root: Path, class_names: list[str] | None = None) -> ImageFolder:
@@ -105,7 +179,8 @@ def load_image_folder(root: Path, class_names: list[str] | None = None) -> Image
         paths.append(relative)
     if not pixels:
         raise DataError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageFolder(_scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths, folder_sha256(root))
+    return ImageFolder(_scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths,
+                       folder_sha256(root))
 
 
 def load_blind_images(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:
@@ -153,7 +228,7 @@ def _pixels(image, mode: str, size: tuple[int, int]) -> np.ndarray:
 
 def _scaled(pixels: list[np.ndarray]) -> np.ndarray:
     """float32 in [0, 1], shaped (n, height, width, channels)."""
-    images = np.stack(pixels).astype(np.float32) / 255.0
+    images = np.divide(np.stack(pixels), 255, dtype=np.float32)  # one float32 copy, not two
     return images[..., np.newaxis] if images.ndim == 3 else images
 
 
