@@ -4,7 +4,8 @@ The retrain loop changes hyperparameters by editing the user's own file, so that
 commit-able file and its change is a reviewable diff. Two constraints shape this module:
 
 * The Airflow side must never import or execute user code (user code runs only in the sandboxed
-  containers), so values are read from the syntax tree: ``ast.literal_eval`` of one dict node, nothing else is evaluated.
+  containers), so values are read from the syntax tree: ``ast.literal_eval`` of one dict node, nothing
+  else is evaluated.
 * A tweak must change the values and nothing else: comments, quotes, trailing commas, blank lines and all
   other code stay byte-identical, so the recorded diff shows only what the strategy did. Regex or string
   insertion cannot promise that (the student projects that did it broke files); LibCST keeps every byte
