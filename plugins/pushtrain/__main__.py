@@ -4,6 +4,8 @@ Run with ``plugins/`` on ``PYTHONPATH`` (as Airflow has it)::
 
     PYTHONPATH=plugins python -m pushtrain train --model model.py --data data/datasets/digits/v1/train --out /tmp/a1
     PYTHONPATH=plugins python -m pushtrain detect model.py
+    PYTHONPATH=plugins python -m pushtrain check model.py   # does it meet the contract? (parsed, never run)
+    PYTHONPATH=plugins python -m pushtrain adapt train.py -o model.py   # rewrite a plain training script
     PYTHONPATH=plugins python -m pushtrain images          # build the training images (cached)
     PYTHONPATH=plugins python -m pushtrain datasets        # export the offline data sets (cached)
     PYTHONPATH=plugins python -m pushtrain datasets add pets /data/pets.zip --image-size 64 64
@@ -34,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
     detect = commands.add_parser("detect", help="print the model kind of a file (parsed, never run)")
     detect.add_argument("path", type=Path)
+
+    # Listed for --help only: main() hands check and adapt their arguments before this parser runs.
+    for name, summary in (("check", "check a model file against the contract (parsed, never run)"),
+                          ("adapt", "rewrite a plain Keras or scikit-learn training script to the contract")):
+        command = commands.add_parser(name, help=summary, add_help=False)
+        command.add_argument("arguments", nargs=argparse.REMAINDER)
 
     images = commands.add_parser("images", help="build the training images that are not built yet")
     images.add_argument("names", nargs="*", help="tensorflow, sklearn (default: all)")
@@ -88,6 +96,11 @@ def _datasets(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"] or argv[:1] == ["adapt"]:
+        # Their own parsers take every option, --help included.
+        from pushtrain import adapt, contract_check
+
+        return (contract_check if argv[0] == "check" else adapt).main(argv[1:])
     if argv[:1] == ["datasets"] and len(argv) > 1 and argv[1] not in ("export", "add", "list") \
             and not argv[1].startswith("-"):
         argv.insert(1, "export")  # `datasets digits`, as before there were actions
