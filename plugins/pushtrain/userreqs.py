@@ -17,11 +17,12 @@ downloads nothing. The wheels' total size is capped (``PUSHTRAIN_USER_REQUIREMEN
 wheelhouse is keyed on what the repository wrote, a loose requirement (``tabulate``) stays at the version
 first resolved until the line or the image changes: pin a version to move on.
 
-The derived image (``images/user-requirements/Dockerfile``) is built ``FROM`` the kind's image with
-``pip install --no-index`` of those wheels into ``/opt/venv`` and ``--network none``, keeps its non-root user
-and entrypoint, and is tagged ``pushtrain/user-<image>:<hash of base image id and resolved versions>``: an
-existing tag is reused, not rebuilt. ``image_for_repository`` is the entry point; what it returns says which
-image to run and what goes into an attempt's lineage.
+The derived image is the kind's image plus one layer: a container of it with no network installs the wheels
+with ``pip install --no-index`` into ``/opt/venv`` and is committed with the base image's non-root user and
+entrypoint (``build_derived_image`` says why this is not a ``docker build``). It is tagged
+``pushtrain/user-<image>:<hash of base image id and resolved versions>``; an existing tag is reused, not
+rebuilt. ``image_for_repository`` is the entry point; what it returns says which image to run and what goes
+into an attempt's lineage.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ from packaging.version import Version
 from pushtrain import images, kinds, settings
 
 REQUIREMENTS_FILE = "requirements.txt"
-DERIVED_DOCKERFILE = images.IMAGES_DIR / "user-requirements" / "Dockerfile"
 VENV_PYTHON = "/opt/venv/bin/python"  # where the training images' Dockerfiles put their interpreter
-BUILD_STAGE_LABEL = "io.pushtrain.build-stage"
+DERIVED_FROM_LABEL = "io.pushtrain.derived-from"
+DERIVED_FROM_ID_LABEL = "io.pushtrain.derived-from-id"
+USER_REQUIREMENTS_LABEL = "io.pushtrain.user-requirements"
 MEGABYTE = 1_000_000
 MAX_REQUIREMENTS_BYTES = 64_000
 # Distributions a repository may name that the image provides under another name: the requirement is
@@ -69,6 +71,18 @@ _PROBE = (
     "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'python_full': platform.python_version(),"
     " 'machine': platform.machine(), 'libc': platform.libc_ver(),"
     " 'packages': {d.metadata['Name']: d.version for d in m.distributions()}}))\n"
+)
+# What the build container runs: the staged wheels are installed with pip's usual checks (every dependency
+# must be there: the image's own packages or the wheels) and removed, so that the commit holds only the
+# installed packages.
+_INSTALL_DIR = "/build"
+_INSTALL = (
+    "import shutil, subprocess, sys\n"
+    "code = subprocess.call([sys.executable, '-m', 'pip', 'install', '--no-index', '--find-links=/build/wheels',"
+    " '--no-cache-dir', '--disable-pip-version-check', '--no-warn-script-location',"
+    " '-r', '/build/requirements.txt'])\n"
+    "shutil.rmtree('/build', ignore_errors=True)\n"
+    "sys.exit(code)\n"
 )
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _NOT_FOUND = re.compile(r"satisfies the requirement (\S+)(?: \(from ([^)]*)\))? \(from versions: ([^)]*)\)")
@@ -475,9 +489,9 @@ class UserImage:
 
 
 def derived_tag(facts: ImageFacts, base_image_id: str, resolved: Mapping[str, str]) -> str:
-    """``pushtrain/user-<image>:<key>``: the key hashes the base image id, the versions and the Dockerfile."""
+    """``pushtrain/user-<image>:<key>``: the key hashes the base image id, the versions and the install recipe."""
     digest = hashlib.sha256()
-    digest.update(base_image_id.encode() + b"\0" + DERIVED_DOCKERFILE.read_bytes())
+    digest.update(base_image_id.encode() + b"\0" + _INSTALL.encode())
     for name, version in sorted(resolved.items()):
         digest.update(f"\0{name}=={version}".encode())
     return f"pushtrain/user-{facts.image}:{digest.hexdigest()[:12]}"
@@ -496,55 +510,78 @@ def _lock(key: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _stage_context(wheelhouse: Wheelhouse) -> Path:
+def _stage_wheels(wheelhouse: Wheelhouse) -> Path:
+    """A folder with the wheels (hard links where possible) and the exact list to install."""
     (settings.cache_dir() / "build").mkdir(parents=True, exist_ok=True)
-    context = Path(tempfile.mkdtemp(prefix="user-", dir=settings.cache_dir() / "build"))
-    shutil.copy2(DERIVED_DOCKERFILE, context / "Dockerfile")
-    (context / REQUIREMENTS_FILE).write_text(
+    stage = Path(tempfile.mkdtemp(prefix="user-", dir=settings.cache_dir() / "build"))
+    (stage / REQUIREMENTS_FILE).write_text(
         "".join(f"{name}=={version}\n" for name, version in sorted(wheelhouse.resolved.items())))
-    (context / "wheels").mkdir()
+    (stage / "wheels").mkdir()
     for name in wheelhouse.wheels:
         try:
-            os.link(wheelhouse.path / name, context / "wheels" / name)
+            os.link(wheelhouse.path / name, stage / "wheels" / name)
         except OSError:  # the cache and build folders on different file systems
-            shutil.copy2(wheelhouse.path / name, context / "wheels" / name)
-    return context
+            shutil.copy2(wheelhouse.path / name, stage / "wheels" / name)
+    return stage
+
+
+def _docker(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*images.docker_cli(), *arguments], capture_output=True, text=True)
+
+
+def _dockerfile_change(instruction: str, value: Any) -> str:
+    return f"{instruction} {json.dumps(value)}"
 
 
 def build_derived_image(tag: str, base_tag: str, base_image_id: str, wheelhouse: Wheelhouse,
                         log: Callable[[str], None] = say) -> str:
-    """Build ``tag`` from the base image and the wheelhouse, offline; return the new image's id."""
-    context = _stage_context(wheelhouse)
-    stage_id = uuid.uuid4().hex
+    """Install the wheelhouse into a container of the base image, offline, and commit it as ``tag``.
+
+    The container runs ``pip install --no-index`` as root into ``/opt/venv`` with no network, its
+    ``/tmp`` a tmpfs and the staged wheels removed before the commit, which then restores the base image's
+    user, entrypoint and command: the derived image differs from its base by one layer of installed packages.
+
+    Not ``docker build``: the classic builder commits every instruction, metadata ones included, and on a
+    storage driver without a native diff (fuse-overlayfs) each commit walks the whole image. A 14-step
+    Dockerfile took 494 s for one 40 kB wheel on a busy 2-core host where this takes 30 s.
+    """
+    base_config = json.loads(_docker("image", "inspect", "--format", "{{json .Config}}", base_tag).stdout or "{}")
+    if not base_config:
+        raise images.ImageBuildError(f"cannot inspect {base_tag}: run `make images`")
+    stage = _stage_wheels(wheelhouse)
+    container = f"pushtrain-build-{uuid.uuid4().hex[:12]}"
+    versions = json.dumps(dict(wheelhouse.resolved), sort_keys=True, separators=(",", ":"))
     log(f"building {tag} on {base_tag}: {', '.join(f'{n}=={v}' for n, v in wheelhouse.resolved.items())}")
     started = time.monotonic()
     try:
-        build = subprocess.run(
-            [*images.docker_cli(), "build", "--network", "none", "--build-arg", f"BASE_IMAGE={base_tag}",
-             "--build-arg", f"BASE_IMAGE_ID={base_image_id}", "--build-arg", f"STAGE_ID={stage_id}",
-             "--build-arg", f"USER_REQUIREMENTS={json.dumps(dict(wheelhouse.resolved), sort_keys=True)}",
-             "-t", tag, str(context)],
-            capture_output=True, text=True,
-        )
+        steps = [
+            ("create", ["create", "--name", container, "--network", "none", "--user", "0:0", "--tmpfs", "/tmp",
+                        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                        "--entrypoint", VENV_PYTHON, base_tag, "-c", _INSTALL]),
+            ("copy the wheels into", ["cp", f"{stage}/.", f"{container}:{_INSTALL_DIR}"]),
+            ("install the wheels in", ["start", "--attach", container]),
+            ("commit", ["commit",
+                        "--change", f"USER {base_config.get('User') or 'root'}",
+                        "--change", _dockerfile_change("ENTRYPOINT", base_config.get("Entrypoint") or []),
+                        "--change", _dockerfile_change("CMD", base_config.get("Cmd") or []),
+                        "--change", f"LABEL {DERIVED_FROM_LABEL}={json.dumps(base_tag)}",
+                        "--change", f"LABEL {DERIVED_FROM_ID_LABEL}={json.dumps(base_image_id)}",
+                        "--change", f"LABEL {USER_REQUIREMENTS_LABEL}={json.dumps(versions)}",
+                        container, tag]),
+        ]
+        for doing, arguments in steps:
+            result = _docker(*arguments)
+            if result.returncode != 0:
+                raise images.ImageBuildError(f"could not {doing} the build container of {tag}:\n"
+                                             f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
     finally:
-        shutil.rmtree(context, ignore_errors=True)
-        _remove_build_stage(stage_id)
-    if build.returncode != 0:
-        raise images.ImageBuildError(f"docker build of {tag} failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}")
+        _docker("rm", "--force", container)
+        shutil.rmtree(stage, ignore_errors=True)
     log(f"built {tag} in {time.monotonic() - started:.1f}s")
     built_id = images.image_id(tag)
     if built_id is None:
-        raise images.ImageBuildError(f"docker build reported success but {tag} is not there")
+        raise images.ImageBuildError(f"the commit of {tag} reported success but the image is not there")
     return built_id
-
-
-def _remove_build_stage(stage_id: str) -> None:
-    """The install stage (wheels and all) stays behind as an untagged image unless removed."""
-    listed = subprocess.run([*images.docker_cli(), "images", "--quiet", "--filter",
-                             f"label={BUILD_STAGE_LABEL}={stage_id}"], capture_output=True, text=True)
-    stages = sorted(set(listed.stdout.split()))
-    if stages:
-        subprocess.run([*images.docker_cli(), "image", "rm", "--force", *stages], capture_output=True, text=True)
 
 
 def image_for_repository(kind: str, model_file: Path, *, log: Callable[[str], None] = say) -> UserImage:
