@@ -579,10 +579,17 @@ class _Reading:
         self.wrapper = cc.parse(source, filename)
         self.reader = NameReader(self.wrapper)
         self.module = self.wrapper.module
+        # LibCST computes `children` by visiting a node; the tree never changes, so once is enough.
+        self.kids: dict[int, Sequence[cst.CSTNode]] = {}
         self.parent: dict[int, cst.CSTNode] = {}
-        for node in cc.walk(self.module):
-            for child in node.children:
+        stack: list[cst.CSTNode] = [self.module]
+        while stack:
+            node = stack.pop()
+            children = node.children
+            self.kids[id(node)] = children
+            for child in children:
                 self.parent[id(child)] = node
+            stack.extend(children)
         self.stmt_of: dict[int, _Stmt] = {}
         self.bodies: dict[int, _Body] = {}
         self.module_body = _Body(owner=None, parent=None)
@@ -592,6 +599,15 @@ class _Reading:
 
     def line(self, node: cst.CSTNode) -> int:
         return self.reader.line(node)
+
+    def walk(self, node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+        """:func:`contract_check.walk` over the script's own tree, from the children found once."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            yield current
+            children = self.kids.get(id(current))
+            stack.extend(reversed(children if children is not None else current.children))
 
     def _end_line(self, node: cst.CSTNode) -> int:
         return self.wrapper.resolve(cc.PositionProvider)[node].end.line
@@ -614,7 +630,7 @@ class _Reading:
         )
         body.stmts.append(stmt)
         for part in own:
-            for child in cc.walk(part):
+            for child in self.walk(part):
                 self.stmt_of.setdefault(id(child), stmt)
         return stmt
 
@@ -763,7 +779,7 @@ class _Reading:
 
     def cause(self, node: cst.CSTNode, depth: int = 0) -> str:
         """In words, what the running script computes ``node`` from, following names to where they are bound."""
-        for child in cc.walk(node):
+        for child in self.walk(node):
             if isinstance(child, cst.Name | cst.Attribute):
                 qualified = self.reader.qualified(child) or ""
                 for prefix, words in _RUNTIME_SOURCES:
@@ -894,7 +910,7 @@ class _Reading:
 
     def call_site(self, function: cst.FunctionDef) -> tuple[cst.Call, _Stmt] | None:
         """The first call of a module-level function by name, with its statement."""
-        for node in cc.walk(self.module):
+        for node in self.walk(self.module):
             if (
                 isinstance(node, cst.Call)
                 and isinstance(node.func, cst.Name)
@@ -946,7 +962,7 @@ class _Reading:
         ):
             return None
         wanted = node.attr.value
-        for candidate in cc.walk(self.module):
+        for candidate in self.walk(self.module):
             if not (
                 isinstance(candidate, cst.Call)
                 and isinstance(candidate.func, cst.Attribute)
@@ -1321,7 +1337,7 @@ class _Adapter(_Reading):
     # ------------------------------------------------------------------------------------- what is there
 
     def refuse_what_cannot_be_adapted(self) -> None:
-        for node in cc.walk(self.module):
+        for node in self.walk(self.module):
             if isinstance(node, cst.Import | cst.ImportFrom):
                 for path in self._imported_paths(node):
                     framework = cc.other_framework(path)
@@ -1362,7 +1378,7 @@ class _Adapter(_Reading):
     def candidates(self) -> list[_Candidate]:
         found: list[_Candidate] = []
         nested: set[int] = set()
-        for node in cc.walk(self.module):
+        for node in self.walk(self.module):
             if not isinstance(node, cst.Call) or id(node) in nested or id(node) not in self.stmt_of:
                 continue
             name = self.callee(node)
@@ -1371,7 +1387,7 @@ class _Adapter(_Reading):
             assert name is not None
             stmt = self.stmt_of[id(node)]
             found.append(_Candidate(node, name, stmt, self._assigned_var(node, stmt)))
-            nested.update(id(child) for child in cc.walk(node) if child is not node)
+            nested.update(id(child) for child in self.walk(node) if child is not node)
         return found
 
     def _assigned_var(self, call: cst.Call, stmt: _Stmt) -> str | None:
@@ -1433,7 +1449,7 @@ class _Adapter(_Reading):
         for stmt in body.stmts:
             if not isinstance(stmt.node, cst.SimpleStatementLine):
                 continue
-            for node in cc.walk(stmt.node):
+            for node in self.walk(stmt.node):
                 if (
                     isinstance(node, cst.Call)
                     and isinstance(node.func, cst.Attribute)
@@ -1514,7 +1530,7 @@ class _Adapter(_Reading):
                     continue
                 if any(
                     isinstance(node, cst.Call) and self._modelish_name(self.callee(node))
-                    for node in cc.walk(value)
+                    for node in self.walk(value)
                 ):
                     result = True
                     break
@@ -1540,7 +1556,7 @@ class _Adapter(_Reading):
                 rooted = cc.attribute_chain(_base_of(node.iter))
                 if rooted and rooted[0] == name:
                     names.update(_target_names(node.target))
-            inner = [child for child in cc.walk(node) if isinstance(child, cst.SimpleStatementLine)]
+            inner = [child for child in self.walk(node) if isinstance(child, cst.SimpleStatementLine)]
             return bool(inner) and all(
                 all(self._small_mutates(small, names) for small in child.body) for child in inner
             )
@@ -1618,7 +1634,7 @@ class _Adapter(_Reading):
     def _excluded(self, node: cst.CSTNode) -> set[int]:
         """The argument values under ``node`` that adapt replaces, so their names need not be kept."""
         excluded: set[int] = set()
-        for child in cc.walk(node):
+        for child in self.walk(node):
             if isinstance(child, cst.Call):
                 for slot in self.slots(child):
                     if slot.arg is not None and slot.role not in ("weights",):
@@ -1681,6 +1697,8 @@ class _Adapter(_Reading):
                         reads_to_resolve.append((name, stmt, where))
                 continue
             name, at, where = reads_to_resolve.pop(0)
+            if where == "site" and name.value == plan.site_var:
+                continue  # the model the function returns, renamed in the builder
             binding = self.reaching(name.value, at)
             if binding is None:
                 continue
@@ -1830,7 +1848,7 @@ class _Adapter(_Reading):
         roots: list[cst.CSTNode] = [stmt.node for stmt in sl.builder]
         if plan.model_expression is not None:
             roots.append(plan.model_expression)
-        calls = [node for root in roots for node in cc.walk(root) if isinstance(node, cst.Call)]
+        calls = [node for root in roots for node in self.walk(root) if isinstance(node, cst.Call)]
         positions = self.wrapper.resolve(cc.PositionProvider)
         return sorted(calls, key=lambda call: (positions[call].start.line, positions[call].start.column))
 
@@ -1882,7 +1900,9 @@ class _Adapter(_Reading):
                 elif slot.role == "units" and call is output:
                     continue
                 elif slot.role == "units":
-                    self.number_knob(slot, "dense_units", f"units of the hidden {layer}", int, related=True)
+                    self.number_knob(
+                        slot, "dense_units", f"number of units of the hidden {layer}", int, related=True
+                    )
                 elif slot.role == "filters":
                     self.number_knob(slot, "filters", f"filters of {layer}", int, related=True)
                 elif slot.role == "kernel_size":
@@ -2271,7 +2291,7 @@ class _Adapter(_Reading):
                 handled.add((id(call), "filters"))
         for call, _ in items[start + length : start + length * count]:
             if call is not None:
-                self.dropped_calls.update(id(node) for node in cc.walk(call) if isinstance(node, cst.Call))
+                self.dropped_calls.update(id(node) for node in self.walk(call) if isinstance(node, cst.Call))
         input_slot = next(
             (slot for slot in self.slots(first_call) if slot.role in ("input", "input_dim")), None
         )
@@ -2831,7 +2851,7 @@ class _Adapter(_Reading):
         for stmt in site.stmts:
             if not isinstance(stmt.node, cst.SimpleStatementLine):
                 continue
-            for node in cc.walk(stmt.node):
+            for node in self.walk(stmt.node):
                 if not (
                     isinstance(node, cst.Call)
                     and isinstance(node.func, cst.Attribute)
@@ -2904,7 +2924,7 @@ class _Adapter(_Reading):
                     else _header_nodes(stmt.node)
                 )
                 for root in own:
-                    for node in cc.walk(root):
+                    for node in self.walk(root):
                         if (
                             isinstance(node, cst.Call)
                             and isinstance(node.func, cst.Attribute)
@@ -2953,7 +2973,7 @@ class _Adapter(_Reading):
         """The platform's data set the script used, or None and what to name in pushtrain.toml instead."""
         platform: dict[str, tuple[int, str]] = {}
         others: list[str] = []
-        for node in cc.walk(self.module):
+        for node in self.walk(self.module):
             if not isinstance(node, cst.Call) or id(node) not in self.stmt_of:
                 continue
             name = self.callee(node) or ""
@@ -3125,7 +3145,7 @@ class _Adapter(_Reading):
         names: list[str] = []
         methods: list[str] = []
         divides = False
-        for child in cc.walk(node):
+        for child in self.walk(node):
             if isinstance(child, cst.Call):
                 names.append(self.callee(child) or "")
                 if isinstance(child.func, cst.Attribute):
@@ -3249,6 +3269,10 @@ class _Adapter(_Reading):
                             self.edit(name, lambda node: node.with_changes(value=target_var))
 
         body: list[cst.BaseStatement] = list(self.prelude)
+        if plan.function is not None and isinstance(plan.function.body, cst.IndentedBlock):
+            first = plan.function.body.body[0] if plan.function.body.body else None
+            if first is not None and _is_docstring(first):
+                body.insert(0, first)
         returns: list[cst.BaseStatement] = []
         site: list[cst.BaseStatement] = []
         for stmt in sl.builder:
@@ -3261,9 +3285,6 @@ class _Adapter(_Reading):
                 and (stmt.body is plan.body)
             ):
                 returns.append(node.visit(rewriter))
-                continue
-            if _is_docstring(node) and stmt.index == 0 and stmt.body.owner is plan.function:
-                body.insert(0, node)
                 continue
             out = site if stmt.body is site_body and site_body is not plan.body else body
             out.extend(self.inserted_before.get(id(node), []))
@@ -3450,11 +3471,12 @@ class _Adapter(_Reading):
         plan = plans[id(models[0])]
         sl = slices[id(models[0])]
         self.whole_loops = sl.whole
-        try:
-            # A file that already has HPARAMS keeps its knobs: its code may read them from hp.
-            self.knobs.update(tweak.read_hparams(self.source))
-        except tweak.TweakError:
-            pass
+        if tweak.HPARAMS_NAME in self.source:
+            try:
+                # A file that already has HPARAMS keeps its knobs: its code may read them from hp.
+                self.knobs.update(tweak.read_hparams(self.source))
+            except tweak.TweakError:
+                pass
         if plan.unwrapped:
             self.note(
                 plan.candidate.stmt.line,
@@ -3511,7 +3533,7 @@ def _is_constant_statement(stmt: _Stmt, reading: _Reading) -> bool:
     if not all(_is_name_target(target) for target in targets):
         return False
     return isinstance(reading.evaluate(small.value, stmt), _Const) and not any(
-        isinstance(child, cst.Call) for child in cc.walk(small.value)
+        isinstance(child, cst.Call) for child in reading.walk(small.value)
     )
 
 
@@ -3762,8 +3784,10 @@ def adapt_source(source: str, filename: str = "model.py") -> Adaptation:
 
     :raises AdaptRefused: with every reason, each at its line, when the script cannot be adapted.
     """
-    checked = cc.check_source(source, filename)
-    if checked.ok:
+    # Only a file with HPARAMS and a builder can meet the contract already; the check is not free.
+    has_builder = any(f"def {framework.builder}(" in source for framework in (KERAS, SCIKIT_LEARN))
+    checked = cc.check_source(source, filename) if tweak.HPARAMS_NAME in source and has_builder else None
+    if checked is not None and checked.ok:
         assert checked.kind is not None and checked.builder is not None
         framework = KERAS.name if checked.builder == KERAS.builder else SCIKIT_LEARN.name
         return Adaptation(
