@@ -117,6 +117,15 @@ def poke_interval_s() -> int:
     return int(_env("PUSHTRAIN_POKE_INTERVAL_SECONDS", "30"))
 
 
+def git_timeout_s() -> float:
+    """Seconds a git network call may go without a byte from the remote before it is stopped.
+
+    Well under the poke interval, so a remote that accepts the connection and never answers fails one poke
+    with a message instead of holding the sensor; a large fetch that keeps receiving is never cut short.
+    """
+    return float(_env("PUSHTRAIN_GIT_TIMEOUT_SECONDS", "15"))
+
+
 def default_branch() -> str:
     return _env("PUSHTRAIN_BRANCH", "main")
 
