@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help setup venv images datasets test test-unit test-docker lint demo bench bench-search clean
+.PHONY: help setup venv images datasets test test-deps test-unit test-docker lint demo bench bench-search clean
 
 help:
 	@echo "make demo   - set up everything and run the main job end to end (web UI on http://localhost:8080)"
@@ -35,7 +35,21 @@ setup: venv images datasets
 lint: venv
 	@$(PY) -m ruff check .
 
-test: setup lint
+# Debian packages of the tests' real git servers (tests/servers.py): installed once, skipped when present.
+TEST_DEBS := lighttpd lighttpd-mod-webdav openssh-server git-lfs
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600
+
+test-deps:
+	@missing=$$(for deb in $(TEST_DEBS); do dpkg-query -W -f='$${Status}\n' $$deb 2>/dev/null \
+	    | grep -q '^install ok installed' || echo $$deb; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "[test-deps] apt-get install" $$missing; \
+	  $(APT_GET) install -y --no-install-recommends $$missing >/dev/null \
+	    || { $(APT_GET) update >/dev/null && $(APT_GET) install -y --no-install-recommends $$missing >/dev/null; }; \
+	fi
+
+test: setup test-deps lint
 	@$(PY) -m pytest
 
 test-unit: venv
