@@ -9,8 +9,7 @@ held-out accuracy, the number the pipeline's gate reads):
     knn-digits     knn_sklearn.py     digits    0.97
 
 Strategies, each after the template's weak HPARAMS as committed (attempt 1, as in the pipeline), over the
-knob space of
-``pushtrain.strategies.KNOB_SPACES``:
+kind's knob space in the kinds table (``pushtrain.kinds``):
 
     escalate   the student projects' fixed escalation; every attempt trains from scratch, as they did
     random     random search over the same space (``strategies.random_search``)
@@ -69,11 +68,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from results_file import RESULTS_DIR, write_results  # noqa: E402
 
-from pushtrain import strategies  # noqa: E402
+from pushtrain import kinds, strategies  # noqa: E402
 from pushtrain.datasets import load_manifest  # noqa: E402
 from pushtrain.runner.data import load_image_folder  # noqa: E402
 from pushtrain.runner.evaluate import evaluate_saved_model  # noqa: E402
-from pushtrain.runner.train import Attempt, Progress, TerminationGuard, train_keras, train_sklearn  # noqa: E402
+from pushtrain.runner.train import Attempt, Progress, TerminationGuard, trainer_for  # noqa: E402
 from pushtrain.runner.usercode import UserCodeError, load_model_file  # noqa: E402
 
 TEMPLATES = ROOT / "include" / "model_templates"
@@ -206,7 +205,7 @@ class Trainer:
         started = time.perf_counter()
         try:
             with _alarm(remaining + _budget_slack(self.task.kind)):
-                metrics = (train_keras if self.task.kind == "cnn" else train_sklearn)(runner_attempt)
+                metrics = trainer_for(self.task.kind)(runner_attempt)
         except UserCodeError as exc:
             # A knob combination the model cannot train (it diverged, ran out of memory, ...): a failed
             # attempt, as the pipeline would record it, charged with the time it took.
@@ -241,7 +240,7 @@ def _cached_folder(path: Path):
 def _budget_slack(kind: str) -> float:
     # The alarm covers model building and tracing as well as the epochs the budget counts; a little slack
     # keeps an attempt that fits the budget from being cut off by them.
-    return 5.0 if kind == "cnn" else 1.0
+    return 5.0 if kinds.kind(kind).framework == kinds.KERAS else 1.0
 
 
 @contextlib.contextmanager
@@ -261,7 +260,7 @@ def _alarm(seconds: float) -> Iterator[None]:
 
 
 def _release_memory(kind: str) -> None:
-    if kind == "cnn":
+    if kinds.kind(kind).framework == kinds.KERAS:
         import keras
 
         keras.backend.clear_session()
@@ -303,17 +302,17 @@ def run_hyperband(trainer: Trainer, seed: int, max_attempts: int, scratch: Path)
     import keras_tuner
 
     kind, target = trainer.task.kind, trainer.task.target
-    space = strategies.knob_space(kind)
+    space = kinds.kind(kind).knobs
     base = trainer.initial_hparams(seed)
     hp = keras_tuner.HyperParameters()
     for name, knob in space.items():
         if not knob.tuned or name == "epochs" or name not in base:
             continue
-        if knob.type == strategies.BOOL:
+        if knob.type == kinds.BOOL:
             hp.Boolean(name, default=base[name])
-        elif knob.type == strategies.CHOICE:
+        elif knob.type == kinds.CHOICE:
             hp.Choice(name, list(knob.choices), default=base[name])
-        elif knob.type == strategies.INT:
+        elif knob.type == kinds.INT:
             hp.Int(name, int(knob.low), int(knob.high), sampling="log" if knob.log else "linear",
                    default=base[name])
         else:
@@ -370,14 +369,14 @@ def run_optuna(trainer: Trainer, seed: int, max_attempts: int, scratch: Path) ->
     kind, target = trainer.task.kind, trainer.task.target
     base = trainer.initial_hparams(seed)
     distributions: dict[str, Any] = {}
-    for name, knob in strategies.knob_space(kind).items():
+    for name, knob in kinds.kind(kind).knobs.items():
         if not knob.tuned or name not in base:
             continue
-        if knob.type == strategies.BOOL:
+        if knob.type == kinds.BOOL:
             distributions[name] = CategoricalDistribution([False, True])
-        elif knob.type == strategies.CHOICE:
+        elif knob.type == kinds.CHOICE:
             distributions[name] = CategoricalDistribution(list(knob.choices))
-        elif knob.type == strategies.INT:
+        elif knob.type == kinds.INT:
             distributions[name] = IntDistribution(int(knob.low), int(knob.high), log=knob.log)
         else:
             distributions[name] = FloatDistribution(knob.low, knob.high, log=knob.log)

@@ -28,6 +28,7 @@ from airflow.sdk import Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from pushtrain import dag_parts, settings, steps
+from pushtrain.kinds import KINDS
 from pushtrain.strategies import STRATEGIES
 
 WATCH_INTERVAL = timedelta(minutes=settings.watch_interval_minutes())
@@ -54,7 +55,7 @@ DEFAULT_BRANCH = settings.default_branch()
                         description="Held-out accuracy that counts as success. Empty: pushtrain.toml, else 0.80."),
         "max_attempts": Param(None, type=["null", "integer"], minimum=1, maximum=50, title="Max attempts",
                               description="Training attempts before giving up. Empty: pushtrain.toml, else 5."),
-        "kind": Param("auto", enum=["auto", "cnn", "linear", "knn"], title="Model kind",
+        "kind": Param("auto", enum=["auto", *KINDS], title="Model kind",
                       description="auto detects it from the code."),
         "strategy": Param(None, type=["null", "string"], enum=[None, *STRATEGIES],
                           title="Tweak strategy", description="Empty: pushtrain.toml, else default."),

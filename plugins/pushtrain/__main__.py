@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from pushtrain.kinds import KINDS
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pushtrain", description="pushtrain command line")
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, type=Path, help="image folder: <data>/<label>/*.png")
     train.add_argument("--out", required=True, type=Path, help="output directory of this attempt")
     train.add_argument("--hparams", default="{}", help='JSON overrides of HPARAMS, e.g. \'{"epochs": 5}\'')
-    train.add_argument("--kind", choices=("cnn", "linear", "knn"), help="model kind (default: detected)")
+    train.add_argument("--kind", choices=KINDS, help="model kind (default: detected)")
     train.add_argument("--memory", help="memory cap, Docker syntax (default PUSHTRAIN_CONTAINER_MEMORY)")
     train.add_argument("--cpus", type=float, help="CPU cap in cores (default PUSHTRAIN_CONTAINER_CPUS)")
     train.add_argument("--name", help="container name (default derived from the output directory)")

@@ -1,7 +1,8 @@
 """The part both pipeline DAGs share: train one prepared attempt, evaluate it, gate it, act on the gate.
 
 ``train_on_push`` (attempt 1) and ``tweak_and_retrain`` (attempts 2..N) differ only in how an attempt is
-prepared; from ``prepare_attempt`` on they run the same tasks, built here once::
+prepared; from ``prepare_attempt`` on they run the same tasks, built here once, with one ``train_<kind>``
+task per kind of ``pushtrain.kinds``::
 
     prepare_attempt >> choose_trainer ─cnn────> train_cnn ────┐
                                       ─linear─> train_linear ─┼─> evaluate ─────────┐
@@ -29,14 +30,12 @@ from airflow.sdk import Label, TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pushtrain import settings, steps
+from pushtrain.kinds import KINDS
 from pushtrain.mail import BUDGET_SPENT, FAILURE, SUCCESS, PipelineMailNotifier
 from pushtrain.operators import EvaluateAttemptOperator, TrainAttemptOperator
-from pushtrain.runner.contract import KINDS
 
 RETRAIN_DAG_ID = "tweak_and_retrain"
 NOTHING_LEFT_TO_TRY = "nothing_left_to_try"
-TRAINER_LABELS = {"cnn": "cnn: Keras image", "linear": "linear: scikit-learn image",
-                  "knn": "knn: scikit-learn image"}
 TRAINING_TIMEOUT = settings.training_timeout()
 
 
@@ -143,7 +142,7 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
 
     route = choose_trainer(prepared)
     for trainer in trainers:
-        route >> Label(TRAINER_LABELS[trainer.kind]) >> trainer >> evaluate
+        route >> Label(KINDS[trainer.kind].label) >> trainer >> evaluate
     route >> Label("strategy exhausted") >> nothing_left_to_try
     decision = judge_attempt(prepared, evaluate.output)
     nothing_left_to_try >> decision

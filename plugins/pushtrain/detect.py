@@ -4,8 +4,10 @@ A pushed model file is semi-trusted code: it may only run inside the training an
 The Airflow side therefore reads it with :mod:`ast` alone. Nothing in the file is imported or executed,
 so a default argument such as ``__import__("os").system(...)`` stays inert text.
 
-**What counts as evidence.** A name counts only where the code *uses* it and it resolves, through the
-file's own imports and Python's scoping rules, to one of these:
+**What counts as evidence.** The kinds are those of the kinds table (``pushtrain.kinds``); each has its
+rule in ``_RULES`` below (a kind without one is never detected: a repository of it sets ``kind`` in
+``pushtrain.toml``). A name counts only where the code *uses* it and it resolves, through the file's own
+imports and Python's scoping rules, to one of these:
 
 ==========  ===========================================================================================
 kind        names
@@ -36,7 +38,7 @@ wall-time limit and an address-space limit, so a huge or pathologically nested f
 analysis that the child runs. ``python -m pushtrain detect PATH`` (and ``python -m pushtrain.detect``)
 prints the kind, or the reason on stderr.
 
-Only the standard library is imported: this module is loaded on DAG-parsing paths.
+Only the standard library and the kinds table are imported: the bounded child starts with nothing else.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ import subprocess
 import sys
 import tokenize
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("cnn", "linear", "knn")
+from pushtrain.kinds import KINDS
 
 # Model files are code, not data: anything bigger is almost surely weights or a data set pasted in, and
 # the parser's memory grows with the file.
@@ -205,19 +207,29 @@ def _is_keras_conv_layer(parts: Sequence[str]) -> bool:
     )
 
 
+def _is_linear_model(parts: Sequence[str]) -> bool:
+    # Anything directly in sklearn.linear_model, and sklearn.svm.LinearSVC.
+    return parts[0] == "sklearn" and (
+        (parts[1] == "linear_model" and len(parts) == 3) or list(parts[1:]) == ["svm", "LinearSVC"]
+    )
+
+
+def _is_neighbours_classifier(parts: Sequence[str]) -> bool:
+    return list(parts[:2]) == ["sklearn", "neighbors"] and parts[-1] in _KNN_CLASSIFIER_NAMES
+
+
+# The detection rule of each kind in the kinds table: does a resolved dotted name (3+ parts) belong to it?
+_RULES: dict[str, Callable[[Sequence[str]], bool]] = {
+    "cnn": _is_keras_conv_layer,
+    "linear": _is_linear_model,
+    "knn": _is_neighbours_classifier,
+}
+
+
 def _kind_of_parts(parts: Sequence[str]) -> str | None:
     if len(parts) < 3:
         return None
-    if _is_keras_conv_layer(parts):
-        return "cnn"
-    if parts[0] == "sklearn":
-        if parts[1] == "linear_model" and len(parts) == 3:
-            return "linear"
-        if parts[1] == "svm" and parts[2:] == ["LinearSVC"]:
-            return "linear"
-        if parts[1] == "neighbors" and parts[-1] in _KNN_CLASSIFIER_NAMES:
-            return "knn"
-    return None
+    return next((kind for kind in KINDS if kind in _RULES and _RULES[kind](parts)), None)
 
 
 def _match_kind(qualified_name: str) -> tuple[str, str] | None:
@@ -732,17 +744,15 @@ def detect_file(path: str | os.PathLike[str]) -> Detection:
 # The bounded entry point
 # --------------------------------------------------------------------------------------------------------
 
-# The child loads this very file by path rather than `-m pushtrain.detect`: it then needs neither the
-# plugins folder on its sys.path nor the package's __init__, and `-I -S` keeps the caller's environment,
-# user site and site-packages out of it. Only the standard library is needed.
+# `-I -S` keeps the caller's environment, user site and site-packages out of the child; its sys.path gets
+# the plugins folder only, for this module and the kinds table (both standard library only).
 _CHILD_BOOTSTRAP = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_pushtrain_detect_child', sys.argv[1])\n"
-    "module = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = module\n"
-    "spec.loader.exec_module(module)\n"
-    "sys.exit(module.main(sys.argv[2:]))\n"
+    "import sys\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "from pushtrain.detect import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
 )
+_PLUGINS_DIR = Path(__file__).resolve().parents[1]
 
 
 def _child_environment() -> dict[str, str]:
@@ -797,7 +807,7 @@ def detect_kind(
         "-S",
         "-c",
         _CHILD_BOOTSTRAP,
-        str(Path(__file__).resolve()),
+        str(_PLUGINS_DIR),
         "--in-process",
         "--json",
         "--memory-mb",

@@ -8,8 +8,9 @@ Three steps, each cached:
 2. **Wheelhouse.** ``pip download`` on the host, once per requirements file, into the cache directory:
    ``docker build`` then installs with ``--no-index`` and needs no network.
 3. **Image.** Tagged ``pushtrain/<name>:<content key>``, where the key hashes the Dockerfile, the pinned
-   requirements, the runner's source and the base image id. A tag that exists is not rebuilt, so a second
-   ``make images`` takes seconds, and the DAGs run exactly the image that matches the checked-out code.
+   requirements, the source that goes into the image (the runner and the kinds table) and the base image
+   id. A tag that exists is not rebuilt, so a second ``make images`` takes seconds, and the DAGs run
+   exactly the image that matches the checked-out code.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pushtrain import __version__, settings
+from pushtrain import __version__, kinds, settings
 
 IMAGES_DIR = settings.PROJECT_ROOT / "images"
-RUNNER_SOURCE = settings.PROJECT_ROOT / "plugins" / "pushtrain" / "runner"
-IMAGE_NAMES = ("tensorflow", "sklearn")
-KIND_TO_IMAGE = {"cnn": "tensorflow", "linear": "sklearn", "knn": "sklearn"}
+PACKAGE_SOURCE = settings.PROJECT_ROOT / "plugins" / "pushtrain"
+RUNNER_SOURCE = PACKAGE_SOURCE / "runner"
+IMAGE_NAMES = tuple(dict.fromkeys(kind.image for kind in kinds.KINDS.values()))
 LOCAL_BASE_IMAGE = "pushtrain/base:bookworm"
 DEBOOTSTRAP_PACKAGES = "python3,python3-venv,ca-certificates"
 CONTENT_KEY_LABEL = "io.pushtrain.content-key"
@@ -158,15 +159,15 @@ def _expected_size(name: str) -> str:
 # --- images ---------------------------------------------------------------------------------------------
 
 
-def _runner_files() -> list[Path]:
-    return sorted(p for p in RUNNER_SOURCE.rglob("*.py"))
+def _image_source_files() -> list[Path]:
+    """The package's files that go into every image: the runner and the one module it imports besides."""
+    return [PACKAGE_SOURCE / "__init__.py", PACKAGE_SOURCE / "kinds.py", *sorted(RUNNER_SOURCE.rglob("*.py"))]
 
 
 def source_key(name: str) -> str:
-    """Hash of everything of ours that goes into an image: Dockerfile, requirements, runner source."""
+    """Hash of everything of ours that goes into an image: Dockerfile, requirements, runner and kinds table."""
     digest = hashlib.sha256()
-    inputs = [IMAGES_DIR / name / "Dockerfile", IMAGES_DIR / name / "requirements.txt",
-              settings.PROJECT_ROOT / "plugins" / "pushtrain" / "__init__.py", *_runner_files()]
+    inputs = [IMAGES_DIR / name / "Dockerfile", IMAGES_DIR / name / "requirements.txt", *_image_source_files()]
     for path in inputs:
         digest.update(str(path.relative_to(settings.PROJECT_ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -179,19 +180,17 @@ def image_reference(name: str) -> str:
 
 
 def image_for_kind(kind: str) -> str:
-    return image_reference(KIND_TO_IMAGE[kind])
+    return image_reference(kinds.kind(kind).image)
 
 
 def _stage_context(name: str, wheelhouse: Path) -> Path:
     """A fresh build context (per build: two concurrent builds never share one), removed after the build."""
     (settings.cache_dir() / "build").mkdir(parents=True, exist_ok=True)
     context = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=settings.cache_dir() / "build"))
-    (context / "pushtrain" / "runner").mkdir(parents=True)
     shutil.copy2(IMAGES_DIR / name / "Dockerfile", context / "Dockerfile")
     shutil.copy2(IMAGES_DIR / name / "requirements.txt", context / "requirements.txt")
-    shutil.copy2(settings.PROJECT_ROOT / "plugins" / "pushtrain" / "__init__.py", context / "pushtrain")
-    for path in _runner_files():
-        target = context / "pushtrain" / "runner" / path.relative_to(RUNNER_SOURCE)
+    for path in _image_source_files():
+        target = context / "pushtrain" / path.relative_to(PACKAGE_SOURCE)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
     (context / "wheels").mkdir()

@@ -45,7 +45,8 @@ from pydantic import (
 
 from pushtrain import settings
 from pushtrain.gitops import safe_name
-from pushtrain.runner.contract import KINDS, write_json_atomic
+from pushtrain.kinds import KINDS
+from pushtrain.runner.contract import write_json_atomic
 from pushtrain.strategies import STRATEGIES, AttemptRecord, no_real_gain
 
 CONFIG_FILE = "pushtrain.toml"

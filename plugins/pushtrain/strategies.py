@@ -7,8 +7,9 @@ and its choice explainable from the attempt records alone.
 
 Every strategy obeys two invariants the loop relies on:
 
-* it stays inside the knob bounds that the model templates document (``KNOB_SPACES`` copies those tables;
-  a value outside them could crash the training container or run for hours), and
+* it stays inside the knob bounds that the model templates document (the kinds table in
+  ``pushtrain.kinds`` copies those tables; a value outside them could crash the training container or run
+  for hours), and
 * it never proposes hyperparameters an earlier attempt already trained, so no attempt of the bounded
   budget is wasted on a repeat.
 
@@ -25,13 +26,11 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-INT = "int"
-FLOAT = "float"
-BOOL = "bool"
-CHOICE = "choice"
+from pushtrain import kinds
+from pushtrain.kinds import BOOL, CHOICE, INT, Knob, Move
 
 # Floats a strategy writes into a user's file keep 3 significant digits: the diff shows 0.002, not
 # 0.0020000000000000005, and finer steps than that change nothing a training run can measure.
@@ -40,57 +39,6 @@ _PROPOSAL_DIGITS = 3
 _SAME_ATTEMPT_DIGITS = 6
 _RANDOM_TRIES = 500
 _MAX_ENUMERATED_COMBINATIONS = 200_000
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One hyperparameter a strategy may set: its type and the bounds the model template documents.
-
-    ``low``/``high`` are inclusive and ``None`` where the template says "any". ``log`` marks knobs whose
-    useful values span orders of magnitude, so sampling and steps are multiplicative. ``tuned=False`` marks
-    knobs a strategy never changes (a seed: changing it only reshuffles luck).
-    """
-
-    type: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] = ()
-    log: bool = False
-    tuned: bool = True
-
-    def __post_init__(self) -> None:
-        if self.type not in (INT, FLOAT, BOOL, CHOICE):
-            raise ValueError(f"unknown knob type {self.type!r}")
-        if self.type == CHOICE and not self.choices:
-            raise ValueError("a choice knob needs choices")
-
-
-# The bounds tables of include/model_templates/*.py docstrings, knob for knob.
-KNOB_SPACES: dict[str, dict[str, Knob]] = {
-    "cnn": {
-        "epochs": Knob(INT, 1, 60),
-        "batch_size": Knob(INT, 8, 512, log=True),
-        "learning_rate": Knob(FLOAT, 1e-5, 0.05, log=True),
-        "conv_blocks": Knob(INT, 1, 4),
-        "filters": Knob(INT, 2, 128, log=True),
-        "kernel_size": Knob(INT, 2, 5),
-        "dense_units": Knob(INT, 4, 512, log=True),
-        "dropout": Knob(FLOAT, 0.0, 0.6),
-        "seed": Knob(INT, tuned=False),
-    },
-    "linear": {
-        "epochs": Knob(INT, 1, 200),
-        "alpha": Knob(FLOAT, 1e-7, 1.0, log=True),
-        "eta0": Knob(FLOAT, 1e-4, 1.0, log=True),
-        "average": Knob(BOOL),
-        "seed": Knob(INT, tuned=False),
-    },
-    "knn": {
-        "n_neighbors": Knob(INT, 1, 100, log=True),
-        "weights": Knob(CHOICE, choices=("uniform", "distance")),
-        "p": Knob(INT, 1, 2),
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -126,16 +74,6 @@ class StrategyExhaustedError(RuntimeError):
 # --------------------------------------------------------------------------------------------------- bounds
 
 
-def knob_space(kind: str) -> dict[str, Knob]:
-    """The knobs of ``kind``, or a ValueError naming the kinds there are."""
-    try:
-        return KNOB_SPACES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(KNOB_SPACES))}"
-        ) from None
-
-
 def clamp(kind: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``hparams`` with every known knob of ``kind`` coerced to its type and clipped to its bounds.
 
@@ -143,7 +81,7 @@ def clamp(kind: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     A value that cannot be coerced (text for a number, an unknown choice, NaN) raises ValueError rather
     than being replaced by a guess.
     """
-    space = knob_space(kind)
+    space = kinds.kind(kind).knobs
     return {
         name: _coerce(name, space[name], value) if name in space else value for name, value in hparams.items()
     }
@@ -186,27 +124,16 @@ def within_bounds(kind: str, hparams: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------------------------- moves
 
 
-@dataclass(frozen=True)
-class _Move:
-    """A named change of a few knobs. Operations, per knob:
-
-    ``("mul", f)`` multiply; ``("add", d)`` add; ``("set", v)`` set; ``("atleast", v)`` raise to v if below;
-    ``("flip",)`` negate a bool, mirror an
-    int in its range (1 <-> 2) or take the next choice; ``("toward", lo, hi, f)`` multiply (or divide) by f
-    towards the band [lo, hi] and stop inside it; a value already inside stays.
-    ``strength`` < 1 softens mul/add/toward steps (a gentler retry of a bold move that did not pay).
-    """
-
-    name: str
-    changes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    repeat: bool = True  # False: a one-off jump that ``default`` does not repeat even when it gained
+# The operations of a Move, per knob: ``("mul", f)`` multiply; ``("add", d)`` add; ``("set", v)`` set;
+# ``("atleast", v)`` raise to v if below; ``("flip",)`` negate a bool, mirror an int in its range (1 <-> 2)
+# or take the next choice; ``("toward", lo, hi, f)`` multiply (or divide) by f towards the band [lo, hi] and
+# stop inside it (a value already inside stays). ``strength`` < 1 softens mul/add/toward steps: a gentler
+# retry of a bold move that did not pay.
 
 
-def _apply(
-    kind: str, hparams: Mapping[str, Any], move: _Move, strength: float = 1.0
-) -> dict[str, Any] | None:
+def _apply(kind: str, hparams: Mapping[str, Any], move: Move, strength: float = 1.0) -> dict[str, Any] | None:
     """``hparams`` after ``move``, within bounds; None when the move changes nothing (e.g. at a bound)."""
-    space = knob_space(kind)
+    space = kinds.kind(kind).knobs
     proposed = dict(hparams)
     for name, operation in move.changes.items():
         knob = space.get(name)
@@ -267,7 +194,7 @@ def _round_sig(value: float, digits: int) -> float:
 
 
 def _validated(kind: str, history: Sequence[AttemptRecord]) -> list[AttemptRecord]:
-    knob_space(kind)
+    kinds.kind(kind)
     if not history:
         raise ValueError("history is empty; it must hold at least attempt 1 (the hparams as committed)")
     return sorted(history, key=lambda record: record.attempt)
@@ -326,13 +253,13 @@ def _unseen(candidate: Mapping[str, Any] | None, seen: set[tuple]) -> bool:
 
 
 def _tuned_names(kind: str, hparams: Mapping[str, Any]) -> list[str]:
-    space = knob_space(kind)
+    space = kinds.kind(kind).knobs
     return [name for name, knob in space.items() if knob.tuned and name in hparams]
 
 
 def _sample(kind: str, base: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
     """A uniform draw over the tuned knobs of ``base`` (log-uniform for log knobs); other keys kept."""
-    space = knob_space(kind)
+    space = kinds.kind(kind).knobs
     drawn = dict(base)
     for name in _tuned_names(kind, base):
         knob = space[name]
@@ -357,7 +284,7 @@ def _anything_new(kind: str, base: Mapping[str, Any], seen: set[tuple], rng: ran
         if _unseen(candidate, seen):
             return candidate
     # Only small, fully discrete spaces get here; walk them in order to find what is left.
-    space = knob_space(kind)
+    space = kinds.kind(kind).knobs
     names = _tuned_names(kind, base)
     domains = []
     for name in names:
@@ -399,45 +326,19 @@ def _finish(
 
 # ------------------------------------------------------------------------------------------------- escalate
 
-# The student projects' fixed escalation. cnn and linear rotate through their rungs (attempt 2 takes the
-# first, attempt 3 the second, ...), skipping a rung already at its bound; knn takes the first rung that
-# still changes something, so it walks n_neighbors down before it switches to distance weighting.
-_ESCALATION: dict[str, tuple[bool, tuple[_Move, ...]]] = {
-    "cnn": (
-        True,
-        (
-            _Move("more epochs", {"epochs": ("mul", 2)}),
-            _Move("another conv block", {"conv_blocks": ("add", 1)}),
-            _Move("more filters and dense units", {"filters": ("mul", 2), "dense_units": ("mul", 2)}),
-        ),
-    ),
-    "linear": (
-        True,
-        (
-            _Move("more epochs", {"epochs": ("mul", 2)}),
-            _Move("lower alpha", {"alpha": ("mul", 0.1)}),
-            _Move("raise eta0", {"eta0": ("mul", 3)}),
-            _Move("average weights", {"average": ("set", True)}),
-        ),
-    ),
-    "knn": (
-        False,
-        (
-            _Move("halve n_neighbors down to 5", {"n_neighbors": ("toward", 1, 5, 2)}),
-            _Move("distance weights", {"weights": ("set", "distance")}),
-            _Move("n_neighbors one lower", {"n_neighbors": ("add", -1)}),
-            _Move("other Minkowski power", {"p": ("flip",)}),
-        ),
-    ),
-}
-
 
 def escalate(kind: str, history: Sequence[AttemptRecord], rng_seed: int) -> dict[str, Any]:
-    """The fixed ladder from the latest attempt, whatever the results were (a baseline, not a search)."""
+    """The fixed ladder from the latest attempt, whatever the results were (a baseline, not a search).
+
+    The ladder is the kind's ``escalation`` (the student projects' rungs); a kind that rotates takes rung
+    n-1 at attempt n, skipping rungs at their bound, one that does not takes the first rung that still
+    changes something.
+    """
     records = _validated(kind, history)
     latest = records[-1]
-    rotate, rungs = _ESCALATION[kind]
-    start = (len(records) - 1) % len(rungs) if rotate else 0
+    spec = kinds.kind(kind)
+    rungs = spec.escalation or _generic_moves(spec.knobs)
+    start = (len(records) - 1) % len(rungs) if spec.escalation_rotates else 0
     ordered = rungs[start:] + rungs[:start]
     candidates = (_apply(kind, latest.hparams, move) for move in ordered)
     # Deterministic even in the fallback: the seed comes from the history, not from the caller.
@@ -459,85 +360,49 @@ def random_search(kind: str, history: Sequence[AttemptRecord], rng_seed: int) ->
 
 # -------------------------------------------------------------------------------------------------- default
 
-# Moves in the order they are tried from the best attempt. Each kind's first move is a one-off jump into
-# the region where such models are known to work (for cnn: two conv blocks, 16+ filters, learning rate
-# 1e-3..3e-3, 12+ epochs; for knn: a handful of distance-weighted neighbours). Every attempt costs a DAG
-# run, two containers and TensorFlow's start-up (about 20 s here) before any learning, so one jump that
-# usually lands beats several small steps. After it, the cheapest move comes first: "epochs x2" changes
-# nothing else, so the platform continues the best model (``warm_start_parent``) and pays only for the
-# new epochs. Measured in benchmarks/search_efficiency.py against the fixed escalation, random search,
-# KerasTuner's Hyperband and Optuna's TPE.
-_DEFAULT_MOVES: dict[str, tuple[_Move, ...]] = {
-    "cnn": (
-        _Move(
-            "bold: one more conv block, filters and dense units x8, learning rate into 1e-3..3e-3, "
-            "at least 12 epochs",
-            {
-                "conv_blocks": ("add", 1),
-                "filters": ("mul", 8),
-                "dense_units": ("mul", 8),
-                "learning_rate": ("toward", 0.001, 0.003, 4),
-                "epochs": ("atleast", 12),
-            },
-            repeat=False,
-        ),
-        _Move("epochs x2 (continues the best model)", {"epochs": ("mul", 2)}),
-        _Move("filters and dense units x2", {"filters": ("mul", 2), "dense_units": ("mul", 2)}),
-        _Move("learning rate into 1e-3..3e-3", {"learning_rate": ("toward", 0.001, 0.003, 4)}),
-        _Move("another conv block", {"conv_blocks": ("add", 1)}),
-        _Move("learning rate x3", {"learning_rate": ("mul", 3)}),
-        _Move("learning rate /3", {"learning_rate": ("mul", 1 / 3)}),
-        _Move("batch size /2", {"batch_size": ("mul", 0.5)}),
-        _Move("more dropout", {"dropout": ("add", 0.2)}),
-        _Move("larger kernel", {"kernel_size": ("add", 1)}),
-        _Move("one conv block fewer", {"conv_blocks": ("add", -1)}),
-        _Move("batch size x2", {"batch_size": ("mul", 2)}),
-        _Move("less dropout", {"dropout": ("add", -0.2)}),
-        _Move("smaller kernel", {"kernel_size": ("add", -1)}),
-    ),
-    "linear": (
-        _Move(
-            "bold: epochs x3, alpha /10, eta0 into 0.01..0.1, averaged weights",
-            {
-                "epochs": ("mul", 3),
-                "alpha": ("mul", 0.1),
-                "eta0": ("toward", 0.01, 0.1, 10),
-                "average": ("set", True),
-            },
-            repeat=False,
-        ),
-        _Move("epochs x2 (continues the best model)", {"epochs": ("mul", 2)}),
-        _Move("alpha /10", {"alpha": ("mul", 0.1)}),
-        _Move("eta0 x3", {"eta0": ("mul", 3)}),
-        _Move("toggle averaging", {"average": ("flip",)}),
-        _Move("alpha x10", {"alpha": ("mul", 10)}),
-        _Move("eta0 /3", {"eta0": ("mul", 1 / 3)}),
-    ),
-    "knn": (
-        _Move(
-            "bold: n_neighbors into 1..5, distance weights",
-            {"n_neighbors": ("toward", 1, 5, 15), "weights": ("set", "distance")},
-            repeat=False,
-        ),
-        _Move("n_neighbors /3", {"n_neighbors": ("mul", 1 / 3)}),
-        _Move("other Minkowski power", {"p": ("flip",)}),
-        _Move("n_neighbors x2", {"n_neighbors": ("mul", 2)}),
-        _Move("toggle distance weights", {"weights": ("flip",)}),
-        _Move("n_neighbors one lower", {"n_neighbors": ("add", -1)}),
-        _Move("n_neighbors one higher", {"n_neighbors": ("add", 1)}),
-    ),
-}
+# The default strategy tries a kind's ``default_moves`` in order from the best attempt. Each table kind's
+# first move is a one-off jump into the region where such models are known to work (for cnn: two conv
+# blocks, 16+ filters, learning rate 1e-3..3e-3, 12+ epochs; for knn: a handful of distance-weighted
+# neighbours). Every attempt costs a DAG run, two containers and TensorFlow's start-up (about 20 s here)
+# before any learning, so one jump that usually lands beats several small steps. After it, the cheapest
+# move comes first: "epochs x2" changes nothing else, so the platform continues the best model
+# (``warm_start_parent``) and pays only for the new epochs. Measured in benchmarks/search_efficiency.py
+# against the fixed escalation, random search, KerasTuner's Hyperband and Optuna's TPE.
 _BOLD, _GENTLE = 1.0, 0.5
 
 
-def _default_plan(kind: str) -> list[tuple[_Move, float]]:
-    moves = _DEFAULT_MOVES[kind]
+def _generic_moves(knobs: Mapping[str, Knob]) -> tuple[Move, ...]:
+    """Moves for a kind that names none of its own: each tuned knob up, then each down; bools and choices flip.
+
+    Multiplicative steps (x2, /2) for log knobs and epochs; +-1 for other ints and a quarter of the range
+    for other floats. More epochs come first, being the cheapest move (warm start).
+    """
+    ups, downs = [], []
+    for name, knob in knobs.items():
+        if not knob.tuned:
+            continue
+        if knob.type in (BOOL, CHOICE):
+            ups.append(Move(f"other {name}", {name: ("flip",)}))
+        elif knob.log or name == "epochs":
+            ups.append(Move(f"{name} x2", {name: ("mul", 2)}))
+            downs.append(Move(f"{name} /2", {name: ("mul", 0.5)}))
+        else:
+            step = 1 if knob.type == INT else (knob.high - knob.low) / 4
+            ups.append(Move(f"{name} +{step:g}", {name: ("add", step)}))
+            downs.append(Move(f"{name} -{step:g}", {name: ("add", -step)}))
+    ups.sort(key=lambda move: "epochs" not in move.changes)
+    return (*ups, *downs)
+
+
+def _default_plan(kind: str) -> list[tuple[Move, float]]:
+    spec = kinds.kind(kind)
+    moves = spec.default_moves or _generic_moves(spec.knobs)
     return [(move, _BOLD) for move in moves] + [(move, _GENTLE) for move in moves]
 
 
 def _move_that_made(
     kind: str, records: Sequence[AttemptRecord], best: AttemptRecord
-) -> tuple[_Move, float] | None:
+) -> tuple[Move, float] | None:
     """The move that turned the best attempt's predecessor-best into it, if it gained; else None."""
     earlier = [record for record in records if record.attempt < best.attempt]
     if not earlier:

@@ -24,8 +24,8 @@ from pushtrain.detect import (
     main,
     read_model_source,
 )
+from pushtrain.kinds import KINDS
 
-TEMPLATES = {"cnn": "cnn_keras.py", "linear": "linear_sklearn.py", "knn": "knn_sklearn.py"}
 # Generous for a loaded CI machine; what matters is that nothing hangs for the full default limits.
 BOUNDED_SECONDS = 5.0
 
@@ -247,9 +247,11 @@ def test_detects_each_kind_through_its_imports(text: str, kind: str, qualified_n
     assert detection.filename == "model.py"
 
 
-@pytest.mark.parametrize("kind", TEMPLATES)
-def test_templates_are_detected_as_their_kind_in_process_and_bounded(templates_dir: Path, kind: str) -> None:
-    template = templates_dir / TEMPLATES[kind]
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_is_detected_from_its_template_in_process_and_bounded(
+    templates_dir: Path, kind: str
+) -> None:
+    template = templates_dir / KINDS[kind].template
 
     in_process = detect_file(template)
     bounded = detect_kind(template)
@@ -701,11 +703,11 @@ def test_the_child_gets_no_secrets_from_the_environment(monkeypatch: pytest.Monk
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", TEMPLATES)
+@pytest.mark.parametrize("kind", KINDS)
 def test_cli_prints_the_kind_and_exits_0(
     templates_dir: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([str(templates_dir / TEMPLATES[kind])]) == 0
+    assert main([str(templates_dir / KINDS[kind].template)]) == 0
 
     captured = capsys.readouterr()
     assert captured.out == f"{kind}\n"
@@ -713,7 +715,7 @@ def test_cli_prints_the_kind_and_exits_0(
 
 
 def test_cli_json_prints_the_detection(templates_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = templates_dir / TEMPLATES["knn"]
+    path = templates_dir / KINDS["knn"].template
 
     assert main(["--json", str(path)]) == 0
 
@@ -769,7 +771,7 @@ def test_python_dash_m_pushtrain_detect_works(project_root: Path, templates_dir:
     environment = {**os.environ, "PYTHONPATH": str(project_root / "plugins")}
 
     completed = subprocess.run(
-        [sys.executable, "-m", "pushtrain.detect", str(templates_dir / TEMPLATES["linear"])],
+        [sys.executable, "-m", "pushtrain.detect", str(templates_dir / KINDS["linear"].template)],
         capture_output=True,
         text=True,
         env=environment,

@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from pushtrain.kinds import KINDS
 from pushtrain.runner import contract
 
 
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, type=Path, help="training images: <data>/<label>/*.png")
     train.add_argument("--out", required=True, type=Path, help="this attempt's writable output directory")
     train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
-    train.add_argument("--kind", choices=contract.KINDS, help="model kind (default: from the builder name)")
+    train.add_argument("--kind", choices=KINDS, help="model kind (default: from the builder name)")
     train.add_argument("--run-key", default="local", help="pipeline run and attempt; keys the checkpoints")
     train.add_argument("--warm-start", type=Path,
                        help="an earlier attempt's output dir: continue its model if only epochs grew")
@@ -56,10 +57,9 @@ def _train(args: argparse.Namespace) -> int:
         Progress,
         Terminated,
         TerminationGuard,
-        train_keras,
-        train_sklearn,
+        trainer_for,
     )
-    from pushtrain.runner.usercode import KERAS_BUILDER, ContractError, UserCodeError, load_model_file
+    from pushtrain.runner.usercode import ContractError, UserCodeError, load_model_file
 
     guard = TerminationGuard()
     guard.install()
@@ -76,13 +76,13 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         model = load_model_file(args.model)
-        kind = args.kind or ("cnn" if hasattr(model.module, KERAS_BUILDER) else "linear")
+        kind = args.kind or model.kind_of_builder()
         data = load_image_folder(args.data)
         attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
                           out_dir=out_dir, run_key=args.run_key,
                           progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard,
                           checkpoints=not args.no_checkpoints, warm_start=args.warm_start)
-        metrics = train_keras(attempt) if kind == "cnn" else train_sklearn(attempt)
+        metrics = trainer_for(kind)(attempt)
     except Terminated:
         return _fail(out_dir, contract.EXIT_TERMINATED, "SIGTERM before training completed; "
                      "the last completed epoch is checkpointed and a restart resumes from it")

@@ -1,7 +1,8 @@
 """The runner contract: what a training container is given and what it leaves behind.
 
 Both sides import this module: the runner inside the images and the Airflow side that launches containers
-and validates their output. It uses the standard library only, so it can travel into any image.
+and validates their output. It uses the standard library and the kinds table (``pushtrain.kinds``, also
+standard library only), so it can travel into any image.
 
 Inputs (mounts)
     ``/workspace/model``  read-only, the user's repository checkout (the model file inside it)
@@ -26,6 +27,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from pushtrain.kinds import KINDS
 
 SCHEMA_VERSION = 1
 
@@ -55,8 +58,6 @@ PROGRESS_FILE = "progress.log"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 SIGNATURE_FILE = "signature.json"
-
-KINDS = ("cnn", "linear", "knn")
 
 # metrics.json: name -> (type, required). Per-class scores are {label: {precision, recall, f1, support}}.
 METRICS_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {

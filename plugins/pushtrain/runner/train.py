@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from pushtrain import kinds
+from pushtrain.kinds import KERAS, SCIKIT_LEARN
 from pushtrain.runner import contract
 from pushtrain.runner.data import ImageFolder, validation_mask
 from pushtrain.runner.metrics import classification_scores
 from pushtrain.runner.usercode import (
-    KERAS_BUILDER,
-    SKLEARN_BUILDER,
     ContractError,
     ModelFile,
     run_user_code,
@@ -276,11 +276,11 @@ def train_keras(attempt: Attempt) -> dict:
         keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
     else:
         resumed_from = 0
-        builder = attempt.model.builder(KERAS_BUILDER)
-        model = run_user_code(attempt.model.path, f"calling {KERAS_BUILDER}()", builder,
+        builder = attempt.model.builder(KERAS)
+        model = run_user_code(attempt.model.path, f"calling {KERAS.builder}()", builder,
                               dict(hp), train.input_shape, len(train.class_names))
         if not isinstance(model, keras.Model):
-            raise ContractError(f"{KERAS_BUILDER}() returned {type(model).__name__}, not a keras.Model")
+            raise ContractError(f"{KERAS.builder}() returned {type(model).__name__}, not a keras.Model")
         if not model.compiled:
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         attempt.progress(f"training {epochs} epochs on {len(train.labels)} images, "
@@ -343,10 +343,10 @@ def train_sklearn(attempt: Attempt) -> dict:
         _continue_earlier(attempt, store, warm[1], hp["epochs"])
     else:
         resumed_from = 0
-        builder = attempt.model.builder(SKLEARN_BUILDER)
-        estimator = run_user_code(attempt.model.path, f"calling {SKLEARN_BUILDER}()", builder, dict(hp))
+        builder = attempt.model.builder(SCIKIT_LEARN)
+        estimator = run_user_code(attempt.model.path, f"calling {SCIKIT_LEARN.builder}()", builder, dict(hp))
         if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
-            raise ContractError(f"{SKLEARN_BUILDER}() returned {type(estimator).__name__}, "
+            raise ContractError(f"{SCIKIT_LEARN.builder}() returned {type(estimator).__name__}, "
                                 "not a scikit-learn classifier (it needs fit and predict)")
 
     # Estimators with partial_fit learn one pass at a time and are checkpointed after each; the rest
@@ -385,6 +385,11 @@ def train_sklearn(attempt: Attempt) -> dict:
                  "class_names": train.class_names, "input_shape": list(train.input_shape)}
     return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
                    _versions(sklearn, joblib), signature)
+
+
+def trainer_for(kind: str) -> Callable[[Attempt], dict]:
+    """The training function of the kind's framework (from the kinds table)."""
+    return {KERAS: train_keras, SCIKIT_LEARN: train_sklearn}[kinds.kind(kind).framework]
 
 
 def _continue_earlier(attempt: Attempt, store: CheckpointStore, earlier: dict, epochs: int) -> None:

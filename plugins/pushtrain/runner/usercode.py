@@ -16,8 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-KERAS_BUILDER = "build_model"
-SKLEARN_BUILDER = "build_estimator"
+from pushtrain.kinds import KINDS, Framework
 
 T = TypeVar("T")
 
@@ -37,19 +36,25 @@ class ModelFile:
     hparams: dict[str, Any]
     code_sha256: str
 
-    def builder(self, name: str) -> Callable:
-        builder = getattr(self.module, name, None)
+    def builder(self, framework: Framework) -> Callable:
+        builder = getattr(self.module, framework.builder, None)
         if not callable(builder):
-            raise ContractError(
-                f"{self.path} defines no function {name}(): "
-                + (
-                    f"a Keras model file needs {KERAS_BUILDER}(hp, input_shape, num_classes)"
-                    if name == KERAS_BUILDER
-                    else f"a scikit-learn model file needs {SKLEARN_BUILDER}(hp)"
-                )
-                + "; see include/model_templates/"
-            )
+            raise ContractError(f"{self.path} defines no function {framework.builder}(): "
+                                f"{_needs(framework)}; see include/model_templates/")
         return builder
+
+    def kind_of_builder(self) -> str:
+        """The first kind in the table whose builder the file defines, for a run that names no kind."""
+        for kind in KINDS.values():
+            if callable(getattr(self.module, kind.builder, None)):
+                return kind.name
+        frameworks = dict.fromkeys(kind.framework for kind in KINDS.values())
+        raise ContractError(f"{self.path} defines no builder: "
+                            + "; ".join(map(_needs, frameworks)) + "; see include/model_templates/")
+
+
+def _needs(framework: Framework) -> str:
+    return f"a {framework.title} model file needs {framework.builder_call}"
 
 
 def _user_frame(exc: BaseException, path: Path) -> traceback.FrameSummary | None:
