@@ -3184,6 +3184,8 @@ class _Adapter(_Reading):
             or "tensorflow_datasets" in roots
         ):
             return "loads data: the platform passes the data set"
+        if has("write", "writelines") and not has("load_data", "read_csv"):
+            return "writes files: the platform keeps the model, metrics and logs"
         if has("to_categorical"):
             return (
                 "one-hot encodes the labels: the platform passes class indices (the loss is the sparse one)"
@@ -3392,6 +3394,10 @@ class _Adapter(_Reading):
             dropped_names += sorted(before - after)
             if kept_node is not None:
                 pruned.append(kept_node)
+        emitted = {id(stmt.node) for stmt in self.module_body.stmts if id(stmt) in kept}
+        for stmt in self.module_body.stmts:
+            if _is_import(stmt.node) and id(stmt.node) not in emitted and not stmt.parents:
+                dropped_names += sorted(_bound_names(stmt.node))
         if dropped_names:
             self.note(None, f"removed imports that only the removed code used: {', '.join(dropped_names)}")
         final = assemble(pruned)
