@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one attempt (resumes from its checkpoints)")
     train.add_argument("--model", required=True, type=Path, help="the user's model file (read-only mount)")
-    train.add_argument("--data", required=True, type=Path, help="training images: <data>/<label>/*.png")
+    train.add_argument("--data", required=True, type=Path,
+                       help="training split: <data>/<label>/*.png, or <data>/table.csv with schema.json")
     train.add_argument("--out", required=True, type=Path, help="this attempt's writable output directory")
     train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
     train.add_argument("--kind", choices=KINDS, help="model kind (default: from the builder name)")
@@ -51,7 +52,7 @@ def _fail(out_dir: Path | None, exit_code: int, message: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pushtrain.runner.data import DataError, load_image_folder
+    from pushtrain.runner.data import DataError, load_data
     from pushtrain.runner.train import (
         Attempt,
         Progress,
@@ -77,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         model = load_model_file(args.model)
         kind = args.kind or model.kind_of_builder()
-        data = load_image_folder(args.data)
+        data = load_data(args.data)
         attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
                           out_dir=out_dir, run_key=args.run_key,
                           progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard,
