@@ -244,12 +244,35 @@ def test_the_gate_leads_to_register_retrain_or_report(dag_bag: DagBag, dag_id: s
     assert dag.get_task("finish_pipeline").trigger_rule == TriggerRule.ALL_DONE
 
 
-@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
-def test_trigger_retrain_is_idempotent(dag_bag: DagBag, dag_id: str) -> None:
-    trigger = dag_bag.dags[dag_id].get_task("trigger_retrain")
+class _DecisionOnlyTaskInstance:
+    """Answers ``xcom_pull(task_ids="judge_attempt")`` the way the real task instance does after a retry."""
 
+    def __init__(self, decision: dict) -> None:
+        self.decision = decision
+
+    def xcom_pull(self, task_ids: str) -> dict:
+        assert task_ids == "judge_attempt"
+        return self.decision
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_a_retried_trigger_asks_for_the_same_child_run(dag_bag: DagBag, dag_id: str) -> None:
+    """Each try renders the run id from the judged attempt, and an existing run is skipped, not duplicated."""
+    from pushtrain.pipeline import Action, Decision
+
+    trigger = dag_bag.dags[dag_id].get_task("trigger_retrain")
+    decision = Decision(pipeline_id="1a2b3c4d-5e6f7a8b", attempt=2, action=Action.RETRAIN,
+                        reason="below target", accuracy=0.5, target=0.9).to_xcom()
+
+    renders = []
+    for _try in range(2):
+        context = {"ti": _DecisionOnlyTaskInstance(decision)}
+        renders.append((trigger.render_template(trigger.trigger_run_id, context),
+                        trigger.render_template(trigger.conf, context)))
+
+    run_id, conf = renders[0]
+    assert renders[1] == renders[0]
+    assert run_id == "pushtrain__1a2b3c4d-5e6f7a8b__attempt-3"
+    assert conf == {"pipeline_id": "1a2b3c4d-5e6f7a8b", "attempt": "3"}
     assert trigger.trigger_dag_id == "tweak_and_retrain"
-    assert trigger.skip_when_already_exists is True
-    assert "trigger_run_id" in trigger.template_fields
-    assert "{{" in trigger.trigger_run_id and "next_run_id" in trigger.trigger_run_id
-    assert trigger.wait_for_completion is False
+    assert trigger.skip_when_already_exists is True  # the second try finds the run and starts nothing
