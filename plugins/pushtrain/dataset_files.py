@@ -51,16 +51,19 @@ class Limits:
 
 @dataclass(frozen=True)
 class SourceFile:
-    relative: str  # posix path under the data root: what the source hash and the messages name
-    path: Path  # where to read it (for a symbolic link inside the root: the link, which stays inside)
+    """One file an import may use. Plain strings, not Path objects: an import handles every file of a large
+    folder several times, and pathlib's parsing would cost more than the reading."""
+
+    relative: str  # "/"-separated path under the data root: what the source hash and the messages name
+    path: str  # where to read it (for a symbolic link inside the root: the link, which stays inside)
     size: int
 
     @property
-    def parts(self) -> tuple[str, ...]:
-        return PurePosixPath(self.relative).parts
+    def parts(self) -> list[str]:
+        return self.relative.split("/")
 
     def strip_first(self) -> SourceFile:
-        return SourceFile(str(PurePosixPath(*self.parts[1:])), self.path, self.size)
+        return SourceFile(self.relative.split("/", 1)[1], self.path, self.size)
 
 
 @dataclass
@@ -110,8 +113,9 @@ def walk(root: Path, limits: Limits) -> SourceTree:
     """List every regular file under ``root``; a symbolic link must resolve inside ``root``."""
     root = Path(root).resolve()
     tree = SourceTree(root, [])
-    # (folder to read, its path relative to root, the resolved folders above it: a link loop shows here)
-    pending: list[tuple[Path, PurePosixPath, frozenset[Path]]] = [(root, PurePosixPath(), frozenset({root}))]
+    # (folder to read, its path relative to root, the real folders above it: a link loop shows there). The
+    # root is resolved and only links are followed, so a folder's own path is its real path.
+    pending: list[tuple[str, str, frozenset[str]]] = [(str(root), "", frozenset({str(root)}))]
     while pending:
         folder, relative_folder, ancestors = pending.pop()
         try:
@@ -120,13 +124,13 @@ def walk(root: Path, limits: Limits) -> SourceTree:
             raise DatasetError(f"cannot read the folder {folder}: {exc.strerror}; make it readable by the "
                                "workers") from None
         for entry in entries:
-            relative = relative_folder / entry.name
+            relative = f"{relative_folder}/{entry.name}" if relative_folder else entry.name
             if entry.name.startswith(".") or entry.name in CLUTTER:
-                tree.ignored.append((str(relative), "hidden or system file"))
+                tree.ignored.append((relative, "hidden or system file"))
                 continue
-            path = Path(entry.path)
+            path = entry.path
             if entry.is_symlink():
-                target = path.resolve()
+                target = Path(path).resolve()
                 if not _is_within(target, root):
                     raise DatasetError(f"{relative} is a symbolic link to {target}, outside the data folder "
                                        f"{root}: copy what it points to into the folder instead of linking")
@@ -134,10 +138,10 @@ def walk(root: Path, limits: Limits) -> SourceTree:
                     raise DatasetError(f"{relative} is a symbolic link to {target}, which does not exist: "
                                        "remove the link or restore its target")
                 if target.is_dir():
-                    if target in ancestors:
+                    if str(target) in ancestors:
                         raise DatasetError(f"{relative} is a symbolic link to a folder that contains it (a "
                                            "loop): remove the link")
-                    pending.append((target, relative, ancestors | {target}))
+                    pending.append((str(target), relative, ancestors | {str(target)}))
                     continue
                 info = target.stat()
             else:
@@ -145,12 +149,12 @@ def walk(root: Path, limits: Limits) -> SourceTree:
             if stat.S_ISDIR(info.st_mode):
                 pending.append((path, relative, ancestors | {path}))
             elif stat.S_ISREG(info.st_mode):
-                tree.files.append(SourceFile(str(relative), path, info.st_size))
+                tree.files.append(SourceFile(relative, path, info.st_size))
                 if len(tree.files) > limits.max_files:
                     raise DatasetError(f"{root} holds more than {limits.max_files} files "
                                        "(PUSHTRAIN_DATASET_MAX_FILES): import a smaller set or raise the cap")
             else:
-                tree.ignored.append((str(relative), "not a regular file"))
+                tree.ignored.append((relative, "not a regular file"))
     tree.files.sort(key=lambda f: f.relative)
     tree.ignored.sort()
     return tree
@@ -269,7 +273,8 @@ def _unpack_tar(archive: Path, into: Path, budget: _UnpackBudget) -> None:
 def read_file(source: SourceFile) -> bytes:
     """The bytes of one source file, with a message that names it if it cannot be read."""
     try:
-        return source.path.read_bytes()
+        with open(source.path, "rb") as handle:
+            return handle.read()
     except OSError as exc:
         raise DatasetError(f"cannot read {source.relative}: {exc.strerror}; make it readable by the "
                            "workers") from None
@@ -277,7 +282,7 @@ def read_file(source: SourceFile) -> bytes:
 
 def file_sha256(source: SourceFile) -> bytes:
     try:
-        with source.path.open("rb") as handle:
+        with open(source.path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").digest()
     except OSError as exc:
         raise DatasetError(f"cannot read {source.relative}: {exc.strerror}; make it readable by the "

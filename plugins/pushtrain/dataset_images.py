@@ -22,13 +22,14 @@ Two passes, each reading one file at a time (memory does not grow with the numbe
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 
@@ -62,8 +63,7 @@ class LabelledImage:
     @property
     def inner(self) -> str:
         """Its path inside its class folder."""
-        skip = 2 if self.split else 1
-        return str(PurePosixPath(*self.source.parts[skip:]))
+        return self.source.relative.split("/", 2 if self.split else 1)[-1]
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Written:
 
 
 def is_image_name(relative: str) -> bool:
-    return PurePosixPath(relative).suffix.lower() in IMAGE_SUFFIXES
+    return os.path.splitext(relative)[1].lower() in IMAGE_SUFFIXES
 
 
 def find_images(files: list[SourceFile], ignored: list[tuple[str, str]]) -> ImageSet:
@@ -202,12 +202,13 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
     written = Written({}, {"train": {}, "test": {}})
     entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
     names: dict[tuple[str, str], set[str]] = {}
+    folders: dict[tuple[str, str], str] = {}
     source_digests = {}
     for index, (image, header, is_test) in enumerate(zip(image_set.images, found.headers, held_out,
                                                           strict=True)):
         split = "test" if is_test else "train"
         content = read_file(image.source)
-        source_digests[image.source.relative] = hashlib.sha256(content).digest()
+        source_digest = source_digests[image.source.relative] = hashlib.sha256(content).digest()
         png, resized = normalize(image.source.relative, content, header, shape)
         if png is content:
             written.copied += 1
@@ -216,19 +217,20 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
         if resized:
             written.resized += 1
             written.resized_from[f"{header.height}x{header.width}"] += 1
-        folder = out / split / image.label
-        taken = names.setdefault((split, image.label), set())
-        if not taken:
-            folder.mkdir(parents=True)
-        name = _output_name(image.inner, taken)
-        with (folder / name).open("xb") as handle:
+        key = (split, image.label)
+        if key not in folders:
+            folders[key] = str(out / split / image.label)
+            os.makedirs(folders[key])
+        name = _output_name(image.inner, names.setdefault(key, set()))
+        with open(os.path.join(folders[key], name), "xb") as handle:
             handle.write(png)
         written.bytes += len(png)
         if written.bytes > limits.max_bytes:
             raise DatasetError(f"the normalized images exceed {human_bytes(limits.max_bytes)} "
                                f"(PUSHTRAIN_DATASET_MAX_BYTES) at {image.source.relative}: choose a smaller "
                                "image_size, import fewer images, or raise the cap")
-        entries[split].append((image.label, name, hashlib.sha256(png).digest()))
+        entries[split].append((image.label, name, source_digest if png is content else
+                               hashlib.sha256(png).digest()))
         counts = written.class_counts[split]
         counts[image.label] = counts.get(image.label, 0) + 1
         if (index + 1) % PROGRESS_EVERY == 0:
@@ -248,7 +250,7 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
 
 def _output_name(inner: str, taken: set[str]) -> str:
     """``a/b.jpg`` -> ``a__b.png``; a second ``b`` of another format gets ``b~2.png``."""
-    stem = str(PurePosixPath(inner).with_suffix("")).replace("/", "__")
+    stem = os.path.splitext(inner)[0].replace("/", "__")
     name, n = f"{stem}.png", 1
     while name in taken:
         n += 1

@@ -243,7 +243,7 @@ def _rows(table: SourceFile, delimiter: str, width: int) -> Iterator[tuple[int, 
 
 def _open(table: SourceFile):
     try:
-        return table.path.open(newline="", encoding="utf-8-sig")
+        return open(table.path, newline="", encoding="utf-8-sig")  # the caller closes it (a with block)
     except OSError as exc:
         raise DatasetError(f"cannot read {table.relative}: {exc.strerror}") from None
 

@@ -68,8 +68,6 @@ from pushtrain.dataset_files import (
 from pushtrain.runner.contract import write_json_atomic
 from pushtrain.runner.data import folder_sha256, natural_key
 
-__all__ = ["DatasetError"]  # raised by every import; defined beside the file handling that raises most
-
 SPLIT_VERSION = "v1"  # the version of the bundled sets
 SPLIT_SEED = 20_261_123
 TEST_FRACTION = 0.2
@@ -443,7 +441,7 @@ def _source_tree(path: Path, unpack_into: Path, limits: Limits) -> SourceTree:
         unpack(path, unpack_into, limits)
         tree = walk(unpack_into, limits)
     elif path.suffix.lower() == ".csv":
-        tree = SourceTree(path.parent, [SourceFile(path.name, path, path.stat().st_size)])
+        tree = SourceTree(path.parent, [SourceFile(path.name, str(path), path.stat().st_size)])
     else:
         raise DatasetError(f"{path} is neither a folder, an archive (.zip, .tar.gz, .tgz, .tar) nor a .csv "
                            "file")
@@ -530,7 +528,7 @@ def _image_plan(image_set, path: Path, options: ImportOptions, limits: Limits) -
         written = dataset_images.write(image_set, found, held_out, shape, out, limits, log)
         return _manifest(
             plan, name, version, source, image_set.premade, classes, written.class_counts,
-            written.split_sha256, out, image_shape=list(shape), tools={"pillow": pillow_version},
+            written.split_sha256, written.bytes, image_shape=list(shape), tools={"pillow": pillow_version},
             images={"resized": written.resized, "resized_from": dict(written.resized_from.most_common(20)),
                     "converted": written.converted, "copied": written.copied,
                     "shape_from": "options" if options.image_size or options.channels else "most common"})
@@ -568,7 +566,7 @@ def _table_plan(table, tree: SourceTree, options: ImportOptions, limits: Limits)
         class_counts = dataset_tables.write(found, table, held_out, out, log)
         hashes = {split: folder_sha256(out / split) for split in ("train", "test")}
         return _manifest(plan, name, version, source, table.premade, found.class_names, class_counts, hashes,
-                         out, image_shape=None, table=found.record())
+                         _tree_bytes(out), image_shape=None, table=found.record())
 
     plan.write = write
     plan.describe = lambda: (f"{sum(map(len, found.labels.values()))} rows, {len(found.class_names)} "
@@ -577,7 +575,7 @@ def _table_plan(table, tree: SourceTree, options: ImportOptions, limits: Limits)
 
 
 def _manifest(plan: _Plan, name: str, version: int, source: dict, premade: bool, classes: list[str],
-              class_counts: dict, hashes: dict[str, str], out: Path, **extra) -> Manifest:
+              class_counts: dict, hashes: dict[str, str], size: int, **extra) -> Manifest:
     counts = {split: sum(class_counts[split].values()) for split in ("train", "test")}
     if premade:
         split = {"method": "pre-made by the user (train/ and test/)", "premade": True, "seed": None,
@@ -596,7 +594,7 @@ def _manifest(plan: _Plan, name: str, version: int, source: dict, premade: bool,
         train_sha256=hashes["train"], test_sha256=hashes["test"],
         dataset_sha256=hashlib.sha256(f"{hashes['train']}:{hashes['test']}".encode()).hexdigest(),
         ignored=[list(item) for item in plan.ignored[:IGNORED_KEPT]], ignored_count=len(plan.ignored),
-        bytes=_tree_bytes(out), created_at=datetime.now(UTC).isoformat(timespec="seconds"), **extra)
+        bytes=size, created_at=datetime.now(UTC).isoformat(timespec="seconds"), **extra)
 
 
 def minimum_class_size(test_fraction: float) -> int:
