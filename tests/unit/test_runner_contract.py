@@ -1,13 +1,17 @@
-"""The runner's pure parts, on the host: metrics schema, atomic writes, checkpoints, scores."""
+"""The runner's pure parts, on the host: metrics schema, atomic writes, checkpoints, scores, and how it
+classifies failures that happen before training (these need no training image)."""
 
 from __future__ import annotations
 
 import json
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pushtrain.runner import contract
+from pushtrain.runner import contract, usercode
+from pushtrain.runner.__main__ import main as runner_main
 from pushtrain.runner.metrics import classification_scores
 from pushtrain.runner.train import CheckpointStore
 
@@ -111,7 +115,103 @@ def test_class_never_predicted_scores_zero_not_nan():
     assert scores["loss"] is None
 
 
-def test_exit_codes_are_distinct_and_documented():
-    codes = [v for k, v in vars(contract).items() if k.startswith("EXIT_") and isinstance(v, int)]
-    assert len(codes) == len(set(codes)) == 7
-    assert set(codes) == set(contract.EXIT_CODE_MEANINGS)
+# ------------------------------------------------------------------ failures: category, healable, fix
+
+
+def run_runner(tmp_path, model_source: str) -> tuple[int, dict]:
+    """Run the runner's ``train`` on the host (user code that fails before training needs no image)."""
+    model = tmp_path / "repo" / "model.py"
+    model.parent.mkdir(exist_ok=True)
+    model.write_text(model_source)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        exit_code = runner_main(["train", "--model", str(model), "--data", str(tmp_path / "no-data"),
+                                 "--out", str(out), "--kind", "knn"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # the runner installs its own handler, as in a container
+    return exit_code, json.loads((out / contract.ERROR_FILE).read_text())
+
+
+def test_syntax_error_fails_for_good_with_file_line_and_caret(tmp_path, capsys):
+    exit_code, error = run_runner(tmp_path, 'HPARAMS = {"k": 3}\n\n\ndef build_estimator(hp)\n    return None\n')
+    assert exit_code == contract.EXIT_LOAD_ERROR
+    assert (error["category"], error["healable"]) == ("syntax", False)
+    assert error["message"].endswith("model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
+                                     "    def build_estimator(hp)\n"
+                                     "                           ^")
+    assert "at line 4" in error["fix"]
+    stderr = capsys.readouterr().err
+    assert stderr.index("what to do:") < stderr.index("ERROR")  # the log leads with the fix
+
+
+def test_missing_module_names_the_package_to_declare(tmp_path):
+    exit_code, error = run_runner(tmp_path, "import pushtrain_no_such_package\nHPARAMS = {}\n")
+    assert exit_code == contract.EXIT_LOAD_ERROR
+    assert (error["category"], error["healable"]) == ("import", False)
+    assert "line 1: ModuleNotFoundError: No module named 'pushtrain_no_such_package'" in error["message"]
+    assert error["fix"].startswith("add `pushtrain_no_such_package` to requirements.txt next to your model file")
+
+
+def test_missing_name_in_an_existing_module_asks_to_check_the_spelling(tmp_path):
+    exit_code, error = run_runner(tmp_path, "from json import dumpz\nHPARAMS = {}\n")
+    assert (exit_code, error["category"]) == (contract.EXIT_LOAD_ERROR, "import")
+    assert "`json` has no `dumpz`: check the spelling" in error["fix"]
+
+
+def test_module_named_by_its_import_is_declared_by_its_package_name():
+    exc = ModuleNotFoundError("No module named 'sklearn'", name="sklearn.neighbors")
+    fix = usercode.fix_for(exc, Path("/workspace/model/model.py"), "import", "loading the model file")
+    assert fix.startswith("add `scikit-learn` to requirements.txt")
+
+
+def test_a_sibling_file_of_the_repository_is_not_a_package_to_install(tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "helpers.py").write_text("X = 1\n")
+    exit_code, error = run_runner(tmp_path, "from helpers import X\nHPARAMS = {}\n")
+    assert exit_code == contract.EXIT_LOAD_ERROR
+    assert "`helpers` is a file of your repository" in error["fix"]
+    assert "requirements.txt" not in error["fix"]
+
+
+def test_exception_while_loading_fails_for_good(tmp_path):
+    exit_code, error = run_runner(tmp_path, "HPARAMS = {}\nrate = 1 / 0\n")
+    assert (exit_code, error["category"], error["healable"]) == (contract.EXIT_LOAD_ERROR, "load", False)
+    assert "line 2: ZeroDivisionError" in error["message"]
+
+
+def test_contract_and_data_errors_fail_for_good(tmp_path):
+    exit_code, error = run_runner(tmp_path, "KNOBS = {}\n")
+    assert (exit_code, error["category"], error["healable"]) == (contract.EXIT_CONTRACT_ERROR, "contract", False)
+    assert "has no HPARAMS dict" in error["message"]
+    exit_code, error = run_runner(tmp_path, "HPARAMS = {}\n\n\ndef build_estimator(hp):\n    return None\n")
+    assert (exit_code, error["category"], error["healable"]) == (contract.EXIT_DATA_ERROR, "data", False)
+
+
+@pytest.mark.parametrize(
+    ("stage", "exception", "category", "exit_code"),
+    [
+        (usercode.BUILD, ValueError("negative dimension"), "build", contract.EXIT_BUILD_ERROR),
+        (usercode.BUILD, ModuleNotFoundError("No module named 'x'", name="x"), "import", contract.EXIT_LOAD_ERROR),
+        (usercode.RUNTIME, RuntimeError("epoch 7"), "runtime", contract.EXIT_USER_CODE_ERROR),
+        (usercode.RUNTIME, ImportError("cannot import name 'y' from 'json'"), "import", contract.EXIT_LOAD_ERROR),
+    ],
+)
+def test_the_stage_and_the_exception_decide_whether_a_restart_can_help(tmp_path, stage, exception, category,
+                                                                        exit_code):
+    def user_code():
+        raise exception
+
+    with pytest.raises(usercode.UserCodeError) as raised:
+        usercode.run_user_code(tmp_path / "model.py", "calling build_estimator()", user_code, stage=stage)
+    assert raised.value.category == category
+    assert contract.FAILURE_CATEGORIES[category] == exit_code
+    assert contract.healable(exit_code) == (category == "runtime")
+    assert bool(raised.value.fix) == (category != "runtime")  # during training, a restart may be the fix
+
+
+def test_an_error_file_of_an_earlier_container_is_not_read_as_this_ones(tmp_path):
+    contract.write_json_atomic(tmp_path / contract.ERROR_FILE, {"exit_code": 6, "message": "old"})
+    assert contract.read_error(tmp_path, 6)["message"] == "old"
+    assert contract.read_error(tmp_path, 137) is None

@@ -1,7 +1,8 @@
 """Entry point of the training images: ``python -m pushtrain.runner {train,predict} ...``.
 
-Exit codes are documented in ``pushtrain.runner.contract``; every failure the runner understands also
-leaves ``error.json`` in the output directory and one line on stderr that names the problem.
+Exit codes and ``error.json`` are documented in ``pushtrain.runner.contract``: every failure the runner
+understands leaves ``error.json`` in the output directory (its category, whether a restart can help, the
+message and the fix) and prints the same on stderr, what to do first.
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(out_dir: Path | None, exit_code: int, message: str) -> int:
-    print(f"[pushtrain] ERROR ({contract.EXIT_CODE_MEANINGS[exit_code]}): {message}", file=sys.stderr,
-          flush=True)
+def _fail(out_dir: Path | None, category: str, message: str, fix: str = "") -> int:
+    """Say what failed (what to do first), leave error.json, and return the category's exit code."""
+    exit_code = contract.FAILURE_CATEGORIES[category]
+    reason = contract.EXIT_CODE_MEANINGS[exit_code]
+    if fix:
+        print(f"[pushtrain] what to do: {fix}", file=sys.stderr, flush=True)
+    print(f"[pushtrain] ERROR ({reason}): {message}", file=sys.stderr, flush=True)
     if out_dir is not None and out_dir.is_dir() and os.access(out_dir, os.W_OK):
         contract.write_json_atomic(out_dir / contract.ERROR_FILE, {
-            "exit_code": exit_code, "reason": contract.EXIT_CODE_MEANINGS[exit_code], "message": message})
+            "exit_code": exit_code, "category": category, "healable": contract.healable(exit_code),
+            "reason": reason, "message": message, "fix": fix})
     return exit_code
 
 
@@ -66,14 +72,14 @@ def _train(args: argparse.Namespace) -> int:
     guard.install()
     out_dir = args.out
     if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):
-        return _fail(None, contract.EXIT_USAGE, f"output directory {out_dir} is missing or not writable")
+        return _fail(None, "usage", f"output directory {out_dir} is missing or not writable")
     (out_dir / contract.ERROR_FILE).unlink(missing_ok=True)
     try:
         overrides = json.loads(args.hparams)
         if not isinstance(overrides, dict):
             raise ValueError("not a JSON object")
     except ValueError as exc:
-        return _fail(out_dir, contract.EXIT_USAGE, f"--hparams must be a JSON object: {exc}")
+        return _fail(out_dir, "usage", f"--hparams must be a JSON object: {exc}")
 
     try:
         model = load_model_file(args.model)
@@ -85,14 +91,14 @@ def _train(args: argparse.Namespace) -> int:
                           checkpoints=not args.no_checkpoints, warm_start=args.warm_start)
         metrics = trainer_for(kind)(attempt)
     except Terminated:
-        return _fail(out_dir, contract.EXIT_TERMINATED, "SIGTERM before training completed; "
+        return _fail(out_dir, "terminated", "SIGTERM before training completed; "
                      "the last completed epoch is checkpointed and a restart resumes from it")
     except UserCodeError as exc:
-        return _fail(out_dir, contract.EXIT_USER_CODE_ERROR, str(exc))
+        return _fail(out_dir, exc.category, str(exc), exc.fix)
     except ContractError as exc:
-        return _fail(out_dir, contract.EXIT_CONTRACT_ERROR, str(exc))
+        return _fail(out_dir, "contract", str(exc))
     except DataError as exc:
-        return _fail(out_dir, contract.EXIT_DATA_ERROR, str(exc))
+        return _fail(out_dir, "data", str(exc))
     print(f"[pushtrain] done: accuracy={metrics['accuracy']:.4f} ({metrics['evaluated_on']}) "
           f"epochs={metrics['epochs_run']} train_seconds={metrics['train_seconds']:.1f}", flush=True)
     return contract.EXIT_OK
@@ -104,15 +110,15 @@ def _predict(args: argparse.Namespace) -> int:
     from pushtrain.runner.usercode import ContractError, UserCodeError
 
     if not args.out.is_dir() or not os.access(args.out, os.W_OK):
-        return _fail(None, contract.EXIT_USAGE, f"output directory {args.out} is missing or not writable")
+        return _fail(None, "usage", f"output directory {args.out} is missing or not writable")
     try:
         result = write_predictions(args.model_dir, args.data, args.out, args.model)
     except UserCodeError as exc:
-        return _fail(args.out, contract.EXIT_USER_CODE_ERROR, str(exc))
+        return _fail(args.out, exc.category, str(exc), exc.fix)
     except ContractError as exc:
-        return _fail(args.out, contract.EXIT_CONTRACT_ERROR, str(exc))
+        return _fail(args.out, "contract", str(exc))
     except DataError as exc:
-        return _fail(args.out, contract.EXIT_DATA_ERROR, str(exc))
+        return _fail(args.out, "data", str(exc))
     print(f"[pushtrain] {PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
           f"{' with probabilities' if result['probabilities'] else ''}; the platform scores them", flush=True)
     return contract.EXIT_OK

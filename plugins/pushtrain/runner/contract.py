@@ -4,10 +4,11 @@ Both sides import this module: the runner inside the images and the Airflow side
 and validates their output. It uses the standard library and the kinds table (``pushtrain.kinds``, also
 standard library only), so it can travel into any image.
 
-Inputs (mounts)
+Inputs (mounts; the constants below are the only place these paths are spelled)
     ``/workspace/model``  read-only, the user's repository checkout (the model file inside it)
     ``/data``             read-only, the training images: ``<label>/<name>.png``
-    ``/out``              writable, one directory per (pipeline run, attempt)
+    ``/out``              writable, one directory per (pipeline run, attempt); an evaluation gets the
+                          attempt's saved model read-only at ``/out/model`` and writes ``/out/evaluation``
     ``/warm-start``       read-only, optional: an earlier attempt's output dir that differs only in epochs;
                           the runner continues its model instead of training the first epochs again
 
@@ -17,6 +18,33 @@ Outputs (in the attempt's output directory)
     ``metrics.json``        written once, atomically, when training completed (schema below)
     ``error.json``          written when the attempt failed for a reason the runner understands
     ``progress.log``        one plain line per epoch, the same lines the container prints
+
+Failures: the exit code says whether a restart can help, ``error.json`` says what to do
+    ``exit_code``  the container's exit code (below)
+    ``category``   ``usage``, ``data``, ``contract``, ``syntax``, ``import``, ``load``, ``build``,
+                   ``runtime`` or ``terminated`` (``FAILURE_CATEGORIES``)
+    ``healable``   false when the same container would fail the same way again: the platform fails the
+                   attempt at once (no container restart, no task retry); true for failures during training
+                   (an exception at epoch 7, a SIGTERM), which use container_health's restart budgets
+    ``reason``     the exit code's meaning
+    ``message``    what failed, with the file and line of user code (a syntax error's caret included)
+    ``fix``        what the user should do, one sentence (may be empty); the platform leads with it
+
+    ====  ==================================================================  =========  ===============
+    exit  meaning                                                             healable   categories
+    ====  ==================================================================  =========  ===============
+    0     completed                                                           -          -
+    1     a bug in the runner itself (traceback on stderr, no error.json)     yes        -
+    2     usage error: bad runner arguments or a missing mount               no         usage
+    3     data set missing, empty or unreadable                               no         data
+    4     the model file breaks the contract (HPARAMS, builder, return type)  no         contract
+    5     user code raised while training or evaluating                       yes        runtime
+    6     user code cannot run here: syntax error, missing module or name,    no         syntax, import,
+          an exception while loading the model file                                      load
+    7     the builder, model construction or compile raised (before epoch 1)  no         build
+    137   SIGKILL: docker kill, or out of memory (Docker's OOMKilled flag)    yes        -
+    143   SIGTERM before training completed                                   yes        terminated
+    ====  ==================================================================  =========  ===============
 """
 
 from __future__ import annotations
@@ -32,13 +60,23 @@ from pushtrain.kinds import KINDS
 
 SCHEMA_VERSION = 1
 
+# Mount points inside the container; the launcher mounts there and the runner reads from there.
+MODEL_MOUNT = "/workspace/model"
+DATA_MOUNT = "/data"
+OUT_MOUNT = "/out"
+EVALUATED_MODEL_MOUNT = f"{OUT_MOUNT}/model"  # evaluation only: the attempt's model/, read-only
+EVALUATION_OUT_MOUNT = f"{OUT_MOUNT}/evaluation"  # evaluation only: where evaluation.json goes
+WARM_START_MOUNT = "/warm-start"
+
 # Exit codes. 137 (SIGKILL, also the kernel's OOM killer) is not ours: the launcher reads Docker's
 # OOMKilled flag to tell the two apart.
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments or a missing mount: a platform bug, not the user's
 EXIT_DATA_ERROR = 3  # the data set is missing, empty or unreadable
 EXIT_CONTRACT_ERROR = 4  # the model file lacks HPARAMS or its builder, or they have the wrong shape
-EXIT_USER_CODE_ERROR = 5  # user code failed: syntax error or an exception raised in it
+EXIT_USER_CODE_ERROR = 5  # user code raised while training or evaluating: may be transient
+EXIT_LOAD_ERROR = 6  # user code cannot run: syntax error, missing module or name, exception at import
+EXIT_BUILD_ERROR = 7  # the builder, model construction or compile raised before the first epoch
 EXIT_TERMINATED = 143  # SIGTERM before training completed (128 + 15)
 EXIT_KILLED = 137  # SIGKILL: docker kill, or out of memory when Docker reports OOMKilled
 
@@ -47,10 +85,34 @@ EXIT_CODE_MEANINGS = {
     EXIT_USAGE: "usage error (platform bug: bad runner arguments or a missing mount)",
     EXIT_DATA_ERROR: "data set error",
     EXIT_CONTRACT_ERROR: "model file does not follow the contract (HPARAMS and builder)",
-    EXIT_USER_CODE_ERROR: "error in user code",
+    EXIT_USER_CODE_ERROR: "error in user code while training",
+    EXIT_LOAD_ERROR: "the model file cannot run (syntax error, missing module or name)",
+    EXIT_BUILD_ERROR: "the model could not be built",
     EXIT_TERMINATED: "terminated (SIGTERM) before training completed",
     EXIT_KILLED: "killed (SIGKILL)",
 }
+
+# error.json's category -> the exit code it ends with. Its healable flag is healable(exit code).
+FAILURE_CATEGORIES = {
+    "usage": EXIT_USAGE,
+    "data": EXIT_DATA_ERROR,
+    "contract": EXIT_CONTRACT_ERROR,
+    "syntax": EXIT_LOAD_ERROR,
+    "import": EXIT_LOAD_ERROR,
+    "load": EXIT_LOAD_ERROR,
+    "build": EXIT_BUILD_ERROR,
+    "runtime": EXIT_USER_CODE_ERROR,
+    "terminated": EXIT_TERMINATED,
+}
+# A container that ended with one of these fails the same way if started again.
+UNHEALABLE_EXITS = frozenset({EXIT_USAGE, EXIT_DATA_ERROR, EXIT_CONTRACT_ERROR, EXIT_LOAD_ERROR,
+                              EXIT_BUILD_ERROR})
+
+
+def healable(exit_code: int) -> bool:
+    """Whether restarting a container that exited so could help (out of memory counts as healable)."""
+    return exit_code not in UNHEALABLE_EXITS
+
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
@@ -125,6 +187,17 @@ def read_metrics(out_dir: Path) -> dict[str, Any]:
     if problems:
         raise ValueError(f"{path} does not follow metrics schema v{SCHEMA_VERSION}: " + "; ".join(problems))
     return metrics
+
+
+def read_error(out_dir: Path, exit_code: int) -> dict[str, Any] | None:
+    """The runner's error.json for a container that ended with ``exit_code``; None if absent or stale."""
+    try:
+        error = json.loads((Path(out_dir) / ERROR_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(error, dict) or error.get("exit_code") != exit_code:
+        return None  # left by an earlier container of this attempt
+    return error
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

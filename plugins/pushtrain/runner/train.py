@@ -27,11 +27,7 @@ from pushtrain.kinds import KERAS, SCIKIT_LEARN
 from pushtrain.runner import contract
 from pushtrain.runner.data import ImageFolder, validation_mask
 from pushtrain.runner.metrics import classification_scores
-from pushtrain.runner.usercode import (
-    ContractError,
-    ModelFile,
-    run_user_code,
-)
+from pushtrain.runner.usercode import BUILD, ContractError, ModelFile, run_user_code
 
 VALIDATION_FRACTION = 0.15
 
@@ -278,9 +274,12 @@ def train_keras(attempt: Attempt) -> dict:
         resumed_from = 0
         builder = attempt.model.builder(KERAS)
         model = run_user_code(attempt.model.path, f"calling {KERAS.builder}()", builder,
-                              dict(hp), train.input_shape, len(train.class_names))
+                              dict(hp), train.input_shape, len(train.class_names), stage=BUILD)
         if not isinstance(model, keras.Model):
             raise ContractError(f"{KERAS.builder}() returned {type(model).__name__}, not a keras.Model")
+        if not model.built:  # a model without an Input builds in fit; its shape errors belong to the build
+            run_user_code(attempt.model.path, "building the model", model.build, (None, *train.input_shape),
+                          stage=BUILD)
         if not model.compiled:
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         attempt.progress(f"training {epochs} epochs on {len(train.labels)} images, "
@@ -344,7 +343,8 @@ def train_sklearn(attempt: Attempt) -> dict:
     else:
         resumed_from = 0
         builder = attempt.model.builder(SCIKIT_LEARN)
-        estimator = run_user_code(attempt.model.path, f"calling {SCIKIT_LEARN.builder}()", builder, dict(hp))
+        estimator = run_user_code(attempt.model.path, f"calling {SCIKIT_LEARN.builder}()", builder, dict(hp),
+                                  stage=BUILD)
         if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
             raise ContractError(f"{SCIKIT_LEARN.builder}() returned {type(estimator).__name__}, "
                                 "not a scikit-learn classifier (it needs fit and predict)")
