@@ -1,6 +1,6 @@
 """Recovery cost of self-healing: one training with a kill in the middle against the same training without.
 
-The training runs through ``sandbox.run_container`` with a lease, as an Airflow task runs it; the health
+The training runs through the operators' ``run_supervised`` with a lease, as an Airflow task runs it; the health
 check runs in a thread every ``--interval`` seconds, calling the function the container_health DAG calls.
 The kill lands just after epoch ``--kill-after`` finished.
 
@@ -27,38 +27,33 @@ from results_file import write_results
 TEMPLATE = Path(__file__).resolve().parents[1] / "include" / "model_templates" / "cnn_keras.py"
 
 
-def run_once(name: str, epochs: int, kill_after: int | None, interval: float) -> dict:
-    from docker.types import Mount
+class Lines(list):
+    """Every line the operator logs (Airflow's LoggingMixin keeps an operator's logger in ``_log``)."""
 
-    from pushtrain import datasets, health, images, localrun
+    def info(self, message: str, *args) -> None:
+        self.append(str(message) % args if args else str(message))
+
+    warning = error = info
+
+
+def run_once(name: str, epochs: int, kill_after: int | None, interval: float) -> dict:
+    from pushtrain import datasets, health
+    from pushtrain.containers import TRAIN, container_spec
+    from pushtrain.operators import SandboxedDockerOperator
     from pushtrain.runner import contract
-    from pushtrain.sandbox import (
-        RESULT_FILE_LABEL,
-        ROLE_LABEL,
-        RUN_KEY_LABEL,
-        STATE_DIR_LABEL,
-        ContainerSpec,
-        Lease,
-        Sandbox,
-        docker_client,
-        prepare_output_dir,
-        run_container,
-    )
+    from pushtrain.sandbox import docker_client, prepare_output_dir
+    from pushtrain.supervision import Lease
 
     data = datasets.ensure_dataset("mnist5k").train_dir
     with tempfile.TemporaryDirectory(prefix="pushtrain-bench-recovery-") as root:
         out = Path(root) / "output"
         prepare_output_dir(out)
         hparams = {"epochs": epochs, "filters": 16, "dense_units": 64}
-        spec = ContainerSpec(
-            name=name, image=images.image_for_kind("cnn"),
-            command=localrun.training_command(TEMPLATE.name, hparams, "cnn", name),
-            mounts=[Mount(localrun.MODEL_MOUNT, str(TEMPLATE.parent), type="bind", read_only=True),
-                    Mount(localrun.DATA_MOUNT, str(data), type="bind", read_only=True),
-                    Mount(localrun.OUT_MOUNT, str(out), type="bind")],
-            labels={ROLE_LABEL: "train", RUN_KEY_LABEL: name, STATE_DIR_LABEL: root,
-                    RESULT_FILE_LABEL: str(out / contract.METRICS_FILE)})
-        lines: list[str] = []
+        spec = container_spec(TRAIN, name=name, run_key=name, kind="cnn", code_dir=TEMPLATE.parent,
+                              entry=TEMPLATE.name, data_dir=data, output_dir=out, state_dir=Path(root),
+                              hparams=hparams)
+        operator = SandboxedDockerOperator(task_id="train", image=spec.image)
+        lines = operator._log = Lines()
         stop = threading.Event()
 
         def heal() -> None:
@@ -79,8 +74,7 @@ def run_once(name: str, epochs: int, kill_after: int | None, interval: float) ->
         for thread in threads:
             thread.start()
         started = time.monotonic()
-        outcome = run_container(docker_client(), spec, Sandbox(), lines.append,
-                                lease=Lease(Path(root), "train", holder="benchmark"))
+        outcome = operator.run_supervised(spec, Lease(Path(root), TRAIN, holder="benchmark"))
         wall = time.monotonic() - started
         stop.set()
         metrics = contract.read_metrics(out) if outcome.succeeded else {}

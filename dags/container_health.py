@@ -7,8 +7,10 @@ labelled `io.pushtrain.role`:
 - **running**: nothing to do;
 - **died while its Airflow task still waits** (the task's lease in the attempt dir is fresh): restarted, and
   the runner resumes from its last checkpoint. Kills by the host or an operator use a budget of 5 restarts,
-  crashes of user code (exit 5) or out of memory a budget of 2, with exponential backoff; an unusable model
-  file or data set (exit 3, 4) is never restarted. When the budget is spent the waiting task fails with why.
+  crashes of user code during training (exit 5) or out of memory a budget of 2, with exponential backoff.
+  When the budget is spent the waiting task fails with why.
+- **failed in a way a restart cannot help** (syntax error, missing module or name, a builder that raises,
+  an unusable model file or data set: exit 2, 3, 4, 6, 7): left alone; its task fails the attempt at once.
 - **its attempt finished, or nobody waits for it any more** (finished, cancelled, marked failed): removed,
   never restarted; checkpoints of pipelines that ended are removed too.
 

@@ -6,31 +6,15 @@ Same image, same sandbox, same runner and the same metrics.json as an Airflow at
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pushtrain import images
+from pushtrain.containers import LOCAL, container_spec
 from pushtrain.runner import contract
-from pushtrain.sandbox import (
-    RESULT_FILE_LABEL,
-    ROLE_LABEL,
-    RUN_KEY_LABEL,
-    STATE_DIR_LABEL,
-    ContainerOutcome,
-    ContainerSpec,
-    Sandbox,
-    docker_client,
-    prepare_output_dir,
-    run_container,
-)
-
-MODEL_MOUNT = "/workspace/model"
-DATA_MOUNT = "/data"
-OUT_MOUNT = "/out"
-WARM_START_MOUNT = "/warm-start"  # read-only: an earlier attempt's output that this one continues
+from pushtrain.sandbox import ContainerOutcome, Sandbox, docker_client, prepare_output_dir, run_container
 
 
 class LocalRunError(Exception):
@@ -53,25 +37,15 @@ class LocalRunResult:
             keys = ("kind", "accuracy", "precision", "recall", "f1", "loss", "evaluated_on", "epochs_run",
                     "resumed_from_epoch", "train_seconds")
             return {"status": "completed", "out_dir": str(self.out_dir), **{k: self.metrics[k] for k in keys}}
-        message = self.error["message"] if self.error and not self.outcome.oom_killed else None
+        error = self.error if self.error and not self.outcome.oom_killed else {}
         return {"status": "failed", "out_dir": str(self.out_dir), "exit_code": self.outcome.exit_code,
-                "reason": self.outcome.describe(), "message": message}
-
-
-def training_command(model_file: str, hparams: dict, kind: str, run_key: str, checkpoints: bool = True,
-                     warm_start: bool = False) -> list[str]:
-    command = ["train", "--model", f"{MODEL_MOUNT}/{model_file}", "--data", DATA_MOUNT, "--out", OUT_MOUNT,
-               "--hparams", json.dumps(hparams), "--kind", kind, "--run-key", run_key]
-    if warm_start:
-        command += ["--warm-start", WARM_START_MOUNT]
-    return command if checkpoints else [*command, "--no-checkpoints"]
+                "reason": self.outcome.describe(), "healable": self.outcome.healable,
+                "category": error.get("category"), "fix": error.get("fix") or None, "message": error.get("message")}
 
 
 def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, kind: str | None = None,
           memory: str | None = None, cpus: float | None = None, name: str | None = None,
           log=None, checkpoints: bool = True, warm_start: Path | None = None) -> LocalRunResult:
-    from docker.types import Mount
-
     model, data, out = Path(model).resolve(), Path(data).resolve(), Path(out).resolve()
     if not model.is_file():
         raise LocalRunError(f"model file {model} does not exist: pass the path of your model.py")
@@ -92,23 +66,10 @@ def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, ki
     sandbox = Sandbox(**{k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None})
     prepare_output_dir(out)
     run_key = name or f"local-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
-    spec = ContainerSpec(
-        name=f"pushtrain-{run_key}",
-        image=image,
-        command=training_command(model.name, hparams or {}, kind, run_key, checkpoints,
-                                 warm_start=warm_start is not None),
-        mounts=[Mount(MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
-                Mount(DATA_MOUNT, str(data), type="bind", read_only=True),
-                Mount(OUT_MOUNT, str(out), type="bind"),
-                *([Mount(WARM_START_MOUNT, str(Path(warm_start).resolve()), type="bind", read_only=True)]
-                  if warm_start is not None else [])],
-        labels={ROLE_LABEL: "local", RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(out),
-                RESULT_FILE_LABEL: str(out / contract.METRICS_FILE)},
-    )
+    spec = container_spec(LOCAL, name=f"pushtrain-{run_key}", run_key=run_key, kind=kind, code_dir=model.parent,
+                          entry=model.name, data_dir=data, output_dir=out, state_dir=out, image=image,
+                          hparams=hparams, checkpoints=checkpoints,
+                          warm_start=Path(warm_start).resolve() if warm_start is not None else None)
     outcome = run_container(docker_client(), spec, sandbox, log or (lambda line: print(line, file=sys.stderr)))
-    metrics = error = None
-    if outcome.succeeded:
-        metrics = contract.read_metrics(out)
-    elif (out / contract.ERROR_FILE).exists():
-        error = json.loads((out / contract.ERROR_FILE).read_text())
-    return LocalRunResult(outcome, out, metrics, error)
+    metrics = contract.read_metrics(out) if outcome.succeeded else None
+    return LocalRunResult(outcome, out, metrics, contract.read_error(out, outcome.exit_code))

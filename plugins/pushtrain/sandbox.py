@@ -1,19 +1,18 @@
-"""The sandbox every training and evaluation container runs in, and the one way pushtrain runs them.
+"""The sandbox every training and evaluation container runs in: start or adopt, stream, wait, remove.
 
-Both the Airflow operator and the local ``python -m pushtrain train`` command go through
-``run_container``, so the sandbox is defined once: no network, a non-root user, a read-only root file
-system with a tmpfs ``/tmp``, memory (no swap), a real CPU quota (``nano_cpus``), a pids limit, every
-capability dropped, ``no-new-privileges``, no Docker socket and only the environment variables given.
+The operators and the local ``python -m pushtrain train`` command start their containers here, so the
+sandbox is defined once: no network, a non-root user, a read-only root file system with a tmpfs ``/tmp``,
+memory (no swap), a real CPU quota (``nano_cpus``), a pids limit, every capability dropped,
+``no-new-privileges``, no Docker socket and only the environment variables given.
 
 Containers have fixed names per (pipeline run, attempt): a container that is already running under the
-name is adopted rather than started twice.
+name is adopted rather than started twice. What to do when a container dies (wait for container_health
+to restart it, or fail) is the caller's policy, not this module's.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +24,6 @@ from pushtrain.runner import contract
 if TYPE_CHECKING:
     from docker import APIClient
 
-LABEL_PREFIX = "io.pushtrain"
-ROLE_LABEL = f"{LABEL_PREFIX}.role"  # "train" and "evaluate" (pipeline attempts), "local" (python -m pushtrain)
-MANAGED_ROLES = ("train", "evaluate")  # the roles container_health restarts and removes
-RUN_KEY_LABEL = f"{LABEL_PREFIX}.run-key"
-STATE_DIR_LABEL = f"{LABEL_PREFIX}.state-dir"  # host-only dir of the task's lease and the restart log
-RESULT_FILE_LABEL = f"{LABEL_PREFIX}.result-file"  # exists once the container's work is complete
 CONTAINER_USER_ID = 10001  # the image's "trainer" user; used when the host side runs as root
 
 
@@ -96,11 +89,17 @@ class ContainerOutcome:
     oom_killed: bool
     adopted: bool
     memory_limit: str
+    started_at: str = ""  # Docker's StartedAt of the run that ended: a restart changes it
     restarts: int = 0
 
     @property
     def succeeded(self) -> bool:
         return self.exit_code == contract.EXIT_OK and not self.oom_killed
+
+    @property
+    def healable(self) -> bool:
+        """Whether starting the container again could help (the runner contract's exit codes)."""
+        return contract.healable(self.exit_code)
 
     def describe(self) -> str:
         if self.oom_killed:
@@ -145,109 +144,47 @@ def start_or_adopt(client: APIClient, spec: ContainerSpec, sandbox: Sandbox) -> 
     return container["Id"], False
 
 
-@dataclass
-class Lease:
-    """The running task's claim on its attempt, so the health check knows the container is still wanted."""
+def follow_logs(client: APIClient, container_id: str, log: Callable[[str], None],
+                since: float | None = None) -> None:
+    """Pass each line the container prints to ``log`` until it stops; ``since``: from that start on."""
+    for chunk in client.logs(container_id, stream=True, follow=True, since=since):
+        for line in chunk.decode(errors="replace").splitlines():
+            log(line)
 
-    out_dir: os.PathLike
-    role: str
-    holder: str
+
+def wait_for_exit(client: APIClient, container_id: str, name: str, sandbox: Sandbox,
+                  adopted: bool = False) -> ContainerOutcome:
+    status = client.wait(container_id)
+    state = client.inspect_container(container_id)["State"]
+    return ContainerOutcome(name, int(status["StatusCode"]), bool(state.get("OOMKilled")), adopted,
+                            sandbox.memory, state["StartedAt"])
 
 
-def run_container(
-    client: APIClient,
-    spec: ContainerSpec,
-    sandbox: Sandbox,
-    log: Callable[[str], None],
-    *,
-    remove: bool = True,
-    on_start: Callable[[str], None] | None = None,
-    lease: Lease | None = None,
-) -> ContainerOutcome:
-    """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it.
+def started_again(client: APIClient, container_id: str, started_at: str) -> float | None:
+    """When the container started again after the run that started at ``started_at``; None if it did not.
 
-    With a ``lease``, a container that dies is not the end: the task keeps its lease fresh and waits for
-    the container_health DAG to restart it (the runner then resumes from its checkpoint), and fails only
-    when the health check gives up or does not restart it in time.
+    A float keeps sub-second precision for ``follow_logs(since=...)``: the SDK truncates a datetime to
+    whole seconds, which replayed the last lines of the run before the restart. Docker's time has
+    nanoseconds.
     """
-    from pushtrain import health
+    state = client.inspect_container(container_id)["State"]
+    if state["StartedAt"] == started_at or not (state["Running"] or state["FinishedAt"] > state["StartedAt"]):
+        return None
+    return datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z")).replace(tzinfo=UTC).timestamp()
 
+
+def run_container(client: APIClient, spec: ContainerSpec, sandbox: Sandbox, log: Callable[[str], None], *,
+                  remove: bool = True) -> ContainerOutcome:
+    """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it."""
     container_id, adopted = start_or_adopt(client, spec, sandbox)
-    if on_start:
-        on_start(container_id)
     if adopted:
         log(f"adopting container {spec.name}, already running")
-    heartbeat = _Heartbeat(lease, spec.name) if lease else None
     try:
-        since = None
-        while True:
-            for chunk in client.logs(container_id, stream=True, follow=True, since=since):
-                for line in chunk.decode(errors="replace").splitlines():
-                    log(line)
-            status = client.wait(container_id)
-            state = client.inspect_container(container_id)["State"]
-            restarts = health.RestartLog.load(lease.out_dir, lease.role).total if lease else 0
-            outcome = ContainerOutcome(spec.name, int(status["StatusCode"]), bool(state.get("OOMKilled")),
-                                       adopted, sandbox.memory, restarts)
-            if outcome.succeeded or lease is None:
-                return outcome
-            log(f"{outcome.describe()}; waiting for the container_health DAG to restart it")
-            since = _wait_for_restart(client, container_id, state["StartedAt"], lease, log)
-            if since is None:
-                return outcome
+        follow_logs(client, container_id, log)
+        return wait_for_exit(client, container_id, spec.name, sandbox, adopted)
     finally:
-        if heartbeat:
-            heartbeat.stop()
         if remove:
             remove_container(client, container_id)
-
-
-def _wait_for_restart(client: APIClient, container_id: str, started_at: str, lease: Lease,
-                      log: Callable[[str], None]) -> float | None:
-    """When the container started again (its new logs begin there), or None if nobody restarted it."""
-    from pushtrain import health
-
-    deadline = time.monotonic() + health.restart_window_s(lease.out_dir, lease.role)
-    while time.monotonic() < deadline:
-        state = client.inspect_container(container_id)["State"]
-        if state["StartedAt"] != started_at and (state["Running"] or state["FinishedAt"] > state["StartedAt"]):
-            log("container restarted by container_health; following it again (it resumes from its checkpoint)")
-            # A float keeps sub-second precision (a datetime is truncated to whole seconds by the SDK, which
-            # replayed the last lines of the run before the restart). Docker's time has nanoseconds.
-            started = datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z")).replace(tzinfo=UTC)
-            return started.timestamp()
-        gave_up = health.RestartLog.load(lease.out_dir, lease.role).gave_up
-        if gave_up:
-            log(f"container_health gave up: {gave_up}")
-            return None
-        time.sleep(1)
-    log("container_health did not restart the container in time: is the container_health DAG unpaused?")
-    return None
-
-
-class _Heartbeat:
-    """Refreshes the lease in a thread while the task waits; releases it when the task is done."""
-
-    def __init__(self, lease: Lease, container: str) -> None:
-        from pushtrain import health
-
-        self._lease, self._container, self._stopped = lease, container, threading.Event()
-        health.write_lease(lease.out_dir, lease.role, container, lease.holder)
-        self._thread = threading.Thread(target=self._beat, name="pushtrain-lease", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        from pushtrain import health
-
-        while not self._stopped.wait(health.LEASE_HEARTBEAT_S):
-            health.write_lease(self._lease.out_dir, self._lease.role, self._container, self._lease.holder)
-
-    def stop(self) -> None:
-        from pushtrain import health
-
-        self._stopped.set()
-        self._thread.join(timeout=5)
-        health.release_lease(self._lease.out_dir, self._lease.role)
 
 
 def remove_container(client: APIClient, container_id: str) -> None:

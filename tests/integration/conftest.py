@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from pushtrain import datasets, images
-from pushtrain.sandbox import ROLE_LABEL, docker_client
+from pushtrain.sandbox import docker_client
+from pushtrain.supervision import ROLE_LABEL, STATE_DIR_LABEL
 
 
 def pytest_collection_modifyitems(items):
@@ -39,11 +40,16 @@ def mnist5k() -> datasets.Manifest:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def no_leftover_containers(docker):
-    """Every test removes its containers; this fails the session if one was left behind."""
+def no_leftover_containers(docker, tmp_path_factory):
+    """Every test removes its containers; this fails the session if one was left behind.
+
+    Only this session's containers count (their state dir is under its temporary directory): a benchmark or
+    another test session may run beside it on the same engine, and its containers are none of ours.
+    """
+    ours = str(tmp_path_factory.getbasetemp())
     yield
     leftovers = [c for c in docker.containers(all=True, filters={"label": ROLE_LABEL})
-                 if not c["Names"][0].startswith("/pushtrain-bench-")]  # a benchmark may run beside the suite
+                 if (c.get("Labels") or {}).get(STATE_DIR_LABEL, "").startswith(ours)]
     for container in leftovers:
         subprocess.run(["docker", "rm", "-f", container["Id"]], capture_output=True)
     assert not leftovers, f"containers left behind: {[c['Names'] for c in leftovers]}"

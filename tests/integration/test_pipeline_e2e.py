@@ -26,8 +26,8 @@ from pushtrain.demo import commit, commit_and_push, make_model_repo, wait_for_pi
 from pushtrain.mailsink import MailSink
 from pushtrain.registry import ModelRegistry
 from pushtrain.runner import contract
-from pushtrain.sandbox import ROLE_LABEL
 from pushtrain.standalone import EmbeddedAirflow
+from pushtrain.supervision import ROLE_LABEL
 from pushtrain.tweak import apply_hparams
 
 pytestmark = pytest.mark.slow
@@ -130,8 +130,8 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     adopted = Scenario(root, "adopt-repo", "cnn_keras.py", fault_config)
     model = adopted.work / "model.py"
     model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
-    crashing = Scenario(root, "crash-repo", "knn_sklearn.py", {"dataset": "digits"})
-    shutil.copyfile(FIXTURES / "builder_raises.py", crashing.work / "model.py")
+    crashing = Scenario(root, "crash-repo", "linear_sklearn.py", {"dataset": "digits"})
+    shutil.copyfile(FIXTURES / "crashes_in_training.py", crashing.work / "model.py")
     exhausted = Scenario(root, "exhausted-repo", "knn_sklearn.py",
                          {"dataset": "digits", "target": 0.999, "max_attempts": 5, "patience": 10})
     (exhausted.work / "model.py").write_text(KNN_ONE_KNOB)
@@ -500,11 +500,11 @@ def test_deterministic_crash_is_restarted_within_budget_then_fails_and_mails(e2e
     restarts = json.loads((attempt / ".restarts-train.json").read_text())
     assert restarts["crashes"] == 2 and "crash budget" in restarts["gave_up"]
     error = json.loads((attempt / "output" / contract.ERROR_FILE).read_text())  # logs kept
-    assert "KeyError: 'n_neigbors'" in error["message"]
+    assert "RuntimeError: simulated crash in epoch 3" in error["message"]
     mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], crashing.commit) if "failed" in m["subject"]],
                        60, "the failure mail")
-    assert "train_knn" in mails[0]["subject"]
-    assert "n_neigbors" in body(mails[0])
+    assert "train_linear" in mails[0]["subject"]
+    assert "simulated crash in epoch 3" in body(mails[0])
 
 
 def test_nothing_is_left_behind(e2e, docker):

@@ -10,18 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from docker.types import Mount
 
 from pushtrain import images, localrun
+from pushtrain.containers import LOCAL, container_spec
 from pushtrain.runner import contract
-from pushtrain.sandbox import (
-    ROLE_LABEL,
-    ContainerSpec,
-    Sandbox,
-    prepare_output_dir,
-    remove_container,
-    start_or_adopt,
-)
+from pushtrain.sandbox import ContainerSpec, Sandbox, prepare_output_dir, remove_container, start_or_adopt
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 STRONG_CNN = {"epochs": 10, "filters": 16, "dense_units": 64, "learning_rate": 0.003}
@@ -87,16 +80,9 @@ def test_sklearn_templates_meet_their_stated_figures(training_images, digits, te
     assert (tmp_path / "strong" / "model" / "model.joblib").exists()
 
 
-def _spec(name: str, image: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
-    return ContainerSpec(
-        name=name,
-        image=image,
-        command=localrun.training_command(model.name, hparams, kind, name),
-        mounts=[Mount(localrun.MODEL_MOUNT, str(model.parent), type="bind", read_only=True),
-                Mount(localrun.DATA_MOUNT, str(data), type="bind", read_only=True),
-                Mount(localrun.OUT_MOUNT, str(out), type="bind")],
-        labels={ROLE_LABEL: "train"},
-    )
+def _spec(name: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
+    return container_spec(LOCAL, name=name, run_key=name, kind=kind, code_dir=model.parent, entry=model.name,
+                          data_dir=data, output_dir=out, state_dir=out, hparams=hparams)
 
 
 def _wait_for_line(name: str, pattern: str, timeout: float = 240) -> str:
@@ -120,8 +106,7 @@ def test_killed_container_resumes_from_last_completed_epoch(training_images, doc
     out = tmp_path / "resume"
     prepare_output_dir(out)
     hparams = {"epochs": 6, "filters": 8, "dense_units": 32}
-    spec = _spec(name, images.image_for_kind("cnn"), templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
-                 hparams, "cnn")
+    spec = _spec(name, templates_dir / "cnn_keras.py", mnist5k.train_dir, out, hparams, "cnn")
     container_id, adopted = start_or_adopt(docker, spec, Sandbox())
     assert not adopted
     try:
@@ -159,8 +144,7 @@ def test_sigterm_during_training_exits_non_zero(training_images, docker, mnist5k
     name = "pushtrain-test-sigterm"
     out = tmp_path / "sigterm"
     prepare_output_dir(out)
-    spec = _spec(name, images.image_for_kind("cnn"), templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
-                 {"epochs": 20, "filters": 8}, "cnn")
+    spec = _spec(name, templates_dir / "cnn_keras.py", mnist5k.train_dir, out, {"epochs": 20, "filters": 8}, "cnn")
     container_id, _ = start_or_adopt(docker, spec, Sandbox())
     try:
         _wait_for_line(name, r"epoch 1/20 ")
@@ -174,20 +158,36 @@ def test_sigterm_during_training_exits_non_zero(training_images, docker, mnist5k
 
 
 @pytest.mark.parametrize(
-    ("fixture", "exit_code", "expected"),
+    ("fixture", "kind", "category", "expected", "fix"),
     [
-        ("syntax_error.py", contract.EXIT_USER_CODE_ERROR, r"syntax_error\.py, line 4: SyntaxError"),
-        ("builder_raises.py", contract.EXIT_USER_CODE_ERROR,
-         r"builder_raises\.py, line 6: KeyError: 'n_neigbors' \(while calling build_estimator\(\)\)"),
-        ("no_builder.py", contract.EXIT_CONTRACT_ERROR, r"defines no function build_estimator\(\)"),
+        ("syntax_error.py", "knn", "syntax", r"^syntax_error\.py, line 4: SyntaxError: .*\n.*\n {27}\^$",
+         "fix the syntax error in syntax_error.py at line 4"),
+        ("missing_module.py", "knn", "import", r"missing_module\.py, line 2: ModuleNotFoundError: No module named "
+         r"'xgboost'", "add `xgboost` to requirements.txt next to your model file (missing_module.py)"),
+        ("missing_name.py", "knn", "import", r"cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'",
+         "`sklearn.neighbors` (scikit-learn "),
+        ("builder_raises.py", "knn", "build",
+         r"builder_raises\.py, line 6: KeyError: 'n_neigbors' \(while calling build_estimator\(\)\)",
+         "fix the error below (raised while calling build_estimator())"),
+        ("no_builder.py", "knn", "contract", r"defines no function build_estimator\(\)", None),
+        ("crashes_in_training.py", "linear", "runtime",
+         r"crashes_in_training\.py, line 15: RuntimeError: simulated crash in epoch 3 \(while training "
+         r"\(partial_fit\)\)", None),
     ],
 )
-def test_user_code_errors_name_file_and_line(training_images, digits, tmp_path, fixture, exit_code, expected):
-    result = train(FIXTURES / fixture, digits.train_dir, tmp_path / "err", kind="knn")
+def test_user_code_errors_say_what_to_do_and_whether_a_restart_can_help(training_images, digits, tmp_path,
+                                                                         fixture, kind, category, expected, fix):
+    result = train(FIXTURES / fixture, digits.train_dir, tmp_path / "err", kind=kind)
     assert not result.succeeded
-    assert result.outcome.exit_code == exit_code
-    assert re.search(expected, result.error["message"]), result.error["message"]
-    assert any(re.search(expected, line) for line in result.lines)
+    summary = result.summary()
+    assert result.outcome.exit_code == contract.FAILURE_CATEGORIES[category]
+    assert summary["category"] == category
+    assert summary["healable"] is result.error["healable"] is (category == "runtime")
+    assert re.search(expected, result.error["message"], re.MULTILINE), result.error["message"]
+    assert (fix in summary["fix"]) if fix else summary["fix"] is None
+    if fix:  # the container's log says what to do first, then what failed
+        first = next(i for i, line in enumerate(result.lines) if "[pushtrain] what to do:" in line)
+        assert "[pushtrain] ERROR" in result.lines[first + 1]
     assert not (tmp_path / "err" / contract.METRICS_FILE).exists()
 
 
