@@ -12,6 +12,8 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+from airflow.sdk import Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from pushtrain import pipeline, settings
 
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 SUCCESS = "success"
 BUDGET_SPENT = "budget_spent"
 FAILURE = "failure"
+
+_said_no_connection = False  # the missing-connection warning is given once per process
 
 
 def _recipient(run: pipeline.Pipeline | None) -> str:
@@ -112,10 +116,11 @@ def failure_mail(context: Context) -> tuple[str, str, pipeline.Pipeline | None]:
             run = None
     commit = (ti.xcom_pull(task_ids="wait_for_commit") or {}).get("commit") or (run.commit if run else "?")
     subject = f"[pushtrain] {ti.dag_id} failed at {ti.task_id} (commit {commit[:8]})"
+    # The message comes first: for a failure in the model code it starts with what to do about it.
     body = f"""<h2>pushtrain could not finish this run</h2>
-<p>Step <b>{html.escape(ti.task_id)}</b> of {html.escape(ti.dag_id)} failed (run {html.escape(ti.run_id)}).</p>
 <pre>{html.escape(str(exception) if exception else 'no error message')}</pre>
-<p>The Airflow task log has the full output of the step.</p>
+<p>Step <b>{html.escape(ti.task_id)}</b> of {html.escape(ti.dag_id)} failed (run {html.escape(ti.run_id)}).
+The Airflow task log has the full output of the step.</p>
 """
     return subject, body, run
 
@@ -134,6 +139,8 @@ class PipelineMailNotifier(SmtpNotifier):
         self.mail = mail
 
     def notify(self, context: Context) -> None:
+        if not self._connection_defined():
+            return
         ti = context["ti"]
         run = None
         if self.mail == FAILURE:
@@ -147,3 +154,18 @@ class PipelineMailNotifier(SmtpNotifier):
                 self.subject, self.html_content = budget_spent_mail(result["pipeline_id"], result["reason"])
         self.to = _recipient(run)
         super().notify(context)
+
+    def _connection_defined(self) -> bool:
+        """Without the connection (``airflow dags test`` on a fresh install) say so once, as a warning."""
+        global _said_no_connection
+        try:
+            Connection.get(self.smtp_conn_id)
+        except AirflowNotFoundException:
+            if not _said_no_connection:
+                _said_no_connection = True
+                self.log.warning(
+                    "no mail sent: there is no %r connection. Set AIRFLOW_CONN_%s (see .env_example) or add "
+                    "the connection in the web UI (Admin > Connections) to get pushtrain's mails",
+                    self.smtp_conn_id, self.smtp_conn_id.upper())
+            return False
+        return True
