@@ -22,7 +22,7 @@ Outputs (in the attempt's output directory)
 Failures: the exit code says whether a restart can help, ``error.json`` says what to do
     ``exit_code``  the container's exit code (below)
     ``category``   ``usage``, ``data``, ``contract``, ``syntax``, ``import``, ``load``, ``build``,
-                   ``runtime`` or ``terminated`` (``FAILURE_CATEGORIES``)
+                   ``runtime``, ``disk`` or ``terminated`` (``FAILURE_CATEGORIES``)
     ``healable``   false when the same container would fail the same way again: the platform fails the
                    attempt at once (no container restart, no task retry); true for failures during training
                    (an exception at epoch 7, a SIGTERM), which use container_health's restart budgets
@@ -42,6 +42,9 @@ Failures: the exit code says whether a restart can help, ``error.json`` says wha
     6     user code cannot run here: syntax error, missing module or name,    no         syntax, import,
           an exception while loading the model file                                      load
     7     the builder, model construction or compile raised (before epoch 1)  no         build
+    8     disk full while writing a checkpoint, the model, metrics or a log   no         disk
+          (the last checkpoint stays intact: after space is freed, a retry
+          resumes from it)
     137   SIGKILL: docker kill, or out of memory (Docker's OOMKilled flag)    yes        -
     143   SIGTERM before training completed                                   yes        terminated
     ====  ==================================================================  =========  ===============
@@ -77,6 +80,7 @@ EXIT_CONTRACT_ERROR = 4  # the model file lacks HPARAMS or its builder, or they 
 EXIT_USER_CODE_ERROR = 5  # user code raised while training or evaluating: may be transient
 EXIT_LOAD_ERROR = 6  # user code cannot run: syntax error, missing module or name, exception at import
 EXIT_BUILD_ERROR = 7  # the builder, model construction or compile raised before the first epoch
+EXIT_DISK_FULL = 8  # no space left for the attempt's output: a restart on the same full disk fails again
 EXIT_TERMINATED = 143  # SIGTERM before training completed (128 + 15)
 EXIT_KILLED = 137  # SIGKILL: docker kill, or out of memory when Docker reports OOMKilled
 
@@ -88,6 +92,7 @@ EXIT_CODE_MEANINGS = {
     EXIT_USER_CODE_ERROR: "error in user code while training",
     EXIT_LOAD_ERROR: "the model file cannot run (syntax error, missing module or name)",
     EXIT_BUILD_ERROR: "the model could not be built",
+    EXIT_DISK_FULL: "disk full",
     EXIT_TERMINATED: "terminated (SIGTERM) before training completed",
     EXIT_KILLED: "killed (SIGKILL)",
 }
@@ -102,11 +107,12 @@ FAILURE_CATEGORIES = {
     "load": EXIT_LOAD_ERROR,
     "build": EXIT_BUILD_ERROR,
     "runtime": EXIT_USER_CODE_ERROR,
+    "disk": EXIT_DISK_FULL,
     "terminated": EXIT_TERMINATED,
 }
 # A container that ended with one of these fails the same way if started again.
 UNHEALABLE_EXITS = frozenset({EXIT_USAGE, EXIT_DATA_ERROR, EXIT_CONTRACT_ERROR, EXIT_LOAD_ERROR,
-                              EXIT_BUILD_ERROR})
+                              EXIT_BUILD_ERROR, EXIT_DISK_FULL})
 
 
 def healable(exit_code: int) -> bool:

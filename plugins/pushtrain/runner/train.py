@@ -4,10 +4,16 @@ A checkpoint is written to a temporary name and renamed into place, then ``state
 atomically) points at it: a kill at any moment leaves either the previous consistent state or the new one.
 Checkpoints are keyed on (run key, code hash, hyperparameters, data set hash), so a restarted container
 resumes only work that is really its own.
+
+Running out of disk space anywhere in an attempt ends it as ``DiskFullError`` (exit 8, not restarted): the
+partly written file is removed, the last checkpoint stays intact, and the message says how much space there
+is and what to free; after that, a retry resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +33,7 @@ from pushtrain.kinds import KERAS, SCIKIT_LEARN
 from pushtrain.runner import contract
 from pushtrain.runner.data import ImageFolder, validation_mask
 from pushtrain.runner.metrics import classification_scores
-from pushtrain.runner.usercode import BUILD, ContractError, ModelFile, run_user_code
+from pushtrain.runner.usercode import BUILD, ContractError, ModelFile, UserCodeError, run_user_code
 
 VALIDATION_FRACTION = 0.15
 
@@ -108,7 +114,11 @@ class CheckpointStore:
             return
         name = f"epoch-{epoch:04d}{self.suffix}"
         temporary = self.directory / f".tmp-{epoch:04d}{self.suffix}"
-        write(temporary)
+        try:
+            write(temporary)
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a disk-full error needs the space a partial file holds
+            raise
         os.replace(temporary, self.directory / name)
         previous = self.checkpoint_path
         self.state = {"epoch": epoch, "file": name, "history": history, "train_seconds": train_seconds, **kept}
@@ -244,6 +254,77 @@ def _epoch_line(epoch: int, total: int, record: dict) -> str:
     return f"epoch {epoch}/{total} {scores} seconds={record['seconds']:.2f}"
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+SPACE_RESERVE_BYTES = 256 * 1024  # enough for error.json and its temp file once a full disk stops training
+
+
+class DiskFullError(UserCodeError):
+    """No space left for the attempt's output; the message says how much is free, ``fix`` what to free.
+
+    A ``UserCodeError`` only as the carrier the entry point reports (category ``disk``, exit 8, with a fix):
+    the user's code is not at fault.
+    """
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message, "disk", fix)
+
+
+def _disk_full_cause(error: BaseException) -> OSError | None:
+    """The no-space OSError behind ``error`` (user-code errors and frameworks wrap it), if that is the cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and (error.errno in DISK_FULL_ERRNOS or "No space left" in str(error)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def reports_disk_full(train: Callable[[Attempt], dict]) -> Callable[[Attempt], dict]:
+    """Run ``train`` with a little disk space set aside; a full disk becomes ``DiskFullError``.
+
+    The reserve (a file under ``checkpoints/``, which the platform removes with them) is freed before the
+    error is raised, so the runner can still write ``error.json`` on a disk that is otherwise full.
+    """
+
+    @functools.wraps(train)
+    def guarded(attempt: Attempt) -> dict:
+        reserve = attempt.out_dir / contract.CHECKPOINT_DIR / ".space-reserve"
+        try:
+            reserve.parent.mkdir(parents=True, exist_ok=True)
+            with reserve.open("wb") as handle:  # written, not fallocate'd: every filesystem honours that
+                handle.write(bytes(SPACE_RESERVE_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            return train(attempt)
+        except BaseException as error:
+            cause = _disk_full_cause(error)
+            if cause is None:
+                raise
+            reserve.unlink(missing_ok=True)
+            raise _disk_full(attempt.out_dir, cause) from error
+        finally:
+            reserve.unlink(missing_ok=True)
+
+    return guarded
+
+
+def _disk_full(out_dir: Path, cause: OSError) -> DiskFullError:
+    usage = os.statvfs(out_dir)
+    free_mb = usage.f_bavail * usage.f_frsize / 1e6
+    total_mb = usage.f_blocks * usage.f_frsize / 1e6
+    checkpoints = [p.stat().st_size for p in (out_dir / contract.CHECKPOINT_DIR).glob("*/epoch-*")]
+    needs = f"; a checkpoint of this model takes {max(checkpoints) / 1e6:.3g} MB" if checkpoints else ""
+    writing = f" while writing {cause.filename}" if cause.filename else ""
+    return DiskFullError(
+        f"disk full{writing}: {free_mb:.1f} MB of {total_mb:.1f} MB free on the disk of the attempt's output "
+        f"dir{needs}. The last completed epoch's checkpoint is intact",
+        "free space on the disk that holds pushtrain's data dir (PUSHTRAIN_DATA_DIR): outputs of finished "
+        "pipelines under runs/, registry versions that are not in production, or give it a larger disk; then "
+        "clear the failed training task, and the attempt resumes from its last checkpoint")
+
+
+@reports_disk_full
 def train_keras(attempt: Attempt) -> dict:
     import keras
     import tensorflow as tf
@@ -317,6 +398,7 @@ def train_keras(attempt: Attempt) -> dict:
                    _versions(tf, keras), signature)
 
 
+@reports_disk_full
 def train_sklearn(attempt: Attempt) -> dict:
     import joblib
     import sklearn
