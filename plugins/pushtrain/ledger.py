@@ -44,6 +44,15 @@ def claim(repo_url: str, sha: str, run_id: str) -> bool:
     return True
 
 
+def release(repo_url: str, sha: str, run_id: str) -> bool:
+    """Give up ``run_id``'s claim on ``sha`` (its run could not be created); another run's claim stays."""
+    existing = read(repo_url, sha)
+    if existing is None or existing.get("run_id") != run_id:
+        return False
+    (_folder(repo_url) / f"{sha}.json").unlink(missing_ok=True)
+    return True
+
+
 def read(repo_url: str, sha: str) -> dict | None:
     try:
         return json.loads((_folder(repo_url) / f"{sha}.json").read_text())
