@@ -10,6 +10,11 @@ Run with ``plugins/`` on ``PYTHONPATH`` (as Airflow has it)::
     PYTHONPATH=plugins python -m pushtrain datasets        # export the offline data sets (cached)
     PYTHONPATH=plugins python -m pushtrain datasets add pets /data/pets.zip --image-size 64 64
     PYTHONPATH=plugins python -m pushtrain datasets list
+    PYTHONPATH=plugins python -m pushtrain registry list [NAME]    # models, versions and their aliases
+    PYTHONPATH=plugins python -m pushtrain registry show models:/digits@champion   # or NAME/VERSION
+    PYTHONPATH=plugins python -m pushtrain registry promote NAME VERSION --reason "..."
+    PYTHONPATH=plugins python -m pushtrain registry rollback NAME [--to VERSION]
+    PYTHONPATH=plugins python -m pushtrain registry history NAME   # every alias move: when, from, to, why, who
 """
 
 from __future__ import annotations
@@ -65,7 +70,81 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="names, versions, counts, classes, sizes and hashes")
     listing.add_argument("names", nargs="*", help="only these data sets")
     listing.add_argument("--json", action="store_true", help="the manifests as JSON")
+
+    registry = commands.add_parser("registry", help="model versions, aliases (champion, challenger), history")
+    registry_actions = registry.add_subparsers(dest="action", required=True)
+    registry_list = registry_actions.add_parser("list", help="models and aliases; with NAME its versions")
+    registry_list.add_argument("name", nargs="?")
+    show = registry_actions.add_parser("show", help="one version: NAME/VERSION, NAME@ALIAS or models:/...")
+    show.add_argument("reference")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    promote = registry_actions.add_parser("promote", help="make VERSION the champion (a person's decision)")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    rollback = registry_actions.add_parser("rollback", help="move champion back to the previous one")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", type=int, help="this version instead of the previous champion")
+    for action in (promote, rollback):
+        action.add_argument("--reason", default="", help="why, kept in the alias history")
+        action.add_argument("--by", help="who decided (default: the current user)")
+    history = registry_actions.add_parser("history", help="every alias move of NAME, oldest first")
+    history.add_argument("name")
+    history.add_argument("--json", action="store_true", help="as JSON")
     return parser
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from pushtrain import settings
+    from pushtrain.registry import CHAMPION, ModelRegistry, RegistryError
+
+    registry = ModelRegistry(settings.registry_dir())
+    by = f"user:{args.by}" if getattr(args, "by", None) else None
+    try:
+        if args.action == "list":
+            for name in [args.name] if args.name else registry.model_names():
+                aliases = registry.aliases(name)
+                named = ", ".join(f"v{number} {alias}" for alias, number in sorted(aliases.items(),
+                                                                                    key=lambda item: item[1]))
+                print(f"{name}  {named or 'no aliases'}")
+                if args.name:
+                    for version in registry.versions(name):
+                        marks = [alias for alias, number in aliases.items() if number == version.number]
+                        print(f"  {version.label}  {version.metric} {version.metric_value:.4f}  "
+                              f"{version.created_at:%Y-%m-%d %H:%M}  {version.pipeline_run_id}  "
+                              f"{' '.join(sorted(marks))}".rstrip())
+        elif args.action == "show":
+            version = registry.resolve(args.reference)
+            record = {"name": version.model_name, "version": version.number, "uri": version.uri,
+                      "aliases": sorted(a for a, n in registry.aliases(version.model_name).items()
+                                        if n == version.number),
+                      "metric": {version.metric: version.metric_value}, "metrics": version.metrics,
+                      "tags": registry.tags(version.model_name, version.number),
+                      "created_at": version.created_at.isoformat(), "pipeline_run_id": version.pipeline_run_id,
+                      "path": str(version.path), "lineage": version.lineage}
+            if args.json:
+                print(json.dumps(record, indent=2))
+            else:
+                for key, value in record.items():
+                    print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+        elif args.action == "promote":
+            move = registry.set_alias(args.name, CHAMPION, args.version, by=by,
+                                      reason=args.reason or "promoted by hand")
+            print(f"{args.name}: champion is v{args.version}" + ("" if move else " already"))
+        elif args.action == "rollback":
+            move = registry.rollback(args.name, args.to, reason=args.reason, by=by)
+            print(f"{args.name}: {move.reason}")
+        else:
+            moves = registry.history(args.name)
+            if args.json:
+                print(json.dumps([move.to_json() for move in moves], indent=2))
+            for move in [] if args.json else moves:
+                was = "-" if move.from_version is None else f"v{move.from_version}"
+                now = "-" if move.to_version is None else f"v{move.to_version}"
+                print(f"{move.at}  {move.alias}  {was} -> {now}  {move.by}  {move.reason}")
+    except (RegistryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -127,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "datasets":
         return _datasets(args)
+    if args.command == "registry":
+        return _registry(args)
     from pushtrain import localrun
 
     try:

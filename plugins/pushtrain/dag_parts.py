@@ -111,7 +111,7 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
 
     @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS))
     def register_model(decision: dict) -> dict:
-        """Register the model with its lineage, move production if not worse, push the tuned file back."""
+        """Register the model with its lineage, make it champion if not worse, push the tuned file back."""
         return steps.register_model(decision, _remote_of_pipeline(decision["pipeline_id"]))
 
     @task(task_id="report_budget_spent", on_success_callback=PipelineMailNotifier(BUDGET_SPENT))

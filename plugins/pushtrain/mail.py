@@ -67,7 +67,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 ({winner.evaluation.n_evaluated} images of {html.escape(run.config.dataset)})</li>
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 <li>Registered: {html.escape(registered['model_name'])} version {registered['version']} at \
-<code>{html.escape(registered['path'])}</code>; production: {html.escape(registered['promotion'])}</li>
+<code>{html.escape(registered['path'])}</code>; champion: {html.escape(registered['promotion'])}</li>
 <li>Tuned model file: {html.escape(branch) if branch else 'not pushed (commit-back off or read-only remote)'}</li>
 </ul>
 <h3>The winning change to {html.escape(run.config.entry)}</h3>

@@ -258,7 +258,7 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
 
 
 def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
-    """Register the winning attempt, move production if not worse, push the tuned file back."""
+    """Register the winning attempt, make it champion if not worse (else challenger), push the tuned file back."""
     from pushtrain.registry import ModelRegistry
 
     verdict = Decision.from_xcom(decision, "judge_attempt")
@@ -270,7 +270,7 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     registry = ModelRegistry(settings.registry_dir())
     version = registry.register(run.model_name, pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR,
                                 record.evaluation.model_dump(), record.lineage(run), pipeline_run_id=pipeline_id)
-    promotion = registry.promote_if_not_worse(run.model_name, version)
+    promotion = registry.promote_if_not_worse(run.model_name, version, by=f"pipeline:{pipeline_id}")
 
     pushed = None
     if attempt > 1 and run.config.commit_back and remote is not None:
@@ -285,7 +285,7 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         pushed = f"{branch} ({sha[:8]})" if sha else None
     return {"pipeline_id": pipeline_id, "attempt": attempt, "model_name": run.model_name,
             "version": version.number, "path": str(version.path), "promotion": promotion.reason,
-            "is_production": promotion.candidate_is_production, "pushed_branch": pushed,
+            "is_champion": promotion.candidate_is_champion, "uri": version.uri, "pushed_branch": pushed,
             "accuracy": record.accuracy}
 
 

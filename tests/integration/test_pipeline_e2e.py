@@ -226,7 +226,7 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
 
     versions = ModelRegistry(e2e["data_dir"] / "registry").versions("watched")
     assert len(versions) == 1
-    production = ModelRegistry(e2e["data_dir"] / "registry").production("watched")
+    production = ModelRegistry(e2e["data_dir"] / "registry").champion("watched")
     assert production is not None and production.number == versions[0].number
     lineage = production.lineage
     assert lineage["commit"] == watched.commit

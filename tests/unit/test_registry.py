@@ -89,13 +89,13 @@ def test_first_registration_is_v1_with_full_layout_and_promotable(
     assert record["version"] == 1 and record["pipeline_run_id"] == RUN_ID
     assert record["metric"] == {"name": "accuracy", "value": 0.91}
     assert set(record["artifact_sha256"]) == {"model.keras", "signature.json", "extra/labels.txt"}
-    assert registry.production(MODEL) is None
+    assert registry.champion(MODEL) is None
 
     result = registry.promote_if_not_worse(MODEL, version)
 
-    assert result.moved and result.candidate_is_production and result.previous is None
-    assert result.reason == "promoted v1: no production version yet (accuracy 0.91)"
-    assert registry.production(MODEL) == version
+    assert result.moved and result.candidate_is_champion and result.previous is None
+    assert result.reason == "promoted v1: no champion yet (accuracy 0.91)"
+    assert registry.champion(MODEL) == version
     assert staging_leftovers(registry) == []
 
 
@@ -157,7 +157,7 @@ def test_models_are_independent(registry: ModelRegistry, artifact: Path) -> None
     other = registry.register("iris-tree", artifact, {"accuracy": 0.7}, {}, pipeline_run_id="run-1")
 
     assert other.number == 1 and other.model_name == "iris-tree"
-    assert registry.production("iris-tree") is None and registry.versions("unknown") == []
+    assert registry.champion("iris-tree") is None and registry.versions("unknown") == []
 
 
 # --------------------------------------------------------------------------------------------- promotion
@@ -185,21 +185,21 @@ def test_promotion_only_when_not_worse(
     assert result.reason == reason
     assert result.previous == production
     expected = candidate if moves else production
-    assert result.production == expected
-    assert registry.production(MODEL) == expected
-    assert json.loads((registry.root / MODEL / "production.json").read_text())["version"] == expected.number
+    assert result.champion == expected
+    assert registry.champion(MODEL) == expected
+    assert json.loads((registry.root / MODEL / "aliases.json").read_text())["aliases"]["champion"] == expected.number
 
 
-def test_promoting_production_again_is_a_no_op(registry: ModelRegistry, artifact: Path) -> None:
+def test_promoting_the_champion_again_is_a_no_op(registry: ModelRegistry, artifact: Path) -> None:
     version = register(registry, artifact, 0.9, RUN_ID)
     registry.promote_if_not_worse(MODEL, version)
-    pointer_before = (registry.root / MODEL / "production.json").read_bytes()
+    pointer_before = (registry.root / MODEL / "aliases.json").read_bytes()
 
     result = registry.promote_if_not_worse(MODEL, version)
 
-    assert not result.moved and result.candidate_is_production
-    assert result.reason == "v1 is already production"
-    assert (registry.root / MODEL / "production.json").read_bytes() == pointer_before
+    assert not result.moved and result.candidate_is_champion
+    assert result.reason == "v1 is already champion"
+    assert (registry.root / MODEL / "aliases.json").read_bytes() == pointer_before
 
 
 def test_promotion_refuses_to_compare_different_metrics(registry: ModelRegistry, tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_promotion_refuses_to_compare_different_metrics(registry: ModelRegistry,
     result = registry.promote_if_not_worse(MODEL, f1_version)
 
     assert not result.moved and "promoted on accuracy but candidate v2 reports f1" in result.reason
-    assert registry.production(MODEL) == first
+    assert registry.champion(MODEL) == first
 
 
 def test_promoting_a_missing_version_names_the_existing_ones(registry: ModelRegistry, artifact: Path) -> None:
@@ -220,13 +220,13 @@ def test_promoting_a_missing_version_names_the_existing_ones(registry: ModelRegi
 
     with pytest.raises(VersionNotFoundError, match=r"mnist-cnn has no v7 \(versions: v1\)"):
         registry.promote_if_not_worse(MODEL, 7)
-    assert registry.production(MODEL) is None
+    assert registry.champion(MODEL) is None
 
 
 def test_pointer_is_valid_json_after_many_promotions(registry: ModelRegistry, tmp_path: Path) -> None:
     accuracies = [0.5, 0.6, 0.55, 0.6, 0.7, 0.65, 0.8, 0.8, 0.79, 0.9] * 3
     best_so_far = 0.0
-    pointer_path = registry.root / MODEL / "production.json"
+    pointer_path = registry.root / MODEL / "aliases.json"
     for index, accuracy in enumerate(accuracies, start=1):
         version = register(
             registry, make_artifact(tmp_path / f"a{index}", str(index).encode()), accuracy, f"r{index}"
@@ -236,14 +236,13 @@ def test_pointer_is_valid_json_after_many_promotions(registry: ModelRegistry, tm
         best_so_far = max(best_so_far, accuracy)
 
         pointer = json.loads(pointer_path.read_text())
-        assert pointer["metric"]["value"] == best_so_far
-        assert (registry.root / MODEL / pointer["path"]).is_dir()
-    assert registry.production(MODEL).metric_value == 0.9
+        assert registry.get(MODEL, pointer["aliases"]["champion"]).metric_value == best_so_far
+    assert registry.champion(MODEL).metric_value == 0.9
     # The temp files os.replace consumes must not pile up next to the pointer.
     assert sorted(p.name for p in (registry.root / MODEL).iterdir()) == [
         ".lock",
         ".staging",
-        "production.json",
+        "aliases.json",
         "versions",
     ]
 
@@ -307,7 +306,7 @@ def test_concurrent_promotions_end_on_the_best_version(registry: ModelRegistry, 
     with multiprocessing.get_context("fork").Pool(len(orders)) as pool:
         pool.starmap(_promote_all, [(str(registry.root), order) for order in orders])
 
-    assert registry.production(MODEL).number == accuracies.index(max(accuracies)) + 1
+    assert registry.champion(MODEL).number == accuracies.index(max(accuracies)) + 1
 
 
 def _promote_when_told(root: str, number: int, go: multiprocessing.synchronize.Event) -> None:
@@ -317,7 +316,7 @@ def _promote_when_told(root: str, number: int, go: multiprocessing.synchronize.E
 
 def test_promotion_waits_for_the_model_lock(registry: ModelRegistry, artifact: Path) -> None:
     version = register(registry, artifact, 0.9, RUN_ID)
-    pointer_path = registry.root / MODEL / "production.json"
+    pointer_path = registry.root / MODEL / "aliases.json"
     context = multiprocessing.get_context("fork")
     go = context.Event()
     promoter = context.Process(target=_promote_when_told, args=(str(registry.root), version.number, go))
@@ -336,7 +335,7 @@ def test_promotion_waits_for_the_model_lock(registry: ModelRegistry, artifact: P
             promoter.kill()
 
     assert promoter.exitcode == 0
-    assert registry.production(MODEL) == version
+    assert registry.champion(MODEL) == version
 
 
 # ----------------------------------------------------------------------------------- failures, clean-up
@@ -475,7 +474,7 @@ def test_empty_pipeline_run_id_is_rejected(registry: ModelRegistry, artifact: Pa
 
 def test_damaged_pointer_is_reported_not_ignored(registry: ModelRegistry, artifact: Path) -> None:
     register(registry, artifact, 0.9, RUN_ID)
-    (registry.root / MODEL / "production.json").write_text('{"version": 9}')
+    (registry.root / MODEL / "aliases.json").write_text('{"aliases": {"champion": 9}, "history": []}')
 
-    with pytest.raises(RegistryError, match="points at v9, which does not exist"):
-        registry.production(MODEL)
+    with pytest.raises(RegistryError, match="champion points at v9, which does not exist"):
+        registry.champion(MODEL)

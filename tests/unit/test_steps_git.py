@@ -646,9 +646,9 @@ def test_register_model_registers_the_winner_with_its_record_as_lineage(first_at
 
     run = pipeline.Pipeline.load(pipeline_id)
     record = pipeline.Attempt.load(pipeline_id, 2)
-    version = ModelRegistry(settings.registry_dir()).production(run.model_name)
+    version = ModelRegistry(settings.registry_dir()).champion(run.model_name)
     assert (registered["version"], registered["attempt"], registered["accuracy"]) == (1, 2, 0.95)
-    assert registered["is_production"] and version.number == 1 and registered["path"] == str(version.path)
+    assert registered["is_champion"] and version.number == 1 and registered["path"] == str(version.path)
     assert version.lineage == record.lineage(run)
     assert version.lineage["tweak_diff"] == record.tweak_diff and version.lineage["pipeline"]["branch"] == BRANCH
     assert version.metrics == record.evaluation.model_dump()
