@@ -71,7 +71,8 @@ from results_file import RESULTS_DIR, write_results  # noqa: E402
 from pushtrain import kinds, strategies  # noqa: E402
 from pushtrain.datasets import load_manifest  # noqa: E402
 from pushtrain.runner.data import load_image_folder  # noqa: E402
-from pushtrain.runner.evaluate import evaluate_saved_model  # noqa: E402
+from pushtrain.runner.evaluate import predict_images, read_signature  # noqa: E402
+from pushtrain.runner.metrics import classification_scores  # noqa: E402
 from pushtrain.runner.train import Attempt, Progress, TerminationGuard, trainer_for  # noqa: E402
 from pushtrain.runner.usercode import UserCodeError, load_model_file  # noqa: E402
 
@@ -219,7 +220,10 @@ class Trainer:
             _release_memory(self.task.kind)
             return Trial(attempt, dict(hparams), float("nan"), round(remaining, 3), cut_off=True)
         self.spent += metrics["train_seconds"]
-        evaluation = evaluate_saved_model(out / "model", self.test_dir, out, None)
+        signature = read_signature(out / "model")
+        test = _cached_folder(self.test_dir)
+        predicted, probabilities = predict_images(signature, out / "model", test.images, None)
+        evaluation = classification_scores(test.labels, predicted, signature["class_names"], probabilities)
         _release_memory(self.task.kind)
         return Trial(attempt, dict(hparams), float(evaluation["accuracy"]), float(metrics["train_seconds"]),
                      int(metrics.get("warm_start_epochs", 0)))

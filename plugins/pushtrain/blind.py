@@ -8,7 +8,9 @@ estimator's class, a Keras model's custom layers). So the container gets nothing
   one shape has the same size) in one flat folder, named by an HMAC of its path and content under a key
   made for this evaluation alone and never written anywhere. Files are written in id order and given one
   fixed mtime, so names, listing order, inode order, sizes and times follow the ids, which follow nothing.
-  The folder holds the images and nothing else (no manifest): it is what the container sees as ``/data``.
+  A table split becomes one ``table.csv``: an ``id`` column (the same kind of HMAC) and the feature
+  columns, rows in id order, no label column. The folder holds that and nothing else (no manifest, no
+  schema): it is what the container sees as ``/data``.
 * **The answer key** (``answer_key.json``, mode 0600) sits next to that folder, never inside it, and never
   leaves the Airflow side.
 * **Scoring** (``score``): reads the container's ``predictions.json`` as untrusted input (size-capped, no
@@ -27,8 +29,10 @@ the pixels stays the same from one attempt to the next.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
 import json
 import os
 import secrets
@@ -44,7 +48,16 @@ from typing import Any
 import numpy as np
 
 from pushtrain.runner import contract
-from pushtrain.runner.data import class_folders, folder_hash_entry, image_files
+from pushtrain.runner.data import (
+    BLIND_ID_COLUMN,
+    TABLE_FILE,
+    TABLE_SCHEMA_FILE,
+    class_folders,
+    folder_hash_entry,
+    folder_sha256,
+    image_files,
+    is_table,
+)
 from pushtrain.runner.evaluate import (
     PREDICTIONS_FILE,
     PREDICTIONS_SCHEMA_VERSION,
@@ -54,7 +67,7 @@ from pushtrain.runner.evaluate import (
 from pushtrain.runner.metrics import classification_scores, confusion_matrix
 
 EVALUATION_FILE = "evaluation.json"  # written by the platform, never by a container
-IMAGES_DIR = "images"  # mounted read-only as the container's /data
+DATA_DIR = "data"  # mounted read-only as the container's /data
 ANSWER_KEY_FILE = "answer_key.json"  # never mounted
 ANSWER_KEY_SCHEMA_VERSION = 1
 ID_HEX_DIGITS = 32  # 128 bits of HMAC-SHA256
@@ -76,21 +89,21 @@ class ScoringError(Exception):
 @dataclass(frozen=True)
 class Answer:
     id: str
-    label: str  # the class folder name in the held-out split
-    path: str  # "label/name" in the held-out split, for a person tracing one image
+    label: str  # the class: its folder name, or a table row's label
+    path: str  # "label/name" or "table.csv:<line>" in the held-out split, for a person tracing one item
 
 
 @dataclass(frozen=True)
 class BlindEvaluation:
-    """One evaluation's label-blind view (``images_dir``) and its answers, which stay on this side."""
+    """One evaluation's label-blind view (``data_dir``) and its answers, which stay on this side."""
 
     work_dir: Path
     dataset_sha256: str  # folder_sha256 of the held-out split, as the data set's manifest records it
     answers: tuple[Answer, ...]  # in the split's own order: the order the labelled evaluation used
 
     @property
-    def images_dir(self) -> Path:
-        return self.work_dir / IMAGES_DIR
+    def data_dir(self) -> Path:
+        return self.work_dir / DATA_DIR
 
     @property
     def answer_key_path(self) -> Path:
@@ -110,15 +123,55 @@ class BlindEvaluation:
 
 
 def prepare_blind_evaluation(test_dir: Path, work_dir: Path) -> BlindEvaluation:
-    """Write a fresh label-blind view of ``test_dir`` (``<label>/<name>.png``) into ``work_dir``.
+    """Write a fresh label-blind view of the held-out split ``test_dir`` into ``work_dir``.
 
-    ``work_dir`` is replaced. Mount ``work_dir/images`` (``BlindEvaluation.images_dir``) read-only as the
-    container's data and nothing else of ``work_dir``.
+    The split is an image folder (``<label>/<name>.png``) or a table (``table.csv`` and ``schema.json``).
+    ``work_dir`` is replaced. Mount ``BlindEvaluation.data_dir`` read-only as the container's data, and
+    nothing else of ``work_dir``. A task that adopts a container still running on a view reopens it with
+    ``BlindEvaluation.load`` instead: preparing again would pull the files from under that container.
     """
     test_dir, work_dir = Path(test_dir), Path(work_dir)
     if not test_dir.is_dir():
         raise BlindViewError(f"held-out split {test_dir} does not exist or is not a directory")
     key = secrets.token_bytes(32)  # lives in this process only: ids cannot be recomputed anywhere else
+    if is_table(test_dir):
+        files, answers = _blind_table(test_dir, key)
+        dataset_sha256 = folder_sha256(test_dir)
+    else:
+        files, answers, dataset_sha256 = _blind_images(test_dir, key)
+    if not answers:
+        raise BlindViewError(f"held-out split {test_dir} has no images in class folders and no table rows")
+
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    data_dir = work_dir / DATA_DIR
+    data_dir.mkdir(parents=True)
+    data_dir.chmod(0o755)  # readable by the container's user, whoever runs this
+    for name in sorted(files):  # creation order (inode numbers, ctimes) follows the ids alone
+        descriptor = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(files[name])
+            handle.flush()  # before the times are set: a later write would move them again
+            os.fchmod(descriptor, 0o644)  # whatever the umask
+            os.utime(descriptor, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
+    os.utime(data_dir, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
+
+    blind = BlindEvaluation(work_dir, dataset_sha256, tuple(answers))
+    _write_private_json(blind.answer_key_path, {
+        "schema_version": ANSWER_KEY_SCHEMA_VERSION, "test_dir": str(test_dir),
+        "dataset_sha256": blind.dataset_sha256, "answers": [vars(answer) for answer in answers]})
+    return blind
+
+
+def _opaque_id(key: bytes, entry: bytes, taken: dict[str, Any]) -> str:
+    identifier = hmac.new(key, entry, hashlib.sha256).hexdigest()[:ID_HEX_DIGITS]
+    if identifier in taken:  # 2**-128 per pair; a clear stop beats two answers merged into one
+        raise BlindViewError(f"two held-out items got one id ({identifier}); prepare the view again")
+    return identifier
+
+
+def _blind_images(test_dir: Path, key: bytes) -> tuple[dict[str, bytes], list[Answer], str]:
+    """{"<id>.png": canonical PNG}, the answers in the split's order, and the split's folder_sha256."""
     split_digest = hashlib.sha256()
     encoded: dict[str, bytes] = {}
     answers = []
@@ -126,32 +179,52 @@ def prepare_blind_evaluation(test_dir: Path, work_dir: Path) -> BlindEvaluation:
         content = path.read_bytes()
         entry = folder_hash_entry(relative, content)
         split_digest.update(entry)
-        image_id = hmac.new(key, entry, hashlib.sha256).hexdigest()[:ID_HEX_DIGITS]
-        if image_id in encoded:  # 2**-128 per pair; a clear stop beats a silently merged image
-            raise BlindViewError(f"two held-out images got one id ({image_id}); prepare the view again")
+        image_id = _opaque_id(key, entry, encoded)
         encoded[image_id] = canonical_png(content, path)
         answers.append(Answer(image_id, relative.split("/", 1)[0], relative))
-    if not answers:
-        raise BlindViewError(f"held-out split {test_dir} has no images in class folders")
+    return {f"{image_id}.png": content for image_id, content in encoded.items()}, answers, split_digest.hexdigest()
 
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    images_dir = work_dir / IMAGES_DIR
-    images_dir.mkdir(parents=True)
-    images_dir.chmod(0o755)  # readable by the container's user, whoever runs this
-    for image_id in sorted(encoded):  # creation order (inode numbers, ctimes) follows the ids alone
-        target = images_dir / f"{image_id}.png"
-        with open(target, "xb") as handle:
-            handle.write(encoded[image_id])
-        target.chmod(0o644)
-        os.utime(target, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
-    os.utime(images_dir, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
 
-    blind = BlindEvaluation(work_dir, split_digest.hexdigest(), tuple(answers))
-    contract.write_json_atomic(blind.answer_key_path, {  # a temp file is 0600, and so is the key after rename
-        "schema_version": ANSWER_KEY_SCHEMA_VERSION, "test_dir": str(test_dir),
-        "dataset_sha256": blind.dataset_sha256, "answers": [vars(answer) for answer in answers]})
-    return blind
+def _blind_table(test_dir: Path, key: bytes) -> tuple[dict[str, bytes], list[Answer]]:
+    """{"table.csv": the id column and the features, rows in id order}, and the answers in the split's order.
+
+    Feature values keep their text as the split has it (the platform wrote each as a Python float), so the
+    runner parses the very numbers the labelled evaluation parsed.
+    """
+    try:
+        schema = json.loads((test_dir / TABLE_SCHEMA_FILE).read_text())
+        features, label_column = list(schema["feature_columns"]), schema["label_column"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BlindViewError(f"cannot read the table schema of {test_dir}: {exc}") from None
+    rows: dict[str, list[str]] = {}
+    answers = []
+    with (test_dir / TABLE_FILE).open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        if next(reader, None) != [*features, label_column]:
+            raise BlindViewError(f"{test_dir / TABLE_FILE} does not have the columns its schema names")
+        for line, record in enumerate(reader, start=2):
+            if len(record) != len(features) + 1:
+                raise BlindViewError(f"{test_dir / TABLE_FILE} line {line} has {len(record)} values")
+            relative = f"{TABLE_FILE}:{line}"
+            row_id = _opaque_id(key, relative.encode() + b"\0" + "\x1f".join(record).encode(), rows)
+            rows[row_id] = record[:-1]
+            answers.append(Answer(row_id, record[-1], relative))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([BLIND_ID_COLUMN, *features])
+    writer.writerows([row_id, *rows[row_id]] for row_id in sorted(rows))
+    return {TABLE_FILE: text.getvalue().encode()}, answers
+
+
+def _write_private_json(path: Path, document: Any) -> None:
+    """Compact JSON, readable by this user only, replaced atomically (a reader sees the old or the new)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(document, handle, separators=(",", ":"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def canonical_png(content: bytes, path: Path) -> bytes:

@@ -74,7 +74,7 @@ def split(tmp_path: Path) -> Path:
 def test_view_holds_only_pixels_under_opaque_names(split: Path, tmp_path: Path):
     view = blind.prepare_blind_evaluation(split, tmp_path / "work")
 
-    files = sorted(view.images_dir.iterdir())
+    files = sorted(view.data_dir.iterdir())
     assert [f.name for f in files] == sorted(f"{a.id}.png" for a in view.answers)
     assert all(re.fullmatch(r"[0-9a-f]{32}\.png", f.name) for f in files)
     assert len(files) == len(CLASSES) * PER_CLASS
@@ -91,11 +91,11 @@ def test_view_keeps_the_pixels_and_the_answers_stay_outside(split: Path, tmp_pat
 
     for answer in view.answers:
         original = blind.decode_png((split / answer.path).read_bytes(), Path(answer.path))
-        copied = blind.decode_png((view.images_dir / f"{answer.id}.png").read_bytes(), Path(answer.id))
+        copied = blind.decode_png((view.data_dir / f"{answer.id}.png").read_bytes(), Path(answer.id))
         assert copied[:3] == original[:3]
         np.testing.assert_array_equal(copied[3], original[3])
         assert answer.path.split("/")[0] == answer.label
-    assert view.answer_key_path.parent == view.work_dir != view.images_dir
+    assert view.answer_key_path.parent == view.work_dir != view.data_dir
     assert view.answer_key_path.stat().st_mode & 0o777 == 0o600
     assert view.dataset_sha256 == folder_sha256(split)
     assert [a.path for a in view.answers] == [f"{c}/{n:03d}.png" for c in CLASSES for n in range(PER_CLASS)]
@@ -105,10 +105,10 @@ def test_view_keeps_the_pixels_and_the_answers_stay_outside(split: Path, tmp_pat
 def test_no_order_of_the_files_follows_the_classes(split: Path, tmp_path: Path):
     view = blind.prepare_blind_evaluation(split, tmp_path / "work")
     label_of = {a.id: a.label for a in view.answers}
-    orders = {"sorted names": sorted(os.listdir(view.images_dir)),
-              "directory listing": os.listdir(view.images_dir),
-              "inode numbers": sorted(os.listdir(view.images_dir),
-                                      key=lambda name: (view.images_dir / name).stat().st_ino)}
+    orders = {"sorted names": sorted(os.listdir(view.data_dir)),
+              "directory listing": os.listdir(view.data_dir),
+              "inode numbers": sorted(os.listdir(view.data_dir),
+                                      key=lambda name: (view.data_dir / name).stat().st_ino)}
     for order, names in orders.items():
         labels = [label_of[Path(name).stem] for name in names]
         changes = sum(a != b for a, b in zip(labels, labels[1:], strict=False))
@@ -118,13 +118,13 @@ def test_no_order_of_the_files_follows_the_classes(split: Path, tmp_path: Path):
 
 def test_every_evaluation_gets_new_ids_and_replaces_the_old_view(split: Path, tmp_path: Path):
     first = blind.prepare_blind_evaluation(split, tmp_path / "work")
-    first_pixels = sorted(f.read_bytes() for f in first.images_dir.iterdir())
-    (first.images_dir / "left-over.txt").write_text("3")
+    first_pixels = sorted(f.read_bytes() for f in first.data_dir.iterdir())
+    (first.data_dir / "left-over.txt").write_text("3")
 
     second = blind.prepare_blind_evaluation(split, tmp_path / "work")
     assert not {a.id for a in first.answers} & {a.id for a in second.answers}
-    assert sorted(f.read_bytes() for f in second.images_dir.iterdir()) == first_pixels
-    assert not (second.images_dir / "left-over.txt").exists()
+    assert sorted(f.read_bytes() for f in second.data_dir.iterdir()) == first_pixels
+    assert not (second.data_dir / "left-over.txt").exists()
 
 
 @pytest.mark.parametrize("colour_type, channels", [(0, 1), (2, 3), (4, 2), (6, 4)])
@@ -316,3 +316,57 @@ def test_a_signature_that_does_not_fit_fails(view, model_dir: Path, tmp_path: Pa
     document, *_ = _honest_answers(view, None)
     with pytest.raises(blind.ScoringError, match=re.escape(reason)):
         blind.score(view, _write(tmp_path / "out", document), model_dir)
+
+
+# --- tables -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table_split(tmp_path: Path) -> Path:
+    """A held-out table sorted by its label, as a user's CSV often is: row order would give the class away."""
+    rng = np.random.default_rng(11)
+    root = tmp_path / "table-test"
+    root.mkdir()
+    features = ["height", "width", "colour=red"]
+    lines = [",".join([*features, "species"])]
+    for label in CLASSES:
+        for _ in range(PER_CLASS):
+            lines.append(",".join([repr(float(rng.normal())), repr(float(rng.uniform())), str(rng.integers(2)), label]))
+    (root / "table.csv").write_text("\n".join(lines) + "\n")
+    (root / "schema.json").write_text(json.dumps({"format": 1, "feature_columns": features, "label_column": "species",
+                                                  "class_names": list(CLASSES), "rows": len(lines) - 1}))
+    return root
+
+
+def test_a_table_view_has_ids_and_features_only_in_id_order(table_split: Path, tmp_path: Path):
+    from pushtrain.runner.data import load_blind_table, load_table
+
+    view = blind.prepare_blind_evaluation(table_split, tmp_path / "work")
+
+    assert os.listdir(view.data_dir) == ["table.csv"]
+    text = (view.data_dir / "table.csv").read_text()
+    assert not any(label in text for label in (*CLASSES, "species"))
+    header, *rows = [line.split(",") for line in text.splitlines()]
+    assert header == ["id", "height", "width", "colour=red"]
+    assert [row[0] for row in rows] == sorted(a.id for a in view.answers)
+    labels = {a.id: a.label for a in view.answers}
+    in_file_order = [labels[row[0]] for row in rows]
+    assert sum(a != b for a, b in zip(in_file_order, in_file_order[1:], strict=False)) >= 8
+    assert view.dataset_sha256 == folder_sha256(table_split)
+    assert view.answers[0].path == "table.csv:2" and view.answers[0].label == "cat"
+
+    # The runner reads the very numbers the labelled evaluation read, row for row.
+    ids, values = load_blind_table(view.data_dir, [3])
+    labelled = load_table(table_split, list(CLASSES))
+    position = {a.id: i for i, a in enumerate(view.answers)}
+    np.testing.assert_array_equal(values, labelled.images[[position[i] for i in ids]])
+
+
+def test_a_table_view_is_scored_like_an_image_view(table_split: Path, model_dir: Path, tmp_path: Path):
+    from pushtrain.runner.metrics import classification_scores
+
+    view = blind.prepare_blind_evaluation(table_split, tmp_path / "work")
+    document, y_true, y_pred, probabilities = _honest_answers(view, "float64")
+    evaluation = blind.score(view, _write(tmp_path / "out", document), model_dir)
+    expected = classification_scores(y_true, y_pred, list(CLASSES), probabilities)
+    assert {k: evaluation[k] for k in expected} == expected

@@ -12,7 +12,8 @@
 shape the trainers take.
 
 The evaluation container gets another layout, a label-blind view (``pushtrain.blind``): ``<root>/<id>.png``
-in one flat folder, ids opaque, no labels anywhere.
+in one flat folder, or ``<root>/table.csv`` with an ``id`` column and the features; ids opaque, no labels
+anywhere (``load_blind_view``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TABLE_FILE = "table.csv"
 TABLE_SCHEMA_FILE = "schema.json"
+BLIND_ID_COLUMN = "id"  # a label-blind table's first column: the row's opaque id
 
 
 class DataError(Exception):
@@ -181,6 +183,38 @@ def load_image_folder(root: Path, class_names: list[str] | None = None) -> Image
         raise DataError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return ImageFolder(_scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths,
                        folder_sha256(root))
+
+
+def load_blind_view(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:
+    """Read a label-blind view (``pushtrain.blind``), a table's or images. Returns (ids, model inputs)."""
+    return load_blind_table(root, input_shape) if is_table(root) else load_blind_images(root, input_shape)
+
+
+def load_blind_table(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:
+    """Read ``root/table.csv`` and nothing else: the id column, then the model's feature columns."""
+    root, n_features = Path(root), int(input_shape[0])
+    unexpected = sorted(p.name for p in root.iterdir() if p.name != TABLE_FILE)
+    if unexpected:
+        raise DataError(f"{root} is not a label-blind view: it holds {', '.join(unexpected[:5])}")
+    ids, rows = [], []
+    with (root / TABLE_FILE).open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None) or []
+        if len(header) != n_features + 1 or header[0] != BLIND_ID_COLUMN:
+            raise DataError(f"{root / TABLE_FILE} has columns {header[:5]}..., expected {BLIND_ID_COLUMN!r} and "
+                            f"the {n_features} features the model was trained on")
+        for line, record in enumerate(reader, start=2):
+            if len(record) != len(header):
+                raise DataError(f"{root / TABLE_FILE} line {line}: {len(record)} values, expected {len(header)}")
+            ids.append(record[0])
+            rows.append(record[1:])
+    values = np.empty((len(rows), n_features), dtype=np.float32)
+    for index, row in enumerate(rows):
+        try:
+            values[index] = row  # the same string-to-float32 parse as load_table
+        except ValueError:
+            raise DataError(f"{root / TABLE_FILE} line {index + 2}: a feature is not a number") from None
+    return ids, values
 
 
 def load_blind_images(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:

@@ -2,9 +2,10 @@
 
 This process loads the saved model, and with it user code (a pickled estimator may be a class of the
 user's file; a Keras model may have custom layers). So it is given no label: ``/data`` holds the held-out
-images under opaque ids in one flat folder (``pushtrain.blind`` writes that view and keeps the answers on
-the Airflow side), and it writes only ``predictions.json``. The platform validates that file and computes
-every score itself; nothing this process prints or writes can raise them.
+images under opaque ids in one flat folder, or a table's rows under opaque ids without the label column
+(``pushtrain.blind`` writes that view and keeps the answers on the Airflow side), and it writes only
+``predictions.json``. The platform validates that file and computes every score itself; nothing this
+process prints or writes can raise them.
 
 ``predictions.json`` (schema 1)::
 
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pushtrain.runner import contract
-from pushtrain.runner.data import load_blind_images
+from pushtrain.runner.data import load_blind_view
 from pushtrain.runner.usercode import ContractError, load_model_file, run_user_code
 
 PREDICTIONS_FILE = "predictions.json"
@@ -115,10 +116,10 @@ def probability_problem(probabilities: np.ndarray, n_rows: int, n_classes: int) 
 
 
 def write_predictions(model_dir: Path, data_dir: Path, out_dir: Path, model_file: Path | None) -> dict:
-    """Predict every image of the blind view in ``data_dir``; write ``out_dir/predictions.json``."""
+    """Predict every image (or row) of the blind view in ``data_dir``; write ``out_dir/predictions.json``."""
     signature = read_signature(model_dir)
     class_names = signature["class_names"]
-    ids, images = load_blind_images(data_dir, signature["input_shape"])
+    ids, images = load_blind_view(data_dir, signature["input_shape"])
     predicted, probabilities = predict_images(signature, model_dir, images, model_file)
     document: dict[str, Any] = {"schema_version": PREDICTIONS_SCHEMA_VERSION,
                                 "predicted": dict(zip(ids, predicted.tolist(), strict=True))}
