@@ -30,6 +30,10 @@ literal default, a subclassed Keras model, ``weights="imagenet"`` (the sandbox h
 another framework, or a model that uses values computed from the data. Nothing is written on a refusal.
 
 The result is deterministic, and an adapted file (which meets the contract) is returned unchanged.
+
+Entry points: :func:`adapt_source` and :func:`adapt_file` (in this process), :func:`adapt_bounded` (in a
+child process with time and memory limits: what the Airflow side calls), :func:`config_with_dataset` (the
+``pushtrain.toml`` text naming the data set), and :func:`main` (``python -m pushtrain adapt``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import symtable
 import sys
 import tempfile
@@ -58,6 +63,9 @@ from pushtrain.detect import DetectionError, read_model_source
 from pushtrain.kinds import KERAS, KINDS, SCIKIT_LEARN
 
 CONFIG_FILE = "pushtrain.toml"
+# Bounds of adapt_bounded: LibCST's tree and metadata for a 1 MiB file fit easily; more means trouble.
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MEMORY_MB = 2048
 
 # Where the data sets a script loads come from, and the platform's data set that stands in for them.
 DATASET_OF_LOADER = {
@@ -246,7 +254,23 @@ class Adaptation:
             "dataset": self.dataset,
             "dataset_note": self.dataset_note,
             "changes": [{"line": change.line, "message": change.message} for change in self.changes],
+            "source": self.source,
+            "adapted": self.adapted,
         }
+
+    @classmethod
+    def from_json_dict(cls, payload: dict[str, Any]) -> Adaptation:
+        return cls(
+            filename=str(payload["filename"]),
+            source=str(payload["source"]),
+            adapted=str(payload["adapted"]),
+            kind=str(payload["kind"]),
+            framework=str(payload["framework"]),
+            hparams=dict(payload["hparams"]),
+            changes=tuple(Change(change["line"], str(change["message"])) for change in payload["changes"]),
+            dataset=payload["dataset"],
+            dataset_note=str(payload["dataset_note"]),
+        )
 
 
 class AdaptRefused(Exception):
@@ -3231,6 +3255,10 @@ class _Adapter(_Reading):
                 "preprocesses the data: the platform passes float32 images in [0, 1], shaped (n, height, "
                 "width, channels) for Keras and flattened for scikit-learn"
             )
+        if any(name.startswith("keras.callbacks.") for name in names):
+            return (
+                'a training callback: the platform trains for HPARAMS["epochs"] and checkpoints every epoch'
+            )
         if has("set_seed", "seed"):
             return 'seeds random numbers: HPARAMS["seed"] seeds training'
         if has("image_data_format", "set_image_data_format", "set_image_dim_ordering"):
@@ -3343,6 +3371,15 @@ class _Adapter(_Reading):
 
         # Module level: docstring, imports, constants, HPARAMS, functions (the builder last unless it was one).
         kept = {id(stmt) for stmt in sl.module} | {id(stmt) for stmt in self.revived}
+        star_modules = set(self.reader.star_names.values())
+        for stmt in self.module_body.stmts:
+            small = stmt.node.body[0] if isinstance(stmt.node, cst.SimpleStatementLine) else None
+            if (
+                isinstance(small, cst.ImportFrom)
+                and isinstance(small.names, cst.ImportStar)
+                and (small.module is not None and cc.canonical_name(_code(small.module)) in star_modules)
+            ):
+                kept.add(id(stmt))
         docstring = self.module.body[0] if self.module.body and _is_docstring(self.module.body[0]) else None
         imports: list[cst.BaseStatement] = []
         constants: list[cst.BaseStatement] = []
@@ -3420,7 +3457,7 @@ class _Adapter(_Reading):
 
     # --------------------------------------------------------------------------------------- checking
 
-    def validate(self, text: str) -> None:
+    def validate(self, text: str) -> cc.CheckResult:
         """The output must compile, define every name it reads, and pass the contract check."""
         try:
             ast.parse(text)
@@ -3430,7 +3467,7 @@ class _Adapter(_Reading):
                 f"adapt produced code that does not compile ({error.msg}, line {error.lineno}); "
                 "this is a bug in adapt: please report it with the script",
             ) from None
-        undefined = _undefined_names(text)
+        undefined = [name for name in _undefined_names(text) if name not in self.reader.star_names]
         if undefined:
             raise _Refusal(
                 None,
@@ -3445,6 +3482,7 @@ class _Adapter(_Reading):
                 "the adapted file still breaks the contract: "
                 + "; ".join(str(problem) for problem in result.problems),
             )
+        return result
 
     def run(self) -> Adaptation:
         self.refuse_what_cannot_be_adapted()
@@ -3501,7 +3539,9 @@ class _Adapter(_Reading):
         self.removed_notes(plan, sl)
         dataset, dataset_note = self.dataset()
         text = self.emit(plan, sl)
-        self.validate(text)
+        checked = self.validate(text)
+        if plan.candidate.framework == KERAS.name and checked.kind is not None:
+            self.kind = checked.kind  # conv layers may sit in a helper function the builder calls
         return Adaptation(
             filename=self.filename,
             source=self.source,
@@ -3825,6 +3865,69 @@ def adapt_file(path: str | os.PathLike[str]) -> Adaptation:
     except DetectionError as error:
         raise AdaptRefused(str(path), [Problem(None, error.message)]) from None
     return adapt_source(source, str(path))
+
+
+# The child of adapt_bounded: limit its own address space, then adapt and answer in JSON on stdout.
+_CHILD_BOOTSTRAP = (
+    "import json, resource, sys\n"
+    "limit = int(sys.argv[2]) * 1024 * 1024\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+    "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+    "from pushtrain import adapt\n"
+    "try:\n"
+    "    print(json.dumps(adapt.adapt_file(sys.argv[1]).to_json_dict()))\n"
+    "except adapt.AdaptRefused as refusal:\n"
+    "    print(json.dumps(refusal.to_json_dict()))\n"
+)
+
+
+def adapt_bounded(
+    path: str | os.PathLike[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB
+) -> Adaptation:
+    """:func:`adapt_file` in a child process with a wall-time and an address-space limit.
+
+    What the Airflow side calls: a huge or pathological file ends in an :class:`AdaptRefused` saying so,
+    not in a hung or killed task. The child gets no environment but ``PATH`` (connection secrets stay here).
+
+    :raises AdaptRefused: the script's reasons, or why the child gave no answer.
+    """
+    filename = str(path)
+    environment = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": os.environ.get("PATH", "")}
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", _CHILD_BOOTSTRAP, filename, str(memory_mb)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=environment,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AdaptRefused(
+            filename,
+            [
+                Problem(
+                    None,
+                    f"adapt took longer than {timeout_s:g} s and was stopped; the "
+                    "file is unusually large or complex: adapt it by hand",
+                )
+            ],
+        ) from None
+    try:
+        payload = json.loads(completed.stdout)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and payload.get("refused"):
+        problems = [Problem(item.get("line"), str(item["message"])) for item in payload["problems"]]
+        raise AdaptRefused(filename, problems)
+    if isinstance(payload, dict) and "adapted" in payload:
+        return Adaptation.from_json_dict(payload)
+    last = (completed.stderr.strip().splitlines() or [f"exit status {completed.returncode}"])[-1]
+    why = "it ran out of memory" if "MemoryError" in completed.stderr else f"it failed: {last}"
+    raise AdaptRefused(filename, [Problem(None, f"adapt could not finish ({why}); adapt the file by hand")])
 
 
 def config_with_dataset(text: str | None, dataset: str) -> tuple[str, str]:

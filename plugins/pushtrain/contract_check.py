@@ -15,7 +15,8 @@ problem with its line:
 * Keras 2 names that Keras 3 (the training image's) no longer has (``keras.layers.convolutional``,
   ``np_utils``, ``lr=``, ``fit_generator``...).
 
-A file without problems gets its kind, read from the builder's body. The kinds are those of
+A file without problems gets its kind, read from the library calls of the file (the builder and the
+helpers it calls). The kinds are those of
 :mod:`pushtrain.kinds` plus the ones ``pushtrain adapt`` proposes (``KIND_OF_ESTIMATOR``, ``keras`` for
 Keras networks without convolutions), so a file can be checked before its kind is in the table.
 
@@ -122,6 +123,9 @@ LEGACY_LAYER_MODULES = frozenset(
         "convolutional_recurrent",
         "normalization_v2",
     }
+)
+KERAS_OPTIMIZERS = frozenset(
+    {"Adam", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "AdamW", "Ftrl", "Lion"}
 )
 _CONV_LAYER = re.compile(
     r"(Conv|Convolution|SeparableConv|SeparableConvolution|DepthwiseConv|ConvLSTM)[123]D"
@@ -251,14 +255,47 @@ class NameReader:
                     resolved = self._imported(target)
                     if resolved:
                         self._aliases[small.targets[0].target.value] = resolved
+        # `from keras.layers import *`: names nothing else binds may come from there.
+        self.star_names: dict[str, str] = {}  # name -> the star-imported module it was taken from
+        self._star_modules = [
+            canonical_name(self.module.code_for_node(node.module))
+            for node in walk(self.module)
+            if isinstance(node, cst.ImportFrom)
+            and isinstance(node.names, cst.ImportStar)
+            and node.module is not None
+            and not node.relative
+        ]
 
     def line(self, node: cst.CSTNode) -> int:
         return self._positions[node].start.line
 
-    def _imported(self, node: cst.CSTNode) -> str | None:
+    def _names(self, node: cst.CSTNode) -> set | frozenset:
         names = self._qualified.get(node)
         if names is not None and not isinstance(names, set | frozenset):
             names = names()  # LibCST computes qualified names lazily
+        return names or set()
+
+    def _from_star(self, name: str) -> str | None:
+        """The star-imported module a free name most plausibly comes from (none is ever imported to know)."""
+        # Specific modules first: `Adam` is an optimizer even when `from keras.layers import *` comes first.
+        rules = (
+            lambda module: module in ("keras", "keras.models") and name in ("Sequential", "Model", "Input"),
+            lambda module: module == "keras.optimizers" and name in KERAS_OPTIMIZERS,
+            lambda module: module == "keras.layers" and name[:1].isupper() and name not in KERAS_OPTIMIZERS,
+            lambda module: (
+                module.startswith("sklearn.")
+                and (name[:1].isupper() or name.startswith(("make_", "load_", "fetch_")))
+            ),
+        )
+        for rule in rules:
+            for module in self._star_modules:
+                if rule(module):
+                    self.star_names[name] = module
+                    return f"{module}.{name}"
+        return None
+
+    def _imported(self, node: cst.CSTNode) -> str | None:
+        names = self._names(node)
         # Several qualified names happen for a name bound differently on different paths; any library
         # one will do, and sorting makes the pick deterministic.
         found = sorted(
@@ -281,6 +318,14 @@ class NameReader:
         chain = attribute_chain(node)
         if chain and chain[0] in self._aliases:
             return ".".join([self._aliases[chain[0]], *chain[1:]])
+        if found is None and chain and self._star_modules:
+            base: cst.CSTNode = node
+            while isinstance(base, cst.Attribute):
+                base = base.value
+            if not self._names(base):
+                module = self._from_star(chain[0])
+                if module is not None:
+                    return ".".join([module, *chain[1:]])
         return found
 
     def canonical(self, node: cst.CSTNode) -> str | None:
@@ -706,7 +751,8 @@ def check_source(source: str, filename: str = "model.py") -> CheckResult:
     kind = builder = None
     if builders and not problems:
         builder, function = next(iter(builders.items()))
-        kind, seen = kind_of_code(reader, function)
+        # The whole file: a builder may call helpers (a conv block function) that hold the layers.
+        kind, seen = kind_of_code(reader, module)
         framework = KERAS if builder == KERAS.builder else SCIKIT_LEARN
         if kind is None:
             what = (

@@ -511,3 +511,26 @@ def test_a_refusal_writes_nothing_and_leaves_an_existing_output_alone(tmp_path):
     assert "nothing was written" in completed.stderr
     assert output.read_text() == "HPARAMS = {}\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.py", "train.py"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bounded, for the Airflow side
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_adapt_bounded_answers_like_adapt_file_from_a_child_process():
+    direct = adapt.adapt_file(SCRIPTS / "svc_digits.py")
+    bounded = adapt.adapt_bounded(SCRIPTS / "svc_digits.py")
+    assert bounded == direct
+
+    with pytest.raises(adapt.AdaptRefused) as caught:
+        adapt.adapt_bounded(SCRIPTS / "pytorch_mnist.py")
+    assert [(problem.line, "PyTorch" in problem.message) for problem in caught.value.problems] == [(1, True)]
+
+
+@pytest.mark.parametrize(("limits", "words"), [({"timeout_s": 0.01}, "took longer than 0.01 s"),
+                                               ({"memory_mb": 8}, "could not finish")])
+def test_adapt_bounded_turns_a_blown_limit_into_a_refusal(limits, words):
+    with pytest.raises(adapt.AdaptRefused) as caught:
+        adapt.adapt_bounded(SCRIPTS / "svc_digits.py", **limits)
+    assert words in caught.value.report()
