@@ -32,6 +32,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from pushtrain import settings, steps
 from pushtrain.kinds import KINDS
 from pushtrain.mail import BUDGET_SPENT, FAILURE, SUCCESS, PipelineMailNotifier
+from pushtrain.model_assets import MODELS_ALIAS, champion_event_extra, model_asset
 from pushtrain.operators import EvaluateAttemptOperator, TrainAttemptOperator
 
 RETRAIN_DAG_ID = "tweak_and_retrain"
@@ -109,10 +110,19 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         """Below target and out of attempts, no real gain any more, or nothing left to try."""
         return decision["action"] == "stop"
 
-    @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS))
-    def register_model(decision: dict) -> dict:
-        """Register the model with its lineage, make it champion if not worse, push the tuned file back."""
-        return steps.register_model(decision, _remote_of_pipeline(decision["pipeline_id"]))
+    @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS),
+          outlets=[MODELS_ALIAS])
+    def register_model(decision: dict, **context: Any) -> dict:
+        """Register the model with its lineage, make it champion if not worse, push the tuned file back.
+
+        A new champion is announced on ``pushtrain-model://<name>``, which deploy_model serves.
+        """
+        registered = steps.register_model(decision, _remote_of_pipeline(decision["pipeline_id"]))
+        if registered["is_champion"]:
+            context["outlet_events"][MODELS_ALIAS].add(
+                model_asset(registered["model_name"]),
+                extra=champion_event_extra(registered["model_name"], registered["version"]))
+        return registered
 
     @task(task_id="report_budget_spent", on_success_callback=PipelineMailNotifier(BUDGET_SPENT))
     def report_budget_spent(decision: dict) -> dict:

@@ -24,7 +24,7 @@ from pushtrain import datasets, pipeline, settings
 from pushtrain.mailsink import MailSink, read_mails
 from pushtrain.standalone import EmbeddedAirflow
 
-DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health", "deploy_model"]
 AUTHOR = ("Dana Scientist", "dana@example.com")
 
 
@@ -84,6 +84,28 @@ def wait_for_pipeline(commit: str, timeout: float, report=print) -> pipeline.Sum
     raise TimeoutError(f"the pipeline for {commit[:8]} did not end within {timeout:.0f}s")
 
 
+def served_curl(model_name: str, timeout: float) -> str:
+    """Once deploy_model serves the champion: a ``curl`` line that classifies one held-out image."""
+    from pushtrain import serving
+    from pushtrain.registry import ModelRegistry
+
+    deadline = time.monotonic() + timeout
+    champion = ModelRegistry(settings.registry_dir()).champion(model_name)
+    while time.monotonic() < deadline:
+        served, stable = serving.upstream(model_name), serving.endpoint(model_name)
+        if champion and served and stable and served.get("version") == champion.number:
+            break
+        time.sleep(2)
+    else:
+        return f"[demo] {model_name} is not served yet: see the deploy_model DAG's runs"
+    dataset = champion.lineage.get("dataset") or {}
+    test_dir = settings.datasets_dir() / dataset.get("name", "") / dataset.get("split_version", "") / "test"
+    image = next(iter(sorted(test_dir.glob("*/*.png"))), None)
+    return (f"[demo] {champion.uri} is served at {stable.url}/invocations; classify a held-out "
+            f"{image.parent.name if image else ''}:\n  curl -s {stable.url}/invocations -H 'Content-Type: "
+            f"application/json' -d '{{\"instances\": [\"'$(base64 -w0 {image})'\"]}}'")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8080)
@@ -127,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"[demo] no attempt was evaluated: see the failed task's log in the UI ({airflow.url})")
             print(f"[demo] registry: {settings.registry_dir()}")
+            if summary.outcome == "met":
+                print(served_curl(pipeline.Pipeline.load(summary.pipeline_id).model_name, timeout=600), flush=True)
             print(f"[demo] mail: {mails[-1] if mails else 'none yet'} "
                   f"(subject: {read_mails(mail_dir)[-1]['subject'] if mails else '-'})")
             print(f"[demo] push to summary: {push_to_mail:.0f}s; total {time.monotonic() - started:.0f}s")

@@ -87,6 +87,9 @@ def check_containers(client: APIClient, log=print, now: float | None = None) -> 
         line = f"{name}: {action} ({reason})"
         log(line)
         actions.append({"container": name, "action": action, "reason": reason})
+    from pushtrain import serving  # serving containers: restarted at once, no lease, while champion
+
+    actions += serving.heal(client, log_line=log)
     return actions
 
 

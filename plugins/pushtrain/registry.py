@@ -270,6 +270,7 @@ class ModelRegistry:
                 _write_file_durably(staging_dir / METRICS_FILE_NAME, metrics_json)
                 _write_file_durably(staging_dir / LINEAGE_FILE_NAME, lineage_json)
                 _fault_point("register:metadata-written")
+                _make_readable(staging_dir)
                 with self._lock(model_name):
                     # Checked again under the lock: a concurrent retry of the same task may have won the race.
                     existing = self._find_same_registration(model_name, pipeline_run_id, source_hashes)
@@ -418,6 +419,24 @@ class ModelRegistry:
                 self.get(model_name, number)  # under the lock: it must exist now
             moves = self._move_aliases(model_name, {alias: number}, reason, by or default_actor())
         return moves[0] if moves else None
+
+    def record_refusal(
+        self, model_name: str, alias: str, refused: ModelVersion | int, *, reason: str, by: str | None = None
+    ) -> AliasMove:
+        """Record that ``alias`` did not move to ``refused`` and why (e.g. it failed its smoke test).
+
+        The record is an entry whose ``from`` and ``to`` are the alias's unchanged version.
+        """
+        _check_alias(alias)
+        number = self._number_of(model_name, refused)
+        with self._lock(model_name):
+            state = self._read_aliases(model_name)
+            stays = state["aliases"].get(alias)
+            move = AliasMove(at=_utc_now().isoformat(timespec="milliseconds"), alias=alias, from_version=stays,
+                             to_version=stays, reason=f"refused v{number}: {reason}", by=by or default_actor())
+            state["history"].append(move.to_json())
+            _replace_file_atomically(self._model_dir(model_name) / ALIASES_FILE_NAME, _to_json(state, "aliases"))
+        return move
 
     def rollback(
         self, model_name: str, to: int | None = None, *, reason: str = "", by: str | None = None
@@ -840,6 +859,14 @@ def _remove_stale_staging_dirs(staging_root: Path) -> None:
                 entry.unlink()
         with contextlib.suppress(FileNotFoundError):
             owner.unlink()
+
+
+def _make_readable(directory: Path) -> None:
+    """Folders 0755 and files 0644: a version is read by other users too (a serving container, the UI)."""
+    for folder, _, files in os.walk(directory):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(Path(folder, name), 0o644)
 
 
 def _write_file_durably(path: Path, text: str) -> None:

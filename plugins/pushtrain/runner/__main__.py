@@ -1,4 +1,4 @@
-"""Entry point of the training images: ``python -m pushtrain.runner {train,predict} ...``.
+"""Entry point of the training images: ``python -m pushtrain.runner {train,predict,serve,proxy} ...``.
 
 Exit codes and ``error.json`` are documented in ``pushtrain.runner.contract``: every failure the runner
 understands leaves ``error.json`` in the output directory (its category, whether a restart can help, the
@@ -40,7 +40,35 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", required=True, type=Path, help="label-blind images: <data>/<id>.png")
     predict.add_argument("--out", required=True, type=Path, help="where predictions.json is written")
     predict.add_argument("--model", type=Path, help="the model file, for classes and layers it defines")
+
+    serve = commands.add_parser("serve", help="answer predictions over HTTP (MLflow scoring protocol)")
+    serve.add_argument("--model-dir", required=True, type=Path, help="a registered version's artifact/ dir")
+    serve.add_argument("--model", type=Path, help="the model file, for classes and layers it defines")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--info", default="{}", help="JSON answered by GET /version (name, version, alias, ...)")
+    proxy = commands.add_parser("proxy", help="the stable endpoint: forward to the container in --upstream-file")
+    proxy.add_argument("--upstream-file", required=True, type=Path, help='{"host": ..., "port": ...}')
+    proxy.add_argument("--host", default="127.0.0.1")
+    proxy.add_argument("--port", type=int, required=True)
+    for command in (serve, proxy):
+        command.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    serve.add_argument("--max-batch", type=int, default=256)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pushtrain.runner import serve
+
+    if args.command == "proxy":
+        serve.proxy(args.upstream_file, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
+        return contract.EXIT_OK
+    try:
+        serve.serve(args.model_dir, port=args.port, info=json.loads(args.info), model_file=args.model,
+                    max_batch=args.max_batch, max_body_bytes=args.max_body_bytes)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"[pushtrain] ERROR: cannot serve {args.model_dir}: {exc!r}", file=sys.stderr, flush=True)
+        return contract.FAILURE_CATEGORIES["usage"]
+    return contract.EXIT_OK
 
 
 def _fail(out_dir: Path | None, category: str, message: str, fix: str = "") -> int:
@@ -127,6 +155,8 @@ def _predict(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("serve", "proxy"):
+            return _serve(args)
         return _train(args) if args.command == "train" else _predict(args)
     except Exception:
         # A bug of ours: keep the traceback, it is what a platform engineer needs.
