@@ -49,7 +49,7 @@ class Limits:
                    settings.archive_max_unpacked_bytes())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """One file an import may use. Plain strings, not Path objects: an import handles every file of a large
     folder several times, and pathlib's parsing would cost more than the reading."""

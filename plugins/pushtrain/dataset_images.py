@@ -54,7 +54,7 @@ PROGRESS_EVERY = 5000
 IMAGE_FIX = "remove it, or replace it with a PNG, JPEG, BMP, GIF or WebP file that opens"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image: slots keep the per-image memory small
 class LabelledImage:
     label: str
     source: SourceFile
@@ -77,7 +77,7 @@ class ImageSet:
         return sorted({image.label for image in self.images}, key=natural_key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageHeader:
     width: int
     height: int
@@ -93,6 +93,7 @@ class ImageHeader:
 class Scan:
     source_sha256: str
     headers: list[ImageHeader]  # in ImageSet.images order
+    digests: list[bytes]  # each image's sha256, in ImageSet.images order
     sizes: Counter  # (height, width) -> images
     channels: Counter  # 1 or 3 -> images
 
@@ -118,15 +119,20 @@ def find_images(files: list[SourceFile], ignored: list[tuple[str, str]]) -> Imag
     skipped = [(f.relative, "not an image (by its suffix)") for f in files if not is_image_name(f.relative)]
     tops = {f.parts[0] for f in images if len(f.parts) >= 2}
     premade = tops == set(PREMADE_SPLITS) and all(len(f.parts) >= 3 for f in images)
-    labelled = []
+    by_label: dict[str, list[LabelledImage]] = {}
     for source in images:
+        parts = source.parts
         if premade:
-            labelled.append(LabelledImage(source.parts[1], source, source.parts[0]))
-        elif len(source.parts) >= 2:
-            labelled.append(LabelledImage(source.parts[0], source, None))
+            label, split = parts[1], parts[0]
+        elif len(parts) >= 2:
+            label, split = parts[0], None
         else:
             skipped.append((source.relative, "not inside a class folder (<root>/<label>/<image>)"))
-    labelled.sort(key=lambda i: (natural_key(i.label), natural_key(i.inner), i.split or ""))
+            continue
+        by_label.setdefault(label, []).append(LabelledImage(label, source, split))
+    labelled = []
+    for label in sorted(by_label, key=natural_key):  # one class's sort keys at a time, not all of them
+        labelled += sorted(by_label.pop(label), key=lambda i: (natural_key(i.inner), i.split or ""))
     return ImageSet(labelled, premade, sorted(ignored + skipped))
 
 
@@ -168,16 +174,17 @@ def scan(image_set: ImageSet, limits: Limits, where: Path) -> Scan:
         raise DatasetError(f"the images in {where} add up to {human_bytes(total)}, more than the "
                            f"{human_bytes(limits.max_bytes)} a data set may have "
                            "(PUSHTRAIN_DATASET_MAX_BYTES): import a smaller set, or raise the cap")
-    digests: dict[str, bytes] = {}
-    headers, sizes, channels = [], Counter(), Counter()
+    digests, headers, sizes, channels = [], [], Counter(), Counter()
     for image in image_set.images:
         content = read_file(image.source)
-        digests[image.source.relative] = hashlib.sha256(content).digest()
+        digests.append(hashlib.sha256(content).digest())
         header = read_header(image.source.relative, content)
         headers.append(header)
         sizes[(header.height, header.width)] += 1
         channels[header.channels] += 1
-    return Scan(tree_sha256(digests), headers, sizes, channels)
+    source_sha256 = tree_sha256({image.source.relative: digest
+                                 for image, digest in zip(image_set.images, digests, strict=True)})
+    return Scan(source_sha256, headers, digests, sizes, channels)
 
 
 def choose_shape(found: Scan, image_size: tuple[int, int] | None,
@@ -200,15 +207,17 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
 
     height, width, channels = shape
     written = Written({}, {"train": {}, "test": {}})
-    entries: dict[str, list[tuple[str, str, bytes]]] = {"train": [], "test": []}
+    entries: dict[tuple[str, str], list[tuple[str, bytes]]] = {}  # (split, label) -> (file name, sha256)
     names: dict[tuple[str, str], set[str]] = {}
     folders: dict[tuple[str, str], str] = {}
-    source_digests = {}
     for index, (image, header, is_test) in enumerate(zip(image_set.images, found.headers, held_out,
                                                           strict=True)):
         split = "test" if is_test else "train"
         content = read_file(image.source)
-        source_digest = source_digests[image.source.relative] = hashlib.sha256(content).digest()
+        source_digest = hashlib.sha256(content).digest()
+        if source_digest != found.digests[index]:
+            raise DatasetError(f"{image.source.relative} changed while the data set was being imported: "
+                               "import it again once nothing writes to the folder")
         png, resized = normalize(image.source.relative, content, header, shape)
         if png is content:
             written.copied += 1
@@ -229,21 +238,19 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
             raise DatasetError(f"the normalized images exceed {human_bytes(limits.max_bytes)} "
                                f"(PUSHTRAIN_DATASET_MAX_BYTES) at {image.source.relative}: choose a smaller "
                                "image_size, import fewer images, or raise the cap")
-        entries[split].append((image.label, name, source_digest if png is content else
-                               hashlib.sha256(png).digest()))
+        entries.setdefault(key, []).append((name, source_digest if png is content else
+                                            hashlib.sha256(png).digest()))
         counts = written.class_counts[split]
         counts[image.label] = counts.get(image.label, 0) + 1
         if (index + 1) % PROGRESS_EVERY == 0:
             log(f"[datasets] {index + 1}/{len(image_set.images)} images written "
                 f"({height}x{width}x{channels})")
-    if tree_sha256(source_digests) != found.source_sha256:
-        raise DatasetError("the images changed while they were being imported: import them again once "
-                           "nothing writes to the folder")
-    for split, items in entries.items():
-        items.sort(key=lambda e: (natural_key(e[0]), natural_key(e[1])))
+    for split in ("train", "test"):
+        # In folder_sha256's order: classes, then file names, both natural; sorted one class at a time.
         split_digest = hashlib.sha256()
-        for label, name, file_digest in items:
-            split_digest.update(hash_entry(f"{label}/{name}", file_digest))
+        for label in sorted((label for s, label in entries if s == split), key=natural_key):
+            for name, file_digest in sorted(entries.pop((split, label)), key=lambda e: natural_key(e[0])):
+                split_digest.update(hash_entry(f"{label}/{name}", file_digest))
         written.split_sha256[split] = split_digest.hexdigest()
     return written
 
