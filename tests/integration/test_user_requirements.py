@@ -92,6 +92,7 @@ def test_declared_package_gets_a_derived_image_built_once_that_trains(docker, di
     assert outcome.succeeded, "\n".join(lines[-30:])
     assert any(line.startswith("| n_neighbors") for line in lines)  # tabulate's table, printed by the model
     assert contract.read_metrics(tmp_path / "out")["accuracy"] > 0.9
+    subprocess.run([*images.docker_cli(), "image", "rm", first.tag], capture_output=True, check=True)
 
 
 def test_without_the_declaration_the_missing_package_is_named(docker, digits, tmp_path):
