@@ -32,6 +32,17 @@ def _recipient(run: pipeline.Pipeline | None) -> str:
         "pushtrain@localhost"
 
 
+def model_tests_html(outcome: dict) -> str:
+    """The repository's model tests: a line when they passed, each failing test and its message when not."""
+    if not outcome.get("ran"):
+        return ""
+    if outcome.get("passed"):
+        return f"<li>Model tests: {html.escape(outcome['summary'])}</li>"
+    failing = "".join(f"<li><code>{html.escape(t['name'])}</code>: {html.escape(t['message'])}</li>"
+                      for t in outcome["tests"] if not t["passed"])
+    return (f"<li><b>Model tests failed</b>: the version is challenger, not champion<ul>{failing}</ul></li>")
+
+
 def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
     """One row per attempt, best first; a failed attempt last, with the reason it failed."""
     rows = []
@@ -68,6 +79,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 <li>Registered: {html.escape(registered['model_name'])} version {registered['version']} at \
 <code>{html.escape(registered['path'])}</code>; champion: {html.escape(registered['promotion'])}</li>
+{model_tests_html(registered.get('model_tests') or {})}
 <li>Tuned model file: {html.escape(branch) if branch else 'not pushed (commit-back off or read-only remote)'}</li>
 </ul>
 <h3>The winning change to {html.escape(run.config.entry)}</h3>

@@ -75,6 +75,7 @@ class PipelineConfig:
     min_gain: float = 0.005  # ...where real means at least this much accuracy
     model_name: str = ""  # registry name; default: the repository's name
     commit_back: bool = True  # push the tuned model file to pushtrain/<short-sha>
+    model_tests: str = "model_tests.py"  # the repository's model tests, run before registration if present
 
     def validated(self) -> PipelineConfig:
         problems = []
@@ -99,6 +100,8 @@ class PipelineConfig:
                             "starting with a letter or digit")
         if Path(self.entry).is_absolute() or ".." in Path(self.entry).parts:
             problems.append(f"entry {self.entry!r} must be a path inside the repository")
+        if not self.model_tests or Path(self.model_tests).is_absolute() or ".." in Path(self.model_tests).parts:
+            problems.append(f"model_tests {self.model_tests!r} must be a path inside the repository")
         if problems:
             raise ConfigError("; ".join(problems))
         return self

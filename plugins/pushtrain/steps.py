@@ -258,8 +258,10 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
 
 
 def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
-    """Register the winning attempt, make it champion if not worse (else challenger), push the tuned file back."""
-    from pushtrain.registry import ModelRegistry
+    """Run the repository's model tests, register the winning attempt, make it champion if the tests pass and
+    it is not worse (else challenger), push the tuned file back."""
+    from pushtrain.model_tests import run_model_tests
+    from pushtrain.registry import CHALLENGER, ModelRegistry
 
     verdict = Decision.from_xcom(decision, "judge_attempt")
     pipeline_id, attempt = verdict.pipeline_id, verdict.attempt
@@ -267,10 +269,26 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     record = Attempt.load(pipeline_id, attempt)
     if record.evaluation is None:
         raise ValueError(f"attempt {attempt} of {pipeline_id} was not evaluated ({record.status}): nothing to register")
+    model_dir = pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR
+    tests = run_model_tests(
+        tests_file=pipeline.workspace_dir(pipeline_id) / "repo" / run.config.model_tests, model_dir=model_dir,
+        held_out_dir=settings.datasets_dir() / (record.dataset.name if record.dataset else run.config.dataset)
+        / (record.dataset.split_version if record.dataset else "") / "test",
+        out_dir=pipeline.attempt_dir(pipeline_id, attempt) / "model-tests", kind=record.kind,
+        container_name=pipeline.container_name(pipeline_id, attempt, "model-tests"))
     registry = ModelRegistry(settings.registry_dir())
-    version = registry.register(run.model_name, pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR,
-                                record.evaluation.model_dump(), record.lineage(run), pipeline_run_id=pipeline_id)
-    promotion = registry.promote_if_not_worse(run.model_name, version, by=f"pipeline:{pipeline_id}")
+    version = registry.register(run.model_name, model_dir, record.evaluation.model_dump(), record.lineage(run),
+                                pipeline_run_id=pipeline_id)
+    by = f"pipeline:{pipeline_id}"
+    if tests.ran:
+        registry.set_tag(run.model_name, version, "model_tests", "passed" if tests.passed else "failed")
+    if tests.passed:
+        promotion = registry.promote_if_not_worse(run.model_name, version, by=by)
+        promotion_reason, is_champion = promotion.reason, promotion.candidate_is_champion
+    else:  # the model tests hold it back whatever its accuracy: challenger, never champion
+        promotion_reason = f"not promoted, {tests.summary()}"
+        registry.set_alias(run.model_name, CHALLENGER, version, reason=promotion_reason, by=by)
+        is_champion = False
 
     pushed = None
     if attempt > 1 and run.config.commit_back and remote is not None:
@@ -284,8 +302,8 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
             f"{record.accuracy:.4f})\n\n{record.tweak_diff}")
         pushed = f"{branch} ({sha[:8]})" if sha else None
     return {"pipeline_id": pipeline_id, "attempt": attempt, "model_name": run.model_name,
-            "version": version.number, "path": str(version.path), "promotion": promotion.reason,
-            "is_champion": promotion.candidate_is_champion, "uri": version.uri, "pushed_branch": pushed,
+            "version": version.number, "path": str(version.path), "promotion": promotion_reason,
+            "is_champion": is_champion, "uri": version.uri, "model_tests": tests.to_xcom(), "pushed_branch": pushed,
             "accuracy": record.accuracy}
 
 

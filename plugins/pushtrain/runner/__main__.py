@@ -53,7 +53,33 @@ def _parser() -> argparse.ArgumentParser:
     for command in (serve, proxy):
         command.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     serve.add_argument("--max-batch", type=int, default=256)
+
+    tests = commands.add_parser("model-tests", help="run a repository's model tests on the trained model")
+    tests.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
+    tests.add_argument("--tests", required=True, type=Path, help="the repository's model_tests.py")
+    tests.add_argument("--data", required=True, type=Path, help="the held-out split")
+    tests.add_argument("--out", required=True, type=Path, help="where model_tests.json is written")
+    tests.add_argument("--model", type=Path, help="the model file, for classes and layers it defines")
     return parser
+
+
+def _model_tests(args: argparse.Namespace) -> int:
+    from pushtrain.runner.data import DataError
+    from pushtrain.runner.model_tests import run_model_tests
+    from pushtrain.runner.usercode import ContractError, UserCodeError
+
+    try:
+        document = run_model_tests(args.model_dir, args.tests, args.data, args.out, args.model)
+    except UserCodeError as exc:
+        return _fail(args.out, exc.category, str(exc), exc.fix)
+    except (ContractError, OSError, KeyError, ValueError) as exc:
+        return _fail(args.out, "contract", f"cannot load the model for its tests: {exc!r}")
+    except DataError as exc:
+        return _fail(args.out, "data", str(exc))
+    failed = [t["name"] for t in document["tests"] if not t["passed"]]
+    print(f"[pushtrain] model tests: {len(document['tests']) - len(failed)} passed, {len(failed)} failed"
+          f"{': ' + ', '.join(failed) if failed else ''}", flush=True)
+    return contract.EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -157,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("serve", "proxy"):
             return _serve(args)
+        if args.command == "model-tests":
+            return _model_tests(args)
         return _train(args) if args.command == "train" else _predict(args)
     except Exception:
         # A bug of ours: keep the traceback, it is what a platform engineer needs.
