@@ -107,7 +107,7 @@ def http_figures(port: int, input_shape: list[int], requests: int) -> dict:
     return result
 
 
-def switch_under_load(registry: ModelRegistry, artifact: Path, lineage: dict, rate: float) -> dict:
+def switch_under_load(registry: ModelRegistry, artifact: Path, lineage: dict, accuracy: float, rate: float) -> dict:
     port = serving.endpoint(MODEL).port
     body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
     failures, sent, stop = [], [0], threading.Event()
@@ -125,7 +125,7 @@ def switch_under_load(registry: ModelRegistry, artifact: Path, lineage: dict, ra
             next_at += 1 / rate
             time.sleep(max(0.0, next_at - time.monotonic()))
 
-    second = registry.register(MODEL, artifact, {"accuracy": 0.95}, lineage, pipeline_run_id="bench-2")
+    second = registry.register(MODEL, artifact, {"accuracy": accuracy}, lineage, pipeline_run_id="bench-2")
     registry.promote_if_not_worse(MODEL, second)
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
@@ -172,17 +172,17 @@ def main() -> None:
             in_process = floor(first, args.requests)
             direct = http_figures(serving.upstream(MODEL)["port"], input_shape, args.requests)
             stable = http_figures(serving.endpoint(MODEL).port, input_shape, args.requests)
-            switch = switch_under_load(registry, artifact, lineage, 50.0)
+            switch = switch_under_load(registry, artifact, lineage, accuracy, 50.0)
         finally:
             serving.undeploy(MODEL, client)
 
     def verdicts(http: dict) -> dict:
         return {"batch1_p50_overhead_ms": round(http[1]["p50_ms"] - in_process[1]["p50_ms"], 3),
-                "batch1_overhead_within_2ms": http[1]["p50_ms"] - in_process[1]["p50_ms"] <= 2.0,
+                "batch1_overhead_within_2ms": bool(http[1]["p50_ms"] - in_process[1]["p50_ms"] <= 2.0),
                 "batch64_throughput_ratio": round(in_process[64]["throughput_images_per_s"]
                                                   / http[64]["throughput_images_per_s"], 3),
-                "batch64_within_1_2x": in_process[64]["throughput_images_per_s"]
-                <= 1.2 * http[64]["throughput_images_per_s"]}
+                "batch64_within_1_2x": bool(in_process[64]["throughput_images_per_s"]
+                                            <= 1.2 * http[64]["throughput_images_per_s"])}
 
     document = {"model": "cnn_keras template on digits", "epochs": args.epochs, "requests": args.requests,
                 "floor_in_process": in_process, "http_direct": direct, "http_stable_endpoint": stable,
