@@ -18,7 +18,6 @@ from pushtrain.sandbox import ContainerSpec
 TRAIN = "train"  # a pipeline attempt's training; container_health heals it
 EVALUATE = "evaluate"  # a pipeline attempt's evaluation; container_health heals it
 LOCAL = "local"  # python -m pushtrain train: the same training, not healed
-EVALUATION_FILE = "evaluation.json"  # in the evaluation dir once the evaluation completed
 
 
 def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: Path, entry: str,
@@ -32,10 +31,11 @@ def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: P
     :param run_key: pipeline and attempt; keys the runner's checkpoints.
     :param kind: the model kind; picks the image unless ``image`` is given.
     :param code_dir: the repository as trained, mounted read-only; ``entry`` is the model file inside it.
-    :param data_dir: the images to train on (training) or score (evaluation), mounted read-only.
+    :param data_dir: the images to train on (training), or the label-blind view to predict (evaluation),
+        mounted read-only.
     :param output_dir: the training output: writable for training, its ``model/`` read-only for evaluation.
     :param state_dir: where the waiting task keeps its lease and container_health its restart log.
-    :param evaluation_dir: evaluation only: where it writes ``evaluation.json``.
+    :param evaluation_dir: evaluation only: where it writes ``predictions.json`` (and nothing else).
     :param environment: the container's only environment variables (none by default).
     :param hparams: training only: values that override the model file's HPARAMS.
     :param warm_start: training only: an earlier attempt's output that this one continues (read-only).
@@ -49,12 +49,12 @@ def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: P
     if role == EVALUATE:
         if evaluation_dir is None:
             raise ValueError("an evaluation container needs an evaluation_dir")
-        command = ["evaluate", "--model-dir", contract.EVALUATED_MODEL_MOUNT, "--data", contract.DATA_MOUNT,
+        command = ["predict", "--model-dir", contract.EVALUATED_MODEL_MOUNT, "--data", contract.DATA_MOUNT,
                    "--out", contract.EVALUATION_OUT_MOUNT, "--model", model_file]
         mounts += [Mount(contract.EVALUATED_MODEL_MOUNT, str(Path(output_dir) / contract.MODEL_DIR), type="bind",
                          read_only=True),
                    Mount(contract.EVALUATION_OUT_MOUNT, str(evaluation_dir), type="bind")]
-        result_file = Path(evaluation_dir) / EVALUATION_FILE
+        result_file = Path(evaluation_dir) / contract.PREDICTIONS_FILE
     elif role in (TRAIN, LOCAL):
         command = ["train", "--model", model_file, "--data", contract.DATA_MOUNT, "--out", contract.OUT_MOUNT,
                    "--hparams", json.dumps(hparams or {}), "--kind", kind, "--run-key", run_key]

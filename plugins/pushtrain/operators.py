@@ -27,8 +27,8 @@ small summaries (see each operator).
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +39,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from docker.errors import NotFound
 
 from pushtrain import images, pipeline, settings
-from pushtrain.containers import EVALUATE, EVALUATION_FILE, TRAIN, container_spec
+from pushtrain.containers import EVALUATE, TRAIN, container_spec
 from pushtrain.runner import contract
 from pushtrain.sandbox import (
     ContainerOutcome,
@@ -259,14 +259,19 @@ class TrainAttemptOperator(SandboxedDockerOperator):
 
 
 class EvaluateAttemptOperator(SandboxedDockerOperator):
-    """Score the attempt's saved model on the held-out split, in a fresh sandboxed container.
+    """Score the attempt's saved model on the held-out split without letting the model see a label.
 
-    The held-out images are mounted only here, so the gate's number is not one user code could print. It
-    runs in the image the attempt trained in (the training task's XCom ``image``).
+    Loading a saved model can run user code, so the container gets a label-blind view of the held-out split
+    (``pushtrain.blind``: images under opaque ids, nothing that carries a class) and writes only
+    ``predictions.json``. This task then scores the predictions on the Airflow side, where the answers stay,
+    and writes ``attempt-<n>/evaluation.json`` itself. It runs in the image the attempt trained in (the
+    training task's XCom ``image``).
 
     Returns (XCom): ``{"status": "evaluated", "accuracy", "precision", "recall", "f1", "loss",
-    "n_evaluated", "dataset_sha256", "container_wall_seconds"}``; or, when the training task reported
-    ``"status": "unbuildable"``, ``{"status": "not_evaluated", "reason": ...}`` without running a container.
+    "n_evaluated", "dataset_sha256", "container_wall_seconds", "class_names", "per_class",
+    "confusion_matrix"}``; or, when the training task reported ``"status": "unbuildable"``,
+    ``{"status": "not_evaluated", "reason": ...}`` without running a container. Predictions that are
+    incomplete, name ids the view did not have, or come with any other file fail the task for good.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -274,7 +279,7 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         super().__init__(**kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from pushtrain import datasets
+        from pushtrain import blind, datasets
 
         pipeline_id, attempt, _ = _prepared_attempt(context)
         trained = next((t for t in context["ti"].xcom_pull(task_ids=sorted(self.upstream_task_ids)) or [] if t),
@@ -285,29 +290,56 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         run = pipeline.Pipeline.load(pipeline_id)
         attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
         evaluation_dir = pipeline.evaluation_dir(pipeline_id, attempt)
-        prepare_output_dir(evaluation_dir)
-        (evaluation_dir / EVALUATION_FILE).unlink(missing_ok=True)
+        view_dir = pipeline.blind_view_dir(pipeline_id, attempt)
+        model_dir = pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR
         manifest = datasets.ensure_dataset(run.config.dataset)
+        name = pipeline.container_name(pipeline_id, attempt, EVALUATE)
+        if self._still_running(name) and (view_dir / blind.ANSWER_KEY_FILE).exists():
+            view = blind.BlindEvaluation.load(view_dir)  # a retry adopts the container that reads this view
+        else:
+            _empty_dir(evaluation_dir)
+            view = blind.prepare_blind_evaluation(manifest.test_dir, view_dir)
+        prepare_output_dir(evaluation_dir)
         spec = container_spec(
-            EVALUATE, name=pipeline.container_name(pipeline_id, attempt, EVALUATE),
-            run_key=f"{pipeline_id}/attempt-{attempt}", kind=run.kind, code_dir=attempt_dir / "code",
-            entry=run.config.entry, data_dir=manifest.test_dir,
+            EVALUATE, name=name, run_key=f"{pipeline_id}/attempt-{attempt}", kind=run.kind,
+            code_dir=attempt_dir / "code", entry=run.config.entry, data_dir=view.data_dir,
             output_dir=pipeline.output_dir(pipeline_id, attempt), state_dir=attempt_dir,
             evaluation_dir=evaluation_dir, image=trained.get("image"), environment=self.environment)
         outcome = self.run_supervised(spec, _lease(context, attempt_dir, EVALUATE))
         if not outcome.succeeded:
             self.fail(outcome, evaluation_dir)
-        evaluation = json.loads((evaluation_dir / EVALUATION_FILE).read_text())
-        problems = contract.validate_metrics({**_TRAINING_ONLY_FIELDS, **evaluation})
-        if problems or evaluation["dataset_sha256"] != manifest.test_sha256:
-            raise AirflowException(f"evaluation output is invalid: {problems or 'held-out data hash differs'}")
-        return {"status": "evaluated", "accuracy": evaluation["accuracy"], "precision": evaluation["precision"],
-                "recall": evaluation["recall"], "f1": evaluation["f1"], "loss": evaluation["loss"],
-                "n_evaluated": evaluation["n_evaluated"], "dataset_sha256": evaluation["dataset_sha256"],
+        try:
+            evaluation = blind.score(view, evaluation_dir, model_dir)
+        except blind.ScoringError as exc:
+            raise AirflowFailException(f"the evaluation's predictions were rejected: {exc}; nothing is "
+                                       "registered (the model must predict every held-out item once, and its "
+                                       "container may write nothing but predictions.json)") from None
+        finally:
+            _remove_tree(view_dir)  # a copy of the held-out split, and the only place its answer key was
+        if evaluation["dataset_sha256"] != manifest.test_sha256:
+            raise AirflowException(f"the held-out split {manifest.test_dir} changed under the evaluation: its "
+                                   f"hash {evaluation['dataset_sha256'][:12]} is not the manifest's "
+                                   f"{manifest.test_sha256[:12]}")
+        contract.write_json_atomic(pipeline.evaluation_record_path(pipeline_id, attempt), evaluation)
+        return {"status": "evaluated", **{key: evaluation[key] for key in _XCOM_FIELDS},
                 "container_wall_seconds": round(self.container_wall_seconds, 3)}
 
+    def _still_running(self, name: str) -> bool:
+        try:
+            return bool(self.cli.inspect_container(name)["State"]["Running"])
+        except NotFound:
+            return False
 
-# evaluation.json shares the metric fields of metrics.json; these training-only fields are filled in so the
-# one schema validates both.
-_TRAINING_ONLY_FIELDS = {"n_train": 0, "epochs_run": 0, "resumed_from_epoch": 0, "train_seconds": 0.0,
-                         "history": [], "hparams": {}, "code_sha256": "", "versions": {}}
+
+_XCOM_FIELDS = ("accuracy", "precision", "recall", "f1", "loss", "n_evaluated", "dataset_sha256", "class_names",
+                "per_class", "confusion_matrix")
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove what an earlier try left: scoring accepts a directory holding predictions.json only."""
+    _remove_tree(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

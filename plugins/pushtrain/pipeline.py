@@ -9,7 +9,10 @@ per further attempt), so its state lives in files under the data dir, not in the
         code/           the model repository as trained (attempt 1: the checkout; later: tweaked copies), ro
         output/         the training container's (rw): checkpoints/ (removed when the pipeline ends),
                         model/, metrics.json, progress.log, error.json
-        evaluation/     the evaluation container's (rw): evaluation.json
+        evaluation/     the evaluation container's (rw): predictions.json and nothing else
+        blind-view/     while evaluated: data/ (the label-blind held-out view, ro) and its answer key (never
+                        mounted); removed once scored
+        evaluation.json the platform's scores of those predictions (the gate's numbers)
         attempt.json    Attempt: the tweak when prepared, then the lineage and evaluation once judged
         .lease-*.json .restarts-*.json   the supervisor's records; these and attempt.json are never mounted
     <data>/workspaces/<pipeline_id>/repo             the git checkout (removed when the pipeline ends)
@@ -160,6 +163,17 @@ def evaluation_dir(pipeline_id: str, attempt: int) -> Path:
     return attempt_dir(pipeline_id, attempt) / "evaluation"
 
 
+def blind_view_dir(pipeline_id: str, attempt: int) -> Path:
+    """The label-blind view of the held-out split while the attempt is evaluated: ``data/`` is mounted, the
+    answer key beside it is not. Removed once scored."""
+    return attempt_dir(pipeline_id, attempt) / "blind-view"
+
+
+def evaluation_record_path(pipeline_id: str, attempt: int) -> Path:
+    """``evaluation.json``, written by the platform from the container's predictions (never by a container)."""
+    return attempt_dir(pipeline_id, attempt) / "evaluation.json"
+
+
 def workspace_dir(pipeline_id: str) -> Path:
     return settings.data_dir() / "workspaces" / safe_name(pipeline_id)
 
@@ -295,7 +309,7 @@ class TrainingMetrics(_Typed):
 
 
 class Evaluation(_Typed):
-    """The held-out scores of the evaluation container: the numbers the gate reads."""
+    """The held-out scores the platform computed from the evaluation container's predictions: the gate's."""
 
     accuracy: float = Field(ge=0.0, le=1.0)
     precision: float
@@ -305,6 +319,10 @@ class Evaluation(_Typed):
     n_evaluated: int
     dataset_sha256: str
     container_wall_seconds: float
+    # Scored by the platform on the label-blind view (pushtrain.blind); absent in records made before it.
+    class_names: list[str] | None = None
+    per_class: dict[str, dict[str, float | int]] | None = None
+    confusion_matrix: list[list[int]] | None = None  # rows: true class, columns: predicted
 
 
 class Timings(_Typed):
@@ -481,9 +499,12 @@ def decide(config: PipelineConfig, records: list[Attempt], attempt: int) -> Deci
 
 
 def cleanup(pipeline_id: str) -> list[str]:
-    """Remove what nothing will use again once a pipeline ended: the checkout and every checkpoint."""
+    """Remove what nothing will use again once a pipeline ended: the checkout, every checkpoint, and any
+    label-blind view an evaluation that failed half-way left."""
     removed = []
-    for path in [workspace_dir(pipeline_id), *pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints")]:
+    leftovers = [*pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints"),
+                 *pipeline_dir(pipeline_id).glob("attempt-*/blind-view")]
+    for path in [workspace_dir(pipeline_id), *leftovers]:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))

@@ -121,6 +121,7 @@ def healable(exit_code: int) -> bool:
 
 
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.json"  # the evaluation container's only output; the platform scores it
 ERROR_FILE = "error.json"
 PROGRESS_FILE = "progress.log"
 MODEL_DIR = "model"

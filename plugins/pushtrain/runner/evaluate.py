@@ -30,7 +30,7 @@ from pushtrain.runner import contract
 from pushtrain.runner.data import load_blind_view
 from pushtrain.runner.usercode import ContractError, load_model_file, run_user_code
 
-PREDICTIONS_FILE = "predictions.json"
+PREDICTIONS_FILE = contract.PREDICTIONS_FILE
 PREDICTIONS_SCHEMA_VERSION = 1
 PROBABILITY_DTYPES = ("float32", "float64")
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6
