@@ -90,8 +90,9 @@ def train_on_push() -> None:
         return steps.detect_model_kind(checkout["pipeline_id"])
 
     @task(task_id="prepare_attempt")
+    @dag_parts.user_errors_fail_fast
     def prepare_attempt(checkout: dict, kind: str) -> dict:
-        """Attempt 1 trains the code exactly as committed."""
+        """Attempt 1 trains the code exactly as committed, in an image with the packages it declares."""
         return steps.prepare_first_attempt(checkout["pipeline_id"])
 
     found = wait_for_commit()

@@ -193,7 +193,8 @@ def _prepared_attempt(context: Context) -> tuple[str, int, dict[str, Any]]:
 
 
 class TrainAttemptOperator(SandboxedDockerOperator):
-    """Train one attempt of a pipeline in the image of its model kind.
+    """Train one attempt of a pipeline in the image of its model kind, or the one derived from it for the
+    packages the repository declares (``Pipeline.training_image``).
 
     The attempt comes from the ``prepare_attempt`` task; the model code is mounted read-only, the training
     split read-only, and the attempt's own output dir writable. The full metrics stay in ``metrics.json``.
@@ -230,15 +231,16 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         # No clean-up of earlier output here: the runner's checkpoint key tells a retry of the same attempt
         # (resume, or nothing to do once complete) from different code (train anew, overwrite).
         warm_start_from = prepared.get("warm_start_from")
+        image = run.training_image.get("image") or self.image  # derived for the repository's requirements
         spec = container_spec(
             TRAIN, name=pipeline.container_name(pipeline_id, attempt, TRAIN),
             run_key=f"{pipeline_id}/attempt-{attempt}", kind=self.kind, code_dir=attempt_dir / "code",
             entry=run.config.entry, data_dir=manifest.train_dir, output_dir=out_dir, state_dir=attempt_dir,
-            image=self.image, environment=self.environment,
+            image=image, environment=self.environment,
             warm_start=pipeline.output_dir(pipeline_id, warm_start_from) if warm_start_from else None)
         outcome = self.run_supervised(spec, _lease(context, attempt_dir, TRAIN))
-        summary = {"pipeline_id": pipeline_id, "attempt": attempt, "kind": self.kind, "image": self.image,
-                   "image_id": self.cli.inspect_image(self.image)["Id"],
+        summary = {"pipeline_id": pipeline_id, "attempt": attempt, "kind": self.kind, "image": image,
+                   "image_id": self.cli.inspect_image(image)["Id"],
                    "container_wall_seconds": round(self.container_wall_seconds, 3),
                    "container_restarts": outcome.restarts}
         if not outcome.succeeded:

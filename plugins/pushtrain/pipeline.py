@@ -269,6 +269,9 @@ class Pipeline(_File):
     origin_dag_run_id: str
     model_name: str
     detection: list[str] = []
+    # Set when the repository's requirements.txt needs an image derived from the kind's (pushtrain.userreqs):
+    # its tag, id, base and the resolved packages. Empty: the kind's own image.
+    training_image: dict[str, Any] = {}
 
     @field_validator("config")
     @classmethod
@@ -398,7 +401,8 @@ class Attempt(_File):
         """What the registry keeps with a model version: this record and the pipeline it belongs to."""
         return {**self.model_dump(mode="json"),
                 "pipeline": {"branch": run.branch, "author_email": run.author_email,
-                             "origin_dag_run_id": run.origin_dag_run_id, "config": asdict(run.config)}}
+                             "origin_dag_run_id": run.origin_dag_run_id, "config": asdict(run.config),
+                             "training_image": run.training_image}}
 
 
 def attempt_records(pipeline_id: str) -> list[Attempt]:

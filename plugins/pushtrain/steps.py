@@ -165,10 +165,28 @@ def _prepared(run: Pipeline, attempt: int, hparams: dict[str, Any], **tweak: Any
 
 
 def prepare_first_attempt(pipeline_id: str) -> dict:
-    """Attempt 1 trains the code as committed; its hyperparameters are known once it trained."""
+    """Attempt 1 trains the code as committed; its hyperparameters are known once it trained.
+
+    The packages its ``requirements.txt`` declares are resolved here, once per pipeline (tweaks never change
+    them): every attempt trains and evaluates in the image that has them.
+    """
     run = Pipeline.load(pipeline_id)
     _copy_code(pipeline.workspace_dir(pipeline_id) / "repo", pipeline.attempt_dir(pipeline_id, 1) / "code")
+    run = _with_training_image(run)
     return _prepared(run, 1, {})
+
+
+def _with_training_image(run: Pipeline) -> Pipeline:
+    from pushtrain import userreqs
+
+    model_file = pipeline.attempt_dir(run.pipeline_id, 1) / "code" / run.config.entry
+    try:
+        image = userreqs.image_for_repository(run.kind, model_file)
+    except userreqs.UserRequirementsError as exc:
+        raise UserFacingError(str(exc)) from None
+    run = run.changed(training_image=image.lineage() if image.derived else {})
+    run.save()
+    return run
 
 
 def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
