@@ -8,7 +8,7 @@ outlet and attach each event to the model's own asset through it
 
 When ``champion`` moves outside Airflow (``python -m pushtrain registry promote|rollback``), post the event
 yourself (``POST /api/v2/assets/events`` with the asset's id) or trigger ``deploy_model`` with
-``{"model_name": "<name>"}``; ``container_health`` also redeploys a champion that is not the one served.
+``{"model_name": "<name>"}``: nothing else notices such a move.
 """
 
 from __future__ import annotations
