@@ -174,9 +174,7 @@ def create_app() -> FastAPI:
     @app.get("/api/registry", name="registry_json")
     async def registry_json(_: Reader) -> list[dict[str, Any]]:
         models = await run_in_threadpool(records.registry_view)
-        return [{"name": model.name, "production": model.production, "problems": model.problems,
-                 "versions": [{**asdict(version), "is_production": version.is_production}
-                              for version in model.versions]} for model in models]
+        return [asdict(model) for model in models]
 
     return app
 

@@ -7,9 +7,10 @@ nothing here writes. Two rules keep a page from reading what it should not:
   pattern (letters, digits, ``-``, ``_``; no dots, no slashes) before it is joined to a directory, and the
   directory it names must resolve inside the data dir and not be a symbolic link (``InvalidId``,
   ``NotFound``).
-- **Files a container wrote are untrusted.** ``output/metrics.json``, ``output/progress.log`` and
-  ``evaluation/evaluation.json`` sit in directories user code could write: they are opened without following
-  links, only as regular files, and only up to a size cap; their numbers are checked before they are drawn.
+- **Files a container wrote are untrusted.** ``output/metrics.json`` and ``output/progress.log`` sit in the
+  directory the training container writes: they are opened without following links, only as regular files,
+  and only up to a size cap; their numbers are checked before they are drawn. The confusion matrix comes
+  from the attempt's own record, which the platform scored.
 
 A running attempt (``attempt.json`` still ``prepared``) shows the epochs its container has logged so far in
 ``progress.log``; a finished one shows the history in ``metrics.json``.
@@ -189,24 +190,16 @@ class Confusion:
     matrix: list[list[int]]
 
 
-def read_confusion(pipeline_id: str, attempt: int) -> Confusion | None:
-    """The attempt's confusion matrix from its evaluation, when the evaluation recorded one."""
-    raw = read_untrusted(pipeline.evaluation_dir(pipeline_id, attempt) / "evaluation.json")
-    if raw is None:
+def confusion_of(record: Attempt) -> Confusion | None:
+    """The attempt's confusion matrix, as the platform scored it, when its evaluation recorded one."""
+    evaluation = record.evaluation
+    matrix = evaluation.confusion_matrix if evaluation else None
+    labels = evaluation.class_names if evaluation else None
+    if not matrix or not labels or len(labels) != len(matrix) or len(labels) > MAX_CLASSES_DRAWN:
         return None
-    try:
-        document = json.loads(raw)
-    except ValueError:
+    if any(len(row) != len(labels) or any(count < 0 for count in row) for row in matrix):
         return None
-    matrix, labels = document.get("confusion_matrix"), document.get("class_names")
-    if not (isinstance(matrix, list) and isinstance(labels, list) and 0 < len(labels) <= MAX_CLASSES_DRAWN
-            and len(matrix) == len(labels) and all(isinstance(label, str) for label in labels)):
-        return None
-    for row in matrix:
-        if not (isinstance(row, list) and len(row) == len(labels)
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in row)):
-            return None
-    return Confusion(attempt, [label[:40] for label in labels], matrix)
+    return Confusion(record.attempt, [label[:40] for label in labels], [list(row) for row in matrix])
 
 
 # --- the pipeline page ---------------------------------------------------------------------------------
@@ -336,7 +329,7 @@ def pipeline_view(pipeline_id: str) -> PipelineView:
         rows.append(AttemptRow(number, status, detail, record, describe_move(record, records), epochs, total,
                                dag_id, run_id))
     best = best_row(rows)
-    confusion = read_confusion(pipeline_id, best.attempt) if best else None
+    confusion = confusion_of(best.record) if best else None
     return PipelineView(run, summary, rows, confusion, _extra_text(run.model_dump(), "adaptation_diff"), problems)
 
 
@@ -442,7 +435,8 @@ class VersionRow:
     scores: dict[str, float]
     lineage: dict[str, Any]
     pipeline_id: str
-    is_production: bool
+    aliases: list[str]  # the aliases that name this version (champion, challenger, serving, ...)
+    tags: dict[str, str]
 
     @property
     def repo_url(self) -> str:
@@ -484,53 +478,66 @@ class VersionRow:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """What the model's stable endpoint serves, from the serving records (no call to the endpoint)."""
+
+    url: str
+    version: int | None  # the ``serving`` alias: what answers now
+    champion: int | None  # what should answer; differs while a deployment is pending or was refused
+
+
+@dataclass(frozen=True)
 class ModelView:
     name: str
     versions: list[VersionRow]
-    production: dict[str, Any] | None  # the pointer: version, promoted_at, previous_version, reason
+    aliases: dict[str, int]
+    history: list[dict[str, Any]]  # alias moves, newest first: at, alias, from, to, reason, by, rollback
+    serving: Serving | None
     problems: list[str] = field(default_factory=list)
 
 
-def _pointer(registry: ModelRegistry, model_name: str) -> dict[str, Any] | None:
-    """The champion alias and its latest move, read through the registry's API."""
+def _serving(name: str, aliases: dict[str, int]) -> Serving | None:
+    from pushtrain import serving
+
     try:
-        aliases = registry.aliases(model_name)
-        moves = [move for move in registry.history(model_name) if move.alias == CHAMPION]
-    except (RegistryError, OSError, KeyError, TypeError):
+        endpoint = serving.endpoint(name)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if CHAMPION not in aliases or not moves:
+    if endpoint is None:
         return None
-    return {"version": aliases[CHAMPION], "promoted_at": moves[-1].at, "previous_version": moves[-1].from_version,
-            "reason": moves[-1].reason, "by": moves[-1].by, "aliases": aliases}
+    return Serving(f"{endpoint.url}/invocations", aliases.get(serving.SERVING_ALIAS),
+                   aliases.get(CHAMPION))
 
 
 def registry_view() -> list[ModelView]:
+    """Every model with its versions (newest first), aliases and their history, and serving status."""
     root = settings.registry_dir()
-    if not root.is_dir():
-        return []
     registry = ModelRegistry(root)
     models = []
-    for folder in sorted(root.iterdir()):
-        if not MODEL_NAME_PATTERN.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+    for name in registry.model_names():
+        if (root / name).is_symlink():
             continue
-        problems = []
+        problems: list[str] = []
         try:
-            versions = registry.versions(folder.name)
-        except (RegistryError, OSError) as exc:
-            versions, problems = [], [str(exc)]
-        pointer = _pointer(registry, folder.name)
-        production = pointer.get("version") if pointer else None
+            aliases = registry.aliases(name)
+            history = [move.to_json() for move in reversed(registry.history(name))]
+            versions = registry.versions(name)
+        except (RegistryError, OSError, ValueError) as exc:
+            models.append(ModelView(name, [], {}, [], None, [str(exc)]))
+            continue
         rows = []
         for version in reversed(versions):
             try:
-                metrics, lineage = version.metrics, version.lineage
+                metrics, lineage, tags = version.metrics, version.lineage, registry.tags(name, version)
             except (RegistryError, OSError, ValueError) as exc:
                 problems.append(str(exc))
-                metrics, lineage = {}, {}
-            scores = {name: value for name in ("accuracy", "precision", "recall", "f1")
-                      if (value := _finite(metrics.get(name))) is not None}
+                metrics, lineage, tags = {}, {}, {}
+            scores = {score: value for score in ("accuracy", "precision", "recall", "f1")
+                      if (value := _finite(metrics.get(score))) is not None}
             rows.append(VersionRow(version.number, version.created_at.isoformat(timespec="seconds"),
                                    version.metric, version.metric_value, scores, lineage,
-                                   version.pipeline_run_id, version.number == production))
-        models.append(ModelView(folder.name, rows, pointer, problems))
+                                   version.pipeline_run_id,
+                                   sorted(alias for alias, number in aliases.items() if number == version.number),
+                                   tags))
+        models.append(ModelView(name, rows, aliases, history, _serving(name, aliases), problems))
     return models
