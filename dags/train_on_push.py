@@ -65,7 +65,10 @@ def train_on_push() -> None:
     @task.sensor(task_id="wait_for_commit", poke_interval=POKE_INTERVAL_S, timeout=WATCH_INTERVAL.total_seconds(),
                  mode="reschedule", soft_fail=True)
     def wait_for_commit(**context: Any) -> PokeReturnValue:
-        """Wait for a commit nobody trained yet; claim it."""
+        """Wait for a commit nobody trained yet; claim it.
+
+        Errors stay plain exceptions here: under ``soft_fail`` an AirflowFailException would only skip.
+        """
         params, dag_run = context["params"], context["dag_run"]
         try:
             found = steps.find_commit_to_train(

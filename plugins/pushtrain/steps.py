@@ -72,7 +72,13 @@ def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: s
         return _found(remote, branch, sha, [])
 
     sha = gitops.branch_head(repo, branch)
-    if sha is None or not ledger.claim(remote.display_url, sha, dag_run_id):
+    if sha is None:
+        try:  # a misspelt branch would otherwise be waited for until the sensor times out, saying nothing
+            gitops.require_branch(repo, branch, remote)
+        except gitops.GitError as exc:
+            raise UserFacingError(str(exc)) from None
+        return None  # an empty repository: its first push is what we wait for
+    if not ledger.claim(remote.display_url, sha, dag_run_id):
         return None
     skipped = []
     for commit in repo.iter_commits(sha, first_parent=True, max_count=HISTORY_WALK_LIMIT, skip=1):

@@ -130,12 +130,15 @@ def test_a_retried_live_run_keeps_its_commit_when_the_head_moved_on(origin: Orig
     assert find(origin, RUN_2)["commit"] == second
 
 
-def test_live_run_on_an_empty_or_missing_branch_keeps_waiting(origin: Origin) -> None:
+def test_live_run_on_an_empty_repository_keeps_waiting(origin: Origin) -> None:
     assert find(origin, RUN_1) is None  # nothing pushed yet
+
+
+def test_live_run_on_a_branch_that_does_not_exist_fails_naming_the_ones_that_do(origin: Origin) -> None:
     origin.commit({"model.py": MODEL}, "first model", T0)
-    found = steps.find_commit_to_train(remote=origin.remote, branch="no-such-branch", dag_run_id=RUN_1,
-                                       run_type="scheduled", data_interval_end=None, explicit_commit=None)
-    assert found is None
+    with pytest.raises(steps.UserFacingError, match=rf"branch 'no-such-branch' does not exist .*{BRANCH}"):
+        steps.find_commit_to_train(remote=origin.remote, branch="no-such-branch", dag_run_id=RUN_1,
+                                   run_type="scheduled", data_interval_end=None, explicit_commit=None)
 
 
 def test_newest_of_several_pushes_wins_and_the_older_are_superseded(origin: Origin) -> None:
