@@ -28,7 +28,7 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "include" / "model_templates" /
 
 
 class Lines(list):
-    """Every line the operator logs (Airflow's LoggingMixin keeps an operator's logger in ``_log``)."""
+    """Every line an operator logs: the container's and its own."""
 
     def info(self, message: str, *args) -> None:
         self.append(str(message) % args if args else str(message))
@@ -52,8 +52,12 @@ def run_once(name: str, epochs: int, kill_after: int | None, interval: float) ->
         spec = container_spec(TRAIN, name=name, run_key=name, kind="cnn", code_dir=TEMPLATE.parent,
                               entry=TEMPLATE.name, data_dir=data, output_dir=out, state_dir=Path(root),
                               hparams=hparams)
-        operator = SandboxedDockerOperator(task_id="train", image=spec.image)
-        lines = operator._log = Lines()
+        lines = Lines()
+
+        class Recorded(SandboxedDockerOperator):
+            log = property(lambda self: lines)
+
+        operator = Recorded(task_id="train", image=spec.image)
         stop = threading.Event()
 
         def heal() -> None:

@@ -71,7 +71,7 @@ class LiveContainerSampler:
     def _run(self) -> None:
         client = docker_client()
         while not self._stop.wait(0.5):
-            live = Counter(c["Labels"].get(RUN_KEY_LABEL) for c in client.containers(filters={"label": ROLE_LABEL}))
+            live = Counter(c["Labels"].get(RUN_KEY_LABEL) for c in client.containers(filters={"label": RUN_KEY_LABEL}))
             for key, count in live.items():
                 self.worst[key] = max(self.worst[key], count)
 
@@ -96,10 +96,17 @@ class TaskLog:
     warning = error = info
 
 
-def logged(operator: SandboxedDockerOperator) -> TaskLog:
-    """Send the operator's log to a TaskLog (Airflow's LoggingMixin keeps an operator's logger in ``_log``)."""
-    operator._log = TaskLog()
-    return operator._log
+def recorded(operator_class: type[SandboxedDockerOperator], **kwargs: Any) -> tuple[Any, TaskLog]:
+    """An operator of ``operator_class`` whose ``log`` is a TaskLog the test reads."""
+
+    class Recorded(operator_class):
+        @property
+        def log(self):
+            return self.__dict__.get("task_log") or super().log
+
+    operator = Recorded(**kwargs)
+    operator.task_log = TaskLog()
+    return operator, operator.task_log
 
 
 def training_spec(name: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
@@ -109,8 +116,7 @@ def training_spec(name: str, model: Path, data: Path, out: Path, hparams: dict, 
 
 def run_in_thread(spec: ContainerSpec, out: Path) -> tuple[threading.Thread, dict, TaskLog]:
     """The waiting task's side: the operator runs the container and holds its lease, in a thread."""
-    operator = SandboxedDockerOperator(task_id="train", image=spec.image)
-    log = logged(operator)
+    operator, log = recorded(SandboxedDockerOperator, task_id="train", image=spec.image)
     result: dict = {}
 
     def target() -> None:
@@ -314,8 +320,7 @@ def test_training_fails_at_once_without_restart_or_retry_leading_with_the_fix(
         training_images, data_dir, tmp_path, fixture, fix, detail):
     prepared = first_attempt(tmp_path / "repos", FIXTURES / fixture, "knn")
     pipeline_id = prepared["pipeline_id"]
-    operator = TrainAttemptOperator(task_id="train_knn", kind="knn", retries=1)
-    log = logged(operator)
+    operator, log = recorded(TrainAttemptOperator, task_id="train_knn", kind="knn", retries=1)
     context = {"ti": TaskInstance({"prepare_attempt": prepared}, "train_knn")}
     with HealthLoop(period=1.0) as loop:
         started = time.monotonic()
@@ -328,6 +333,8 @@ def test_training_fails_at_once_without_restart_or_retry_leading_with_the_fix(
     assert message.endswith("a restart cannot help, so the attempt fails now, without retries")
     attempt_dir = pipeline.attempt_dir(pipeline_id, 1)
     assert failed_after < supervision.restart_window_s(attempt_dir, TRAIN)  # it did not wait for a restart
+    assert any(line.startswith("[pushtrain] what to do:") or "[pushtrain] ERROR" in line for line in log.lines)
+    assert log.lines[-1] == message  # the task log ends with the same report, what to do first
     assert not any("waiting for the container_health DAG" in line for line in log.lines)
     assert not any(": restarted (" in line for line in loop.lines)
     assert not supervision.restarts_path(attempt_dir, TRAIN).exists()
@@ -343,8 +350,7 @@ def test_unreadable_data_set_fails_at_once(training_images, data_dir, templates_
     (data_dir / "datasets").unlink()
     (data_dir / "datasets" / "digits").mkdir(parents=True)
     broken.rename(data_dir / "datasets" / "digits" / "v1")
-    operator = TrainAttemptOperator(task_id="train_knn", kind="knn")
-    logged(operator)
+    operator, _ = recorded(TrainAttemptOperator, task_id="train_knn", kind="knn")
     with pytest.raises(AirflowFailException, match=r"cannot read image .*broken\.png"):
         operator.execute({"ti": TaskInstance({"prepare_attempt": prepared}, "train_knn")})
     assert no_containers_of(prepared["pipeline_id"])
@@ -359,10 +365,9 @@ def test_a_tweak_that_makes_the_model_unbuildable_is_a_failed_attempt_not_a_fail
     (code / "model.py").write_text(tweak.apply_hparams((code / "model.py").read_text(), updates))
     prepared = {**first, "attempt": 2, "updates": updates, "based_on_attempt": 1, "warm_start_from": None}
     with DAG("unbuildable", schedule=None):
-        train = TrainAttemptOperator(task_id="train_cnn", kind="cnn")
+        train, log = recorded(TrainAttemptOperator, task_id="train_cnn", kind="cnn")
         evaluate = EvaluateAttemptOperator(task_id="evaluate")
         train >> evaluate
-    log = logged(train)
 
     trained = train.execute({"ti": TaskInstance({"prepare_attempt": prepared}, "train_cnn")})
 
@@ -382,14 +387,15 @@ def test_a_tweak_that_makes_the_model_unbuildable_is_a_failed_attempt_not_a_fail
 def test_a_crash_in_training_is_retried_by_airflow_after_the_restart_budget(training_images, data_dir,
                                                                           tmp_path):
     prepared = first_attempt(tmp_path / "repos", FIXTURES / "crashes_in_training.py", "linear")
-    operator = TrainAttemptOperator(task_id="train_linear", kind="linear")
-    logged(operator)
+    operator, log = recorded(TrainAttemptOperator, task_id="train_linear", kind="linear")
     with HealthLoop(period=1.0), pytest.raises(AirflowException) as failed:
         operator.execute({"ti": TaskInstance({"prepare_attempt": prepared}, "train_linear")})
     assert not isinstance(failed.value, AirflowFailException)  # a retry may succeed: it was not certain
     assert "RuntimeError: simulated crash in epoch 3" in str(failed.value)
     attempt_dir = pipeline.attempt_dir(prepared["pipeline_id"], 1)
     assert supervision.RestartLog.load(attempt_dir, TRAIN).crashes == health.CRASH_BUDGET
+    restarted = [line for line in log.lines if "container restarted by container_health" in line]
+    assert len(restarted) == health.CRASH_BUDGET
 
 
 def test_a_retry_adopts_the_container_still_running_and_on_kill_removes_it(training_images, docker, data_dir,
@@ -408,8 +414,7 @@ def test_a_retry_adopts_the_container_still_running_and_on_kill_removes_it(train
                                  output_dir=out, state_dir=attempt_dir)
     container_id, _ = start_or_adopt(docker, left_behind, Sandbox())
 
-    retry = TrainAttemptOperator(task_id="train_cnn", kind="cnn")
-    log = logged(retry)
+    retry, log = recorded(TrainAttemptOperator, task_id="train_cnn", kind="cnn")
     failure: dict = {}
 
     def run_retry() -> None:
