@@ -33,10 +33,12 @@ datasets: venv
 setup: venv images datasets
 
 lint: venv
+	@$(PY) -m ruff format --check .
 	@$(PY) -m ruff check .
 
-# Debian packages of the tests' real git servers (tests/servers.py): installed once, skipped when present.
-TEST_DEBS := lighttpd lighttpd-mod-webdav openssh-server git-lfs
+# Debian packages the tests need, installed once and skipped when present: the real git servers
+# (tests/servers.py), and the headless browser of tests/integration/test_ui_browser.py.
+TEST_DEBS := lighttpd lighttpd-mod-webdav openssh-server git-lfs chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600
 

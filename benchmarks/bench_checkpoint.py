@@ -66,8 +66,15 @@ class RetryableRun(BenchError):
     """A run that failed in a way another try may not (e.g. its container was removed by someone else)."""
 
 
-def one_run(workdir: Path, index: int, checkpoints: bool, data: Path, hparams: dict, verbose: bool,
-            try_number: int = 0) -> dict:
+def one_run(
+    workdir: Path,
+    index: int,
+    checkpoints: bool,
+    data: Path,
+    hparams: dict,
+    verbose: bool,
+    try_number: int = 0,
+) -> dict:
     mode = "with" if checkpoints else "without"
     out = workdir / f"run-{index}-{mode}-{try_number}"
     lines: list[tuple[float, str]] = []
@@ -79,9 +86,16 @@ def one_run(workdir: Path, index: int, checkpoints: bool, data: Path, hparams: d
 
     started = time.perf_counter()
     try:
-        result = localrun.train(model=MODEL, data=data, out=out, hparams=hparams, kind="cnn",
-                                name=f"bench-ckpt-{os.getpid()}-{index}-{mode}-{try_number}",
-                                checkpoints=checkpoints, log=log)
+        result = localrun.train(
+            model=MODEL,
+            data=data,
+            out=out,
+            hparams=hparams,
+            kind="cnn",
+            name=f"bench-ckpt-{os.getpid()}-{index}-{mode}-{try_number}",
+            checkpoints=checkpoints,
+            log=log,
+        )
         metrics = result.metrics if result.succeeded else None
         problem = None if result.succeeded else result.outcome.describe()
     except APIError as exc:
@@ -101,8 +115,10 @@ def one_run(workdir: Path, index: int, checkpoints: bool, data: Path, hparams: d
     training_started = next((t for t, line in lines if TRAINING_LINE.search(line)), None)
     epochs = hparams["epochs"]
     if sorted(epoch_times) != list(range(1, epochs + 1)) or training_started is None:
-        raise BenchError(f"run {index} ({mode}): expected progress lines for epochs 1..{epochs}, "
-                         f"got {sorted(epoch_times)}; the runner's line format may have changed")
+        raise BenchError(
+            f"run {index} ({mode}): expected progress lines for epochs 1..{epochs}, "
+            f"got {sorted(epoch_times)}; the runner's line format may have changed"
+        )
     history = metrics["history"]
     intervals = [epoch_times[k] - epoch_times[k - 1] for k in range(2, epochs + 1)]
     runner_seconds = [float(record["seconds"]) for record in history[1:]]
@@ -125,7 +141,9 @@ def one_run(workdir: Path, index: int, checkpoints: bool, data: Path, hparams: d
 def summarize(runs: list[dict]) -> dict:
     intervals = [x for run in runs for x in run["epoch_interval_s"]]
     runner = [x for run in runs for x in run["runner_epoch_s"]]
-    overhead = [i - r for run in runs for i, r in zip(run["epoch_interval_s"], run["runner_epoch_s"], strict=True)]
+    overhead = [
+        i - r for run in runs for i, r in zip(run["epoch_interval_s"], run["runner_epoch_s"], strict=True)
+    ]
     return {
         "runs": len(runs),
         "epoch_interval_median_s": statistics.median(intervals),
@@ -140,11 +158,12 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (with, without); default 3")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10; epoch 1 is not timed)")
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="epochs per run (default 10; epoch 1 is not timed)"
+    )
     parser.add_argument("--filters", type=int, default=16)
     parser.add_argument("--dense-units", type=int, default=64)
     parser.add_argument("--dataset", default="mnist5k", help="data set under data/datasets/<name>/v1/train")
@@ -154,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be >= 1 and --epochs >= 2 (epoch 1 is warm-up)")
     data = settings.datasets_dir() / args.dataset / "v1" / "train"
     if not data.is_dir():
-        print(f"[bench] data set {data} is missing: run `PYTHONPATH=plugins .venv/bin/python -m pushtrain "
-              "datasets`", file=sys.stderr)
+        print(
+            f"[bench] data set {data} is missing: run `PYTHONPATH=plugins .venv/bin/python -m pushtrain "
+            "datasets`",
+            file=sys.stderr,
+        )
         return 1
     hparams = {"epochs": args.epochs, "filters": args.filters, "dense_units": args.dense_units}
     image = images.ensure_image("tensorflow")
@@ -176,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                             raise
                         print(f"[bench] {exc}; trying again", file=sys.stderr, flush=True)
                 runs.append(run)
-                print(f"[bench] run {index} {'with   ' if checkpoints else 'without'} checkpoints: "
-                      f"interval median {statistics.median(run['epoch_interval_s']):.3f}s, runner epoch median "
-                      f"{statistics.median(run['runner_epoch_s']):.3f}s, fit {run['fit_wall_s']:.1f}s, "
-                      f"container {run['container_wall_s']:.1f}s, accuracy {run['accuracy']:.3f}", flush=True)
+                print(
+                    f"[bench] run {index} {'with   ' if checkpoints else 'without'} checkpoints: "
+                    f"interval median {statistics.median(run['epoch_interval_s']):.3f}s, runner epoch median "
+                    f"{statistics.median(run['runner_epoch_s']):.3f}s, fit {run['fit_wall_s']:.1f}s, "
+                    f"container {run['container_wall_s']:.1f}s, accuracy {run['accuracy']:.3f}",
+                    flush=True,
+                )
                 index += 1
     except (BenchError, localrun.LocalRunError) as exc:
         print(f"[bench] FAILED: {exc}", file=sys.stderr)
@@ -189,20 +214,26 @@ def main(argv: list[str] | None = None) -> int:
 
     with_ckpt = summarize([r for r in runs if r["checkpoints"]])
     without = summarize([r for r in runs if not r["checkpoints"]])
-    ratios = {key: with_ckpt[f"{key}_median_s"] / without[f"{key}_median_s"]
-              for key in ("epoch_interval", "runner_epoch", "fit_wall", "container_wall")}
+    ratios = {
+        key: with_ckpt[f"{key}_median_s"] / without[f"{key}_median_s"]
+        for key in ("epoch_interval", "runner_epoch", "fit_wall", "container_wall")
+    }
     save_cost = with_ckpt["outside_runner_seconds_median_s"] - without["outside_runner_seconds_median_s"]
     ratios["derived_epoch_interval"] = 1 + save_cost / without["epoch_interval_median_s"]
     pair_ratios = []
     for first, second in zip(runs[0::2], runs[1::2], strict=True):  # runs were appended pair by pair
         with_run, without_run = (first, second) if first["checkpoints"] else (second, first)
-        pair_ratios.append(statistics.median(with_run["epoch_interval_s"])
-                           / statistics.median(without_run["epoch_interval_s"]))
+        pair_ratios.append(
+            statistics.median(with_run["epoch_interval_s"])
+            / statistics.median(without_run["epoch_interval_s"])
+        )
     ratios["epoch_interval_per_pair"] = pair_ratios
 
     print()
-    print(f"image {image}; {args.dataset} train; hparams {json.dumps(hparams)}; {args.repeats} pairs; "
-          f"medians over epochs 2..{args.epochs} of every run")
+    print(
+        f"image {image}; {args.dataset} train; hparams {json.dumps(hparams)}; {args.repeats} pairs; "
+        f"medians over epochs 2..{args.epochs} of every run"
+    )
     print(f"{'figure':<44} {'with':>9} {'without':>9} {'ratio':>7}")
     rows = [
         ("epoch interval, host-observed (save incl.) s", "epoch_interval_median_s", "epoch_interval"),
@@ -212,39 +243,53 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for label, key, ratio_key in rows:
         print(f"{label:<44} {with_ckpt[key]:>9.3f} {without[key]:>9.3f} {ratios[ratio_key]:>7.3f}")
-    print(f"{'interval minus runner seconds (median) s':<44} {with_ckpt['outside_runner_seconds_median_s']:>9.3f} "
-          f"{without['outside_runner_seconds_median_s']:>9.3f}")
-    print(f"estimated checkpoint save per epoch: {save_cost * 1000:.0f} ms "
-          f"({save_cost / without['epoch_interval_median_s'] * 100:.1f}% of an epoch); "
-          f"checkpoint file {with_ckpt['checkpoint_bytes'] / 1024:.0f} KiB")
+    print(
+        f"{'interval minus runner seconds (median) s':<44} {with_ckpt['outside_runner_seconds_median_s']:>9.3f} "
+        f"{without['outside_runner_seconds_median_s']:>9.3f}"
+    )
+    print(
+        f"estimated checkpoint save per epoch: {save_cost * 1000:.0f} ms "
+        f"({save_cost / without['epoch_interval_median_s'] * 100:.1f}% of an epoch); "
+        f"checkpoint file {with_ckpt['checkpoint_bytes'] / 1024:.0f} KiB"
+    )
     print(f"per-pair interval ratios (with/without): {', '.join(f'{r:.3f}' for r in pair_ratios)}")
-    verdict = {key: "meets" if ratios[key] <= GOAL_RATIO else "MISSES"
-               for key in ("epoch_interval", "derived_epoch_interval")}
+    verdict = {
+        key: "meets" if ratios[key] <= GOAL_RATIO else "MISSES"
+        for key in ("epoch_interval", "derived_epoch_interval")
+    }
     print()
-    write_results(__file__, {
-        "benchmark": "bench_checkpoint",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "image": image,
-        "dataset": args.dataset,
-        "hparams": hparams,
-        "repeats": args.repeats,
-        "method": "epoch interval = time between consecutive 'epoch k/N' log lines received on the host; the "
-                  "runner prints that line after the checkpoint save, so it includes the save. Epoch 1 excluded.",
-        "goal": {"epoch_interval_ratio_max": GOAL_RATIO, "met_direct": ratios["epoch_interval"] <= GOAL_RATIO,
-                 "met_derived": ratios["derived_epoch_interval"] <= GOAL_RATIO},
-        "with_checkpoints": with_ckpt,
-        "without_checkpoints": without,
-        "ratios_with_over_without": ratios,
-        "estimated_save_cost_s": save_cost,
-        "runs": runs,
-    })
+    write_results(
+        __file__,
+        {
+            "benchmark": "bench_checkpoint",
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "image": image,
+            "dataset": args.dataset,
+            "hparams": hparams,
+            "repeats": args.repeats,
+            "method": "epoch interval = time between consecutive 'epoch k/N' log lines received on the host; the "
+            "runner prints that line after the checkpoint save, so it includes the save. Epoch 1 excluded.",
+            "goal": {
+                "epoch_interval_ratio_max": GOAL_RATIO,
+                "met_direct": ratios["epoch_interval"] <= GOAL_RATIO,
+                "met_derived": ratios["derived_epoch_interval"] <= GOAL_RATIO,
+            },
+            "with_checkpoints": with_ckpt,
+            "without_checkpoints": without,
+            "ratios_with_over_without": ratios,
+            "estimated_save_cost_s": save_cost,
+            "runs": runs,
+        },
+    )
     print(f"[bench] results written to {RESULTS}")
-    print(f"ratios (with/without checkpoints, goal <= {GOAL_RATIO}): "
-          f"epoch-interval={ratios['epoch_interval']:.3f} ({verdict['epoch_interval']}) "
-          f"derived={ratios['derived_epoch_interval']:.3f} ({verdict['derived_epoch_interval']}) "
-          f"runner-epoch={ratios['runner_epoch']:.3f} fit-wall={ratios['fit_wall']:.3f} "
-          f"container-wall={ratios['container_wall']:.3f}")
+    print(
+        f"ratios (with/without checkpoints, goal <= {GOAL_RATIO}): "
+        f"epoch-interval={ratios['epoch_interval']:.3f} ({verdict['epoch_interval']}) "
+        f"derived={ratios['derived_epoch_interval']:.3f} ({verdict['derived_epoch_interval']}) "
+        f"runner-epoch={ratios['runner_epoch']:.3f} fit-wall={ratios['fit_wall']:.3f} "
+        f"container-wall={ratios['container_wall']:.3f}"
+    )
     return 0
 
 

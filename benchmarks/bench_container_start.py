@@ -59,8 +59,10 @@ def _api_true(client, name: str, image: str, sandboxed: bool) -> None:
     """``true`` created, started, waited for and removed via the API; with pushtrain's sandbox or without."""
     extra = {}
     if sandboxed:
-        extra = {"user": sandbox.container_user(),
-                 "host_config": client.create_host_config(**sandbox.Sandbox().host_config_kwargs([]))}
+        extra = {
+            "user": sandbox.container_user(),
+            "host_config": client.create_host_config(**sandbox.Sandbox().host_config_kwargs([])),
+        }
     container = client.create_container(image=image, entrypoint=["true"], command=[], name=name, **extra)
     try:
         client.start(container["Id"])
@@ -74,8 +76,9 @@ def _api_true(client, name: str, image: str, sandboxed: bool) -> None:
 def _pushtrain(client, name: str, image: str) -> None:
     # No io.pushtrain.role label: the health check and the test suite's clean-up act on every container
     # that has one, and these are none of their business.
-    spec = sandbox.ContainerSpec(name=name, image=image, command=["--help"], mounts=[],
-                                 labels={"pushtrain-bench": "container-start"})
+    spec = sandbox.ContainerSpec(
+        name=name, image=image, command=["--help"], mounts=[], labels={"pushtrain-bench": "container-start"}
+    )
     lines: list[str] = []
     outcome = sandbox.run_container(client, spec, sandbox.Sandbox(), lines.append)
     if not outcome.succeeded:
@@ -104,8 +107,12 @@ def measure(client, image: str, repeats: int) -> dict[str, list[float]]:
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0}
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+    }
 
 
 def cleanup(client) -> None:
@@ -115,18 +122,25 @@ def cleanup(client) -> None:
             sandbox.remove_container(client, container["Id"])
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per variant and image (default 10)")
-    parser.add_argument("--images", default=",".join(images.IMAGE_NAMES),
-                        help="comma-separated image names (default: tensorflow,sklearn)")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed runs per variant and image (default 10)"
+    )
+    parser.add_argument(
+        "--images",
+        default=",".join(images.IMAGE_NAMES),
+        help="comma-separated image names (default: tensorflow,sklearn)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.images.split(",") if n.strip()]
     unknown = [n for n in names if n not in images.IMAGE_NAMES]
     if unknown or args.repeats < 1:
-        parser.error(f"unknown image(s) {unknown}; choose from {images.IMAGE_NAMES}" if unknown
-                     else "--repeats must be at least 1")
+        parser.error(
+            f"unknown image(s) {unknown}; choose from {images.IMAGE_NAMES}"
+            if unknown
+            else "--repeats must be at least 1"
+        )
 
     client = sandbox.docker_client()
     default_box = sandbox.Sandbox()
@@ -136,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             image = images.ensure_image(name)
             print(f"[bench] {name}: {image}, {args.repeats} runs per variant (+1 warm-up)", flush=True)
             runs = measure(client, image, args.repeats)
-            results[name] = {"image": image, "samples_s": runs,
-                             "summary_s": {variant: summarize(runs[variant]) for variant in VARIANTS}}
+            results[name] = {
+                "image": image,
+                "samples_s": runs,
+                "summary_s": {variant: summarize(runs[variant]) for variant in VARIANTS},
+            }
     except BenchError as exc:
         print(f"[bench] FAILED: {exc}", file=sys.stderr)
         return 1
@@ -152,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         floor = summary["plain true"]["median"]
         for variant in VARIANTS:
             s = summary[variant]
-            print(f"{name:<11} {variant:<17} {s['median']:>9.3f} {s['min']:>7.3f} {s['max']:>7.3f} "
-                  f"{s['median'] / floor:>13.2f}")
+            print(
+                f"{name:<11} {variant:<17} {s['median']:>9.3f} {s['min']:>7.3f} {s['max']:>7.3f} "
+                f"{s['median'] / floor:>13.2f}"
+            )
         ratios = {
             "api_sandbox_true/api_plain_true": summary["api sandbox true"]["median"]
             / summary["api plain true"]["median"],
@@ -161,29 +180,39 @@ def main(argv: list[str] | None = None) -> int:
             "pushtrain/plain_runner": summary["pushtrain"]["median"] / summary["plain runner"]["median"],
             "python_startup_s": summary["plain python"]["median"] - floor,
             "runner_import_s": summary["plain runner"]["median"] - summary["plain python"]["median"],
-            "pushtrain_minus_plain_runner_s": summary["pushtrain"]["median"] - summary["plain runner"]["median"],
+            "pushtrain_minus_plain_runner_s": summary["pushtrain"]["median"]
+            - summary["plain runner"]["median"],
         }
         result["ratios"] = ratios
-        ratio_parts.append(f"{name}: sandbox/api-true={ratios['api_sandbox_true/api_plain_true']:.2f} "
-                           f"pushtrain/plain-true={ratios['pushtrain/plain_true']:.2f} "
-                           f"pushtrain/plain-runner={ratios['pushtrain/plain_runner']:.2f}")
+        ratio_parts.append(
+            f"{name}: sandbox/api-true={ratios['api_sandbox_true/api_plain_true']:.2f} "
+            f"pushtrain/plain-true={ratios['pushtrain/plain_true']:.2f} "
+            f"pushtrain/plain-runner={ratios['pushtrain/plain_runner']:.2f}"
+        )
     print()
-    write_results(__file__, {
-        "benchmark": "bench_container_start",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "repeats": args.repeats,
-        "sandbox": {"memory": default_box.memory, "cpus": default_box.cpus, "pids_limit": default_box.pids_limit},
-        "variants": {
-            "plain true": "docker run --rm --entrypoint true IMAGE",
-            "plain python": "docker run --rm --entrypoint /opt/venv/bin/python IMAGE -c pass",
-            "plain runner": "docker run --rm IMAGE --help",
-            "api plain true": "Docker API create/start/wait/remove of `true`, default host config",
-            "api sandbox true": "the same with Sandbox.host_config_kwargs and the sandbox user",
-            "pushtrain": "sandbox.run_container(ContainerSpec(command=['--help']), Sandbox())",
+    write_results(
+        __file__,
+        {
+            "benchmark": "bench_container_start",
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "repeats": args.repeats,
+            "sandbox": {
+                "memory": default_box.memory,
+                "cpus": default_box.cpus,
+                "pids_limit": default_box.pids_limit,
+            },
+            "variants": {
+                "plain true": "docker run --rm --entrypoint true IMAGE",
+                "plain python": "docker run --rm --entrypoint /opt/venv/bin/python IMAGE -c pass",
+                "plain runner": "docker run --rm IMAGE --help",
+                "api plain true": "Docker API create/start/wait/remove of `true`, default host config",
+                "api sandbox true": "the same with Sandbox.host_config_kwargs and the sandbox user",
+                "pushtrain": "sandbox.run_container(ContainerSpec(command=['--help']), Sandbox())",
+            },
+            "images": results,
         },
-        "images": results,
-    })
+    )
     print(f"[bench] results written to {RESULTS}")
     print("ratios: " + "; ".join(ratio_parts))
     return 0

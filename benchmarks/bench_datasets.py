@@ -101,7 +101,7 @@ def measure(source: Path, work: Path, repeats: int, env: dict[str, str]) -> dict
     floors, imports, rss, no_ops = [], [], [], []
     timed_shell(f"cat $(find {source} -type f) > /dev/null")  # both sides start from a warm page cache
     for repeat in range(repeats):
-        for side in (("floor", "import") if repeat % 2 == 0 else ("import", "floor")):
+        for side in ("floor", "import") if repeat % 2 == 0 else ("import", "floor"):
             if side == "floor":
                 destination = work / "copy"
                 floors.append(timed_shell(FLOOR_COMMAND.format(src=source, dst=destination)))
@@ -118,8 +118,12 @@ def measure(source: Path, work: Path, repeats: int, env: dict[str, str]) -> dict
                 no_ops.append(wall)
                 shutil.rmtree(data_dir)
     return {
-        "floor_s": floors, "import_s": imports, "no_op_readd_s": no_ops, "import_peak_rss_kib": rss,
-        "floor_median_s": statistics.median(floors), "import_median_s": statistics.median(imports),
+        "floor_s": floors,
+        "import_s": imports,
+        "no_op_readd_s": no_ops,
+        "import_peak_rss_kib": rss,
+        "floor_median_s": statistics.median(floors),
+        "import_median_s": statistics.median(imports),
         "no_op_readd_median_s": statistics.median(no_ops),
         "ratio_import_to_floor": statistics.median(imports) / statistics.median(floors),
         "import_peak_rss_median_kib": statistics.median(rss),
@@ -141,16 +145,25 @@ def main() -> int:
         for count in (args.small, args.images):
             source = work / f"source-{count}"
             source_bytes = make_source(source, count)
-            print(f"[bench] {count} images, {source_bytes / 2**20:.1f} MiB: measuring {args.repeats} x "
-                  "(floor, import)", flush=True)
+            print(
+                f"[bench] {count} images, {source_bytes / 2**20:.1f} MiB: measuring {args.repeats} x "
+                "(floor, import)",
+                flush=True,
+            )
             figures = measure(source, work, args.repeats, env)
-            figures.update(images=count, source_bytes=source_bytes,
-                           rss_above_baseline_kib=figures["import_peak_rss_median_kib"] - baseline_rss)
+            figures.update(
+                images=count,
+                source_bytes=source_bytes,
+                rss_above_baseline_kib=figures["import_peak_rss_median_kib"] - baseline_rss,
+            )
             sizes[str(count)] = figures
-            print(f"[bench] {count}: floor {figures['floor_median_s']:.2f} s, import "
-                  f"{figures['import_median_s']:.2f} s (x{figures['ratio_import_to_floor']:.2f}), no-op re-add "
-                  f"{figures['no_op_readd_median_s']:.2f} s, peak RSS {figures['import_peak_rss_median_kib'] / 1024:.0f}"
-                  f" MiB ({figures['rss_above_baseline_kib'] / 1024:.1f} MiB above the modules alone)", flush=True)
+            print(
+                f"[bench] {count}: floor {figures['floor_median_s']:.2f} s, import "
+                f"{figures['import_median_s']:.2f} s (x{figures['ratio_import_to_floor']:.2f}), no-op re-add "
+                f"{figures['no_op_readd_median_s']:.2f} s, peak RSS {figures['import_peak_rss_median_kib'] / 1024:.0f}"
+                f" MiB ({figures['rss_above_baseline_kib'] / 1024:.1f} MiB above the modules alone)",
+                flush=True,
+            )
             shutil.rmtree(source)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -165,16 +178,21 @@ def main() -> int:
         "floor_command": FLOOR_COMMAND,
         "goal": {"ratio_max": GOAL_RATIO, "met": large["ratio_import_to_floor"] <= GOAL_RATIO},
         "baseline_rss_kib": baseline_rss,
-        "memory": {"images": [args.small, args.images],
-                   "rss_above_baseline_kib": [small["rss_above_baseline_kib"], large["rss_above_baseline_kib"]],
-                   "growth_kib": growth,
-                   "growth_bytes_per_extra_image": round(growth * 1024 / (args.images - args.small), 1)},
+        "memory": {
+            "images": [args.small, args.images],
+            "rss_above_baseline_kib": [small["rss_above_baseline_kib"], large["rss_above_baseline_kib"]],
+            "growth_kib": growth,
+            "growth_bytes_per_extra_image": round(growth * 1024 / (args.images - args.small), 1),
+        },
         "sizes": sizes,
     }
-    print(f"[bench] goal: import within {GOAL_RATIO}x of the floor at {args.images} images: "
-          f"x{large['ratio_import_to_floor']:.2f} ({'met' if document['goal']['met'] else 'NOT met'}); memory "
-          f"grew {growth / 1024:.1f} MiB from {args.small} to {args.images} images "
-          f"({document['memory']['growth_bytes_per_extra_image']} bytes per image)", flush=True)
+    print(
+        f"[bench] goal: import within {GOAL_RATIO}x of the floor at {args.images} images: "
+        f"x{large['ratio_import_to_floor']:.2f} ({'met' if document['goal']['met'] else 'NOT met'}); memory "
+        f"grew {growth / 1024:.1f} MiB from {args.small} to {args.images} images "
+        f"({document['memory']['growth_bytes_per_extra_image']} bytes per image)",
+        flush=True,
+    )
     write_results(__file__, document)
     print(f"[bench] results in {RESULTS}")
     return 0

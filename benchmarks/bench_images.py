@@ -60,8 +60,9 @@ class BenchError(RuntimeError):
 
 
 def image_size(reference: str) -> int | None:
-    result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", reference],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Size}}", reference], capture_output=True, text=True
+    )
     return int(result.stdout.strip()) if result.returncode == 0 else None
 
 
@@ -107,14 +108,26 @@ def timed_build(name: str, tag: str, no_cache: bool, verbose: bool, change_runne
         if change_runner:
             staged = context / "pushtrain" / "runner" / "__init__.py"
             staged.unlink()  # a fresh file, in case a future _stage_context links instead of copying
-            staged.write_text((images.RUNNER_SOURCE / "__init__.py").read_text()
-                              + f"\n# bench_images: a runner change ({os.getpid()})\n")
+            staged.write_text(
+                (images.RUNNER_SOURCE / "__init__.py").read_text()
+                + f"\n# bench_images: a runner change ({os.getpid()})\n"
+            )
             content_key = f"{content_key[:52]}bench{os.getpid():07d}"
         context_bytes = sum(p.stat().st_size for p in context.rglob("*") if p.is_file())
-        command = ["docker", "build", *(["--no-cache"] if no_cache else []),
-                   "--build-arg", f"BASE_IMAGE={base_image}",
-                   "--build-arg", f"CONTENT_KEY={content_key}",
-                   "--build-arg", f"PUSHTRAIN_VERSION={__version__}", "-t", tag, str(context)]
+        command = [
+            "docker",
+            "build",
+            *(["--no-cache"] if no_cache else []),
+            "--build-arg",
+            f"BASE_IMAGE={base_image}",
+            "--build-arg",
+            f"CONTENT_KEY={content_key}",
+            "--build-arg",
+            f"PUSHTRAIN_VERSION={__version__}",
+            "-t",
+            tag,
+            str(context),
+        ]
         steps: list[dict] = []
         layers: list[tuple[int, str]] = []  # (step number, image id printed after it)
         output: list[str] = []
@@ -130,7 +143,9 @@ def timed_build(name: str, tag: str, no_cache: bool, verbose: bool, change_runne
             if match := STEP_LINE.match(line):
                 if steps:
                     steps[-1]["seconds"] = now - steps[-1]["started"]
-                steps.append({"step": int(match.group(1)), "instruction": match.group(3)[:90], "started": now})
+                steps.append(
+                    {"step": int(match.group(1)), "instruction": match.group(3)[:90], "started": now}
+                )
             elif (match := LAYER_LINE.match(line)) and steps:
                 layers.append((steps[-1]["step"], match.group(1)))
         returncode = process.wait()
@@ -143,12 +158,18 @@ def timed_build(name: str, tag: str, no_cache: bool, verbose: bool, change_runne
         raise BenchError(f"docker build of {name} failed ({returncode}):\n" + "\n".join(output[-30:]))
     timings["docker_build_s"] = build_s
     timings["total_s"] = sum(timings.values())
-    return {"tag": tag, "no_cache": no_cache, "runner_changed": change_runner, "base_image": base_image,
-            "context_bytes": context_bytes,
-            "timings": timings, "steps": steps,
-            # Only a no-cache build made its earlier stages itself; a cached one reuses stage images that
-            # are the layer cache of everyone's builds and must stay.
-            "stage_ids": _first_stage_ids(steps, layers) if no_cache else []}
+    return {
+        "tag": tag,
+        "no_cache": no_cache,
+        "runner_changed": change_runner,
+        "base_image": base_image,
+        "context_bytes": context_bytes,
+        "timings": timings,
+        "steps": steps,
+        # Only a no-cache build made its earlier stages itself; a cached one reuses stage images that
+        # are the layer cache of everyone's builds and must stay.
+        "stage_ids": _first_stage_ids(steps, layers) if no_cache else [],
+    }
 
 
 def _first_stage_ids(steps: list[dict], layers: list[tuple[int, str]]) -> list[str]:
@@ -176,8 +197,11 @@ def remove_throwaway(tag: str, stage_ids: list[str], protected: set[str]) -> lis
         full = images.image_id(short_id)
         if not full or full in protected:
             continue
-        tags = subprocess.run(["docker", "image", "inspect", "--format", "{{len .RepoTags}}", full],
-                              capture_output=True, text=True).stdout.strip()
+        tags = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{len .RepoTags}}", full],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if tags != "0":  # tagged by someone: not ours to remove
             continue
         result = subprocess.run(["docker", "rmi", full], capture_output=True, text=True)
@@ -204,8 +228,9 @@ def bench_image(name: str, args: argparse.Namespace) -> dict:
     cli = []
     for _ in range(args.warm_repeats):  # what `make images` pays: a fresh interpreter, imports, the check
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pushtrain", "images", name], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pushtrain", "images", name], env=env, capture_output=True, text=True
+        )
         cli.append(time.perf_counter() - started)
         if done.returncode != 0:
             raise BenchError(f"python -m pushtrain images {name} failed: {done.stderr.strip()[-2000:]}")
@@ -230,16 +255,20 @@ def bench_image(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
-
 def _mb(size: int | None) -> str:
     return f"{size / 1e6:.0f} MB" if size else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", default=",".join(images.IMAGE_NAMES),
-                        help="comma-separated image names (default: tensorflow,sklearn)")
-    parser.add_argument("--skip-cold", action="store_true", help="skip the no-cache rebuild (~5 min for tensorflow)")
+    parser.add_argument(
+        "--images",
+        default=",".join(images.IMAGE_NAMES),
+        help="comma-separated image names (default: tensorflow,sklearn)",
+    )
+    parser.add_argument(
+        "--skip-cold", action="store_true", help="skip the no-cache rebuild (~5 min for tensorflow)"
+    )
     parser.add_argument("--skip-rebuild", action="store_true", help="skip the runner-change rebuild")
     parser.add_argument("--warm-repeats", type=int, default=3, help="warm ensure_image calls (default 3)")
     parser.add_argument("--verbose", action="store_true", help="echo docker build's output")
@@ -247,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.images.split(",") if n.strip()]
     unknown = [n for n in names if n not in images.IMAGE_NAMES]
     if unknown or args.warm_repeats < 1:
-        parser.error(f"unknown image(s) {unknown}; choose from {images.IMAGE_NAMES}" if unknown
-                     else "--warm-repeats must be at least 1")
+        parser.error(
+            f"unknown image(s) {unknown}; choose from {images.IMAGE_NAMES}"
+            if unknown
+            else "--warm-repeats must be at least 1"
+        )
 
     results: dict[str, dict] = {}
     try:
@@ -260,17 +292,21 @@ def main(argv: list[str] | None = None) -> int:
     base_image = images.ensure_base_image()
 
     print()
-    print(f"{'image':<11} {'first call':>11} {'warm':>7} {'cli warm':>9} {'rebuild':>9} {'cold build':>11} "
-          f"{'cold total':>11} {'size':>9} {'context':>9}")
+    print(
+        f"{'image':<11} {'first call':>11} {'warm':>7} {'cli warm':>9} {'rebuild':>9} {'cold build':>11} "
+        f"{'cold total':>11} {'size':>9} {'context':>9}"
+    )
     for name, r in results.items():
         first = f"{r['first_call']['seconds']:.2f}s" + ("*" if r["first_call"]["built"] else "")
         rebuild = f"{r['rebuild']['timings']['docker_build_s']:.1f}s" if "rebuild" in r else "skipped"
         cold = f"{r['cold']['timings']['docker_build_s']:.1f}s" if "cold" in r else "skipped"
         cold_total = f"{r['cold']['timings']['total_s']:.1f}s" if "cold" in r else "-"
         context = _mb(r.get("cold", r.get("rebuild", {})).get("context_bytes"))
-        print(f"{name:<11} {first:>11} {r['warm_median_s']:>6.2f}s {r['cli_warm_median_s']:>8.2f}s {rebuild:>9} "
-              f"{cold:>11} {cold_total:>11} "
-              f"{_mb(r['size_bytes']):>9} {context:>9}")
+        print(
+            f"{name:<11} {first:>11} {r['warm_median_s']:>6.2f}s {r['cli_warm_median_s']:>8.2f}s {rebuild:>9} "
+            f"{cold:>11} {cold_total:>11} "
+            f"{_mb(r['size_bytes']):>9} {context:>9}"
+        )
     if any(r["first_call"]["built"] for r in results.values()):
         print("* the tag for the current source was missing: the first call built it (layer cache on)")
     print(f"base image {base_image}: {_mb(image_size(base_image))}")
@@ -278,29 +314,38 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("rebuild", "cold"):
             if kind in r:
                 slow = sorted(r[kind]["steps"], key=lambda s: -s.get("seconds", 0))[:3]
-                print(f"{name} {kind}, slowest steps: "
-                      + "; ".join(f"{s['seconds']:.1f}s {s['instruction'][:50]}" for s in slow))
+                print(
+                    f"{name} {kind}, slowest steps: "
+                    + "; ".join(f"{s['seconds']:.1f}s {s['instruction'][:50]}" for s in slow)
+                )
     print()
 
     ratio_parts = []
     for name, r in results.items():
         worst = max(r["warm_median_s"], r["cli_warm_median_s"])
-        parts = [f"warm={r['warm_median_s']:.2f}s cli-warm={r['cli_warm_median_s']:.2f}s "
-                 f"({'meets' if worst <= GOAL_WARM_S else 'MISSES'} <= {GOAL_WARM_S:.0f}s)"]
+        parts = [
+            f"warm={r['warm_median_s']:.2f}s cli-warm={r['cli_warm_median_s']:.2f}s "
+            f"({'meets' if worst <= GOAL_WARM_S else 'MISSES'} <= {GOAL_WARM_S:.0f}s)"
+        ]
         if "rebuild" in r:
-            parts.append(f"rebuild/cli-warm={r['rebuild']['timings']['docker_build_s'] / r['cli_warm_median_s']:.0f}x")
+            parts.append(
+                f"rebuild/cli-warm={r['rebuild']['timings']['docker_build_s'] / r['cli_warm_median_s']:.0f}x"
+            )
         if "cold" in r:
             parts.append(f"cold/cli-warm={r['cold']['timings']['total_s'] / r['cli_warm_median_s']:.0f}x")
         ratio_parts.append(f"{name}: " + " ".join(parts))
-    write_results(__file__, {
-        "benchmark": "bench_images",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "base_image": base_image,
-        "base_image_size_bytes": image_size(base_image),
-        "goal": {"warm_max_s": GOAL_WARM_S},
-        "images": results,
-    })
+    write_results(
+        __file__,
+        {
+            "benchmark": "bench_images",
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "base_image": base_image,
+            "base_image_size_bytes": image_size(base_image),
+            "goal": {"warm_max_s": GOAL_WARM_S},
+            "images": results,
+        },
+    )
     print(f"[bench] results written to {RESULTS}")
     print("ratios: " + "; ".join(ratio_parts))
     return 0

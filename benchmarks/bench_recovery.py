@@ -49,9 +49,18 @@ def run_once(name: str, epochs: int, kill_after: int | None, interval: float) ->
         out = Path(root) / "output"
         prepare_output_dir(out)
         hparams = {"epochs": epochs, "filters": 16, "dense_units": 64}
-        spec = container_spec(TRAIN, name=name, run_key=name, kind="cnn", code_dir=TEMPLATE.parent,
-                              entry=TEMPLATE.name, data_dir=data, output_dir=out, state_dir=Path(root),
-                              hparams=hparams)
+        spec = container_spec(
+            TRAIN,
+            name=name,
+            run_key=name,
+            kind="cnn",
+            code_dir=TEMPLATE.parent,
+            entry=TEMPLATE.name,
+            data_dir=data,
+            output_dir=out,
+            state_dir=Path(root),
+            hparams=hparams,
+        )
         lines = Lines()
 
         class Recorded(SandboxedDockerOperator):
@@ -84,13 +93,20 @@ def run_once(name: str, epochs: int, kill_after: int | None, interval: float) ->
         metrics = contract.read_metrics(out) if outcome.succeeded else {}
         epoch_lines = [int(n) for n in re.findall(rf"epoch (\d+)/{epochs} ", "\n".join(lines))]
         epoch_seconds = [h["seconds"] for h in metrics.get("history", [])]
-        return {"wall_s": wall, "succeeded": outcome.succeeded, "restarts": outcome.restarts,
-                "epochs_redone": len(epoch_lines) - epochs, "resumed_from": metrics.get("resumed_from_epoch"),
-                "median_epoch_s": statistics.median(epoch_seconds) if epoch_seconds else None}
+        return {
+            "wall_s": wall,
+            "succeeded": outcome.succeeded,
+            "restarts": outcome.restarts,
+            "epochs_redone": len(epoch_lines) - epochs,
+            "resumed_from": metrics.get("resumed_from_epoch"),
+            "median_epoch_s": statistics.median(epoch_seconds) if epoch_seconds else None,
+        }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--interval", type=float, default=10.0, help="health check interval, seconds")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--kill-after", type=int, default=4)
@@ -101,33 +117,45 @@ def main() -> None:
     from pushtrain import images
 
     images.ensure_image("tensorflow")
-    subprocess.run(["docker", "run", "--rm", "--entrypoint", "true", images.image_for_kind("cnn")],
-                   check=True)  # warm-up: the first start after a build is slower
+    subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "true", images.image_for_kind("cnn")], check=True
+    )  # warm-up: the first start after a build is slower
     probe_started = time.monotonic()
-    subprocess.run(["docker", "run", "--rm", "--entrypoint", "true", images.image_for_kind("cnn")], check=True)
+    subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "true", images.image_for_kind("cnn")], check=True
+    )
     container_start_s = time.monotonic() - probe_started
 
     plain, killed = [], []
     for repeat in range(args.repeats):
         plain.append(run_once(f"pushtrain-bench-recovery-plain-{repeat}", args.epochs, None, args.interval))
-        killed.append(run_once(f"pushtrain-bench-recovery-kill-{repeat}", args.epochs, args.kill_after,
-                               args.interval))
+        killed.append(
+            run_once(f"pushtrain-bench-recovery-kill-{repeat}", args.epochs, args.kill_after, args.interval)
+        )
     t_plain = statistics.median(r["wall_s"] for r in plain)
     t_killed = statistics.median(r["wall_s"] for r in killed)
     epoch_s = statistics.median(r["median_epoch_s"] for r in plain if r["median_epoch_s"])
     goal = 1 + (epoch_s + args.interval + container_start_s) / t_plain
     result = {
-        "interval_s": args.interval, "epochs": args.epochs, "kill_after_epoch": args.kill_after,
-        "t_without_kill_s": round(t_plain, 2), "t_with_kill_s": round(t_killed, 2),
-        "ratio": round(t_killed / t_plain, 3), "goal_ratio": round(goal, 3),
-        "epochs_redone": [r["epochs_redone"] for r in killed], "restarts": [r["restarts"] for r in killed],
-        "median_epoch_s": round(epoch_s, 2), "container_start_s": round(container_start_s, 2),
+        "interval_s": args.interval,
+        "epochs": args.epochs,
+        "kill_after_epoch": args.kill_after,
+        "t_without_kill_s": round(t_plain, 2),
+        "t_with_kill_s": round(t_killed, 2),
+        "ratio": round(t_killed / t_plain, 3),
+        "goal_ratio": round(goal, 3),
+        "epochs_redone": [r["epochs_redone"] for r in killed],
+        "restarts": [r["restarts"] for r in killed],
+        "median_epoch_s": round(epoch_s, 2),
+        "container_start_s": round(container_start_s, 2),
         "runs": {"without": plain, "with_kill": killed},
     }
-    print(f"T without kill {t_plain:.1f}s, with one kill {t_killed:.1f}s: ratio {result['ratio']} "
-          f"(goal <= {result['goal_ratio']} = 1 + (epoch {epoch_s:.1f}s + interval {args.interval:.0f}s + start "
-          f"{container_start_s:.1f}s) / T); epochs redone {result['epochs_redone']} (goal <= 1); "
-          f"restarts {result['restarts']}")
+    print(
+        f"T without kill {t_plain:.1f}s, with one kill {t_killed:.1f}s: ratio {result['ratio']} "
+        f"(goal <= {result['goal_ratio']} = 1 + (epoch {epoch_s:.1f}s + interval {args.interval:.0f}s + start "
+        f"{container_start_s:.1f}s) / T); epochs redone {result['epochs_redone']} (goal <= 1); "
+        f"restarts {result['restarts']}"
+    )
     print(f"results written to {write_results(__file__, result)}")
 
 

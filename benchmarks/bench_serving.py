@@ -70,17 +70,45 @@ print(json.dumps(result))
 
 def figures(seconds: list[float], batch: int) -> dict:
     ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "throughput_images_per_s": round(batch * len(ms) / (ms.sum() / 1000), 1)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "throughput_images_per_s": round(batch * len(ms) / (ms.sum() / 1000), 1),
+    }
 
 
 def floor(version, requests: int) -> dict:
     image = serving.serving_image(version)
     completed = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-         "--security-opt", "no-new-privileges", "--user", "10001:10001", "-v",
-         f"{version.artifact_dir}:/model:ro", "--entrypoint", "/opt/venv/bin/python", image, "-c", FLOOR_SCRIPT,
-         str(requests), json.dumps(BATCHES)], capture_output=True, text=True, check=True)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            "10001:10001",
+            "-v",
+            f"{version.artifact_dir}:/model:ro",
+            "--entrypoint",
+            "/opt/venv/bin/python",
+            image,
+            "-c",
+            FLOOR_SCRIPT,
+            str(requests),
+            json.dumps(BATCHES),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     times = json.loads(completed.stdout.strip().splitlines()[-1])
     return {batch: figures(times[str(batch)], batch) for batch in BATCHES}
 
@@ -107,7 +135,9 @@ def http_figures(port: int, input_shape: list[int], requests: int) -> dict:
     return result
 
 
-def switch_under_load(registry: ModelRegistry, artifact: Path, lineage: dict, accuracy: float, rate: float) -> dict:
+def switch_under_load(
+    registry: ModelRegistry, artifact: Path, lineage: dict, accuracy: float, rate: float
+) -> dict:
     port = serving.endpoint(MODEL).port
     body = {"instances": [np.zeros((8, 8, 1)).tolist()]}
     failures, sent, stop = [], [0], threading.Event()
@@ -136,8 +166,15 @@ def switch_under_load(registry: ModelRegistry, artifact: Path, lineage: dict, ac
     time.sleep(2)
     stop.set()
     thread.join(timeout=30)
-    return {"rate_per_s": rate, "requests": sent[0], "failed": len(failures), "failures": failures[:5],
-            "switched": result.switched, "deploy_seconds": round(switch_s, 1), "reason": result.reason}
+    return {
+        "rate_per_s": rate,
+        "requests": sent[0],
+        "failed": len(failures),
+        "failures": failures[:5],
+        "switched": result.switched,
+        "deploy_seconds": round(switch_s, 1),
+        "reason": result.reason,
+    }
 
 
 def main() -> None:
@@ -153,8 +190,14 @@ def main() -> None:
         (root / "data").mkdir()
         (root / "data" / "datasets").symlink_to(Path(digits.root).parents[1])
         os.environ.setdefault("PUSHTRAIN_SERVING_FIRST_PORT", "18601")
-        trained = localrun.train(model=TEMPLATE, data=digits.train_dir, out=root / "attempt",
-                                 hparams={"epochs": args.epochs}, kind="cnn", name="pushtrain-bench-serving")
+        trained = localrun.train(
+            model=TEMPLATE,
+            data=digits.train_dir,
+            out=root / "attempt",
+            hparams={"epochs": args.epochs},
+            kind="cnn",
+            name="pushtrain-bench-serving",
+        )
         if not trained.succeeded:
             raise SystemExit(f"training failed: {trained.summary()}")
         accuracy = json.loads((root / "attempt" / contract.METRICS_FILE).read_text())["accuracy"]
@@ -177,17 +220,29 @@ def main() -> None:
             serving.undeploy(MODEL, client)
 
     def verdicts(http: dict) -> dict:
-        return {"batch1_p50_overhead_ms": round(http[1]["p50_ms"] - in_process[1]["p50_ms"], 3),
-                "batch1_overhead_within_2ms": bool(http[1]["p50_ms"] - in_process[1]["p50_ms"] <= 2.0),
-                "batch64_throughput_ratio": round(in_process[64]["throughput_images_per_s"]
-                                                  / http[64]["throughput_images_per_s"], 3),
-                "batch64_within_1_2x": bool(in_process[64]["throughput_images_per_s"]
-                                            <= 1.2 * http[64]["throughput_images_per_s"])}
+        return {
+            "batch1_p50_overhead_ms": round(http[1]["p50_ms"] - in_process[1]["p50_ms"], 3),
+            "batch1_overhead_within_2ms": bool(http[1]["p50_ms"] - in_process[1]["p50_ms"] <= 2.0),
+            "batch64_throughput_ratio": round(
+                in_process[64]["throughput_images_per_s"] / http[64]["throughput_images_per_s"], 3
+            ),
+            "batch64_within_1_2x": bool(
+                in_process[64]["throughput_images_per_s"] <= 1.2 * http[64]["throughput_images_per_s"]
+            ),
+        }
 
-    document = {"model": "cnn_keras template on digits", "epochs": args.epochs, "requests": args.requests,
-                "floor_in_process": in_process, "http_direct": direct, "http_stable_endpoint": stable,
-                "goals_direct": verdicts(direct), "goals_stable_endpoint": verdicts(stable),
-                "blue_green": switch, "cpu_count": os.cpu_count()}
+    document = {
+        "model": "cnn_keras template on digits",
+        "epochs": args.epochs,
+        "requests": args.requests,
+        "floor_in_process": in_process,
+        "http_direct": direct,
+        "http_stable_endpoint": stable,
+        "goals_direct": verdicts(direct),
+        "goals_stable_endpoint": verdicts(stable),
+        "blue_green": switch,
+        "cpu_count": os.cpu_count(),
+    }
     print(json.dumps(document, indent=2))
     print(f"written to {write_results(__file__, document)}")
 

@@ -36,8 +36,12 @@ MODEL_FILE = "model.py"
 
 
 def image_size(reference: str) -> int:
-    result = subprocess.run([*images.docker_cli(), "image", "inspect", "--format", "{{.Size}}", reference],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [*images.docker_cli(), "image", "inspect", "--format", "{{.Size}}", reference],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(result.stdout.strip())
 
 
@@ -66,21 +70,36 @@ def run_case(case: str, warm_repeats: int) -> dict | None:
         to_add = userreqs.requirements_to_add(userreqs.parse_requirements(text), facts)
         wheelhouse, download_s = seconds(userreqs.ensure_wheelhouse, to_add, facts, lambda _line: None)
         throwaway = f"pushtrain-bench/user-{facts.image}:{os.getpid()}"
-        _, build_s = seconds(userreqs.build_derived_image, throwaway, base_tag, base_id, wheelhouse,
-                             lambda _line: None)
+        _, build_s = seconds(
+            userreqs.build_derived_image, throwaway, base_tag, base_id, wheelhouse, lambda _line: None
+        )
         added_bytes = image_size(throwaway) - image_size(base_tag)
         subprocess.run([*images.docker_cli(), "image", "rm", throwaway], capture_output=True, check=True)
 
-        first, first_s = seconds(userreqs.image_for_repository, kind, repository / MODEL_FILE, log=lambda _l: None)
-        warm = [seconds(userreqs.image_for_repository, kind, repository / MODEL_FILE, log=lambda _l: None)[1]
-                for _ in range(warm_repeats)]
+        first, first_s = seconds(
+            userreqs.image_for_repository, kind, repository / MODEL_FILE, log=lambda _l: None
+        )
+        warm = [
+            seconds(userreqs.image_for_repository, kind, repository / MODEL_FILE, log=lambda _l: None)[1]
+            for _ in range(warm_repeats)
+        ]
         if first.built:  # made by this script: removed like the throwaway tag
             subprocess.run([*images.docker_cli(), "image", "rm", first.tag], capture_output=True, check=True)
-    return {"case": case, "base_image": base_tag, "resolved": dict(wheelhouse.resolved),
-            "wheels_bytes": wheelhouse.total_bytes, "added_image_bytes": added_bytes,
-            "probe_s": probe_s, "resolve_download_s": download_s, "build_s": build_s,
-            "first_call_s": first_s, "first_call_built": first.built, "derived_tag": first.tag,
-            "warm_s": warm, "warm_median_s": statistics.median(warm)}
+    return {
+        "case": case,
+        "base_image": base_tag,
+        "resolved": dict(wheelhouse.resolved),
+        "wheels_bytes": wheelhouse.total_bytes,
+        "added_image_bytes": added_bytes,
+        "probe_s": probe_s,
+        "resolve_download_s": download_s,
+        "build_s": build_s,
+        "first_call_s": first_s,
+        "first_call_built": first.built,
+        "derived_tag": first.tag,
+        "warm_s": warm,
+        "warm_median_s": statistics.median(warm),
+    }
 
 
 def main() -> None:
@@ -89,8 +108,10 @@ def main() -> None:
     parser.add_argument("--warm-repeats", type=int, default=3)
     arguments = parser.parse_args()
     results = []
-    print(f"{'case':34} {'probe':>6} {'resolve+dl':>10} {'build':>6} {'first':>7} {'warm':>6} "
-          f"{'wheels MB':>9} {'added MB':>8}")
+    print(
+        f"{'case':34} {'probe':>6} {'resolve+dl':>10} {'build':>6} {'first':>7} {'warm':>6} "
+        f"{'wheels MB':>9} {'added MB':>8}"
+    )
     for case in arguments.cases:
         result = run_case(case, arguments.warm_repeats)
         if result is None:
@@ -98,9 +119,12 @@ def main() -> None:
         results.append(result)
         write_results(__file__, {"load_average": os.getloadavg(), "cases": results})
         mark = "*" if result["first_call_built"] else " "
-        print(f"{case:34} {result['probe_s']:6.1f} {result['resolve_download_s']:10.1f} {result['build_s']:6.1f} "
-              f"{result['first_call_s']:6.1f}{mark} {result['warm_median_s']:6.2f} "
-              f"{result['wheels_bytes'] / 1e6:9.1f} {result['added_image_bytes'] / 1e6:8.1f}", flush=True)
+        print(
+            f"{case:34} {result['probe_s']:6.1f} {result['resolve_download_s']:10.1f} {result['build_s']:6.1f} "
+            f"{result['first_call_s']:6.1f}{mark} {result['warm_median_s']:6.2f} "
+            f"{result['wheels_bytes'] / 1e6:9.1f} {result['added_image_bytes'] / 1e6:8.1f}",
+            flush=True,
+        )
     path = write_results(__file__, {"load_average": os.getloadavg(), "cases": results})
     builds = ", ".join(f"{result['build_s']:.1f}s" for result in results)
     warm = ", ".join(f"{result['warm_median_s']:.2f}s" for result in results)

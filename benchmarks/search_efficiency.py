@@ -196,9 +196,16 @@ class Trainer:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         runner_attempt = Attempt(
-            kind=self.task.kind, model=self.model, hparams=dict(hparams), data=self.data, out_dir=out,
-            run_key=f"bench/{attempt}", progress=Progress(out / "progress.log"),
-            guard=TerminationGuard(), checkpoints=False, warm_start=warm_from,
+            kind=self.task.kind,
+            model=self.model,
+            hparams=dict(hparams),
+            data=self.data,
+            out_dir=out,
+            run_key=f"bench/{attempt}",
+            progress=Progress(out / "progress.log"),
+            guard=TerminationGuard(),
+            checkpoints=False,
+            warm_start=warm_from,
         )
         remaining = self.budget_seconds - self.spent
         if remaining <= 0:
@@ -225,8 +232,13 @@ class Trainer:
         predicted, probabilities = predict_images(signature, out / "model", test.images, None)
         evaluation = classification_scores(test.labels, predicted, signature["class_names"], probabilities)
         _release_memory(self.task.kind)
-        return Trial(attempt, dict(hparams), float(evaluation["accuracy"]), float(metrics["train_seconds"]),
-                     int(metrics.get("warm_start_epochs", 0)))
+        return Trial(
+            attempt,
+            dict(hparams),
+            float(evaluation["accuracy"]),
+            float(metrics["train_seconds"]),
+            int(metrics.get("warm_start_epochs", 0)),
+        )
 
     def output_of(self, attempt: int) -> Path:
         return self.workdir / f"attempt-{attempt}"
@@ -317,8 +329,13 @@ def run_hyperband(trainer: Trainer, seed: int, max_attempts: int, scratch: Path)
         elif knob.type == kinds.CHOICE:
             hp.Choice(name, list(knob.choices), default=base[name])
         elif knob.type == kinds.INT:
-            hp.Int(name, int(knob.low), int(knob.high), sampling="log" if knob.log else "linear",
-                   default=base[name])
+            hp.Int(
+                name,
+                int(knob.low),
+                int(knob.high),
+                sampling="log" if knob.log else "linear",
+                default=base[name],
+            )
         else:
             hp.Float(name, knob.low, knob.high, sampling="log" if knob.log else "linear", default=base[name])
     epochs_knob = space.get("epochs")
@@ -354,11 +371,16 @@ def run_hyperband(trainer: Trainer, seed: int, max_attempts: int, scratch: Path)
             return {"accuracy": result.accuracy if result.accuracy == result.accuracy else 0.0}
 
     oracle = keras_tuner.oracles.HyperbandOracle(
-        objective=keras_tuner.Objective("accuracy", "max"), max_epochs=max_epochs, factor=HYPERBAND_FACTOR,
-        hyperband_iterations=1000, seed=seed, hyperparameters=hp,
+        objective=keras_tuner.Objective("accuracy", "max"),
+        max_epochs=max_epochs,
+        factor=HYPERBAND_FACTOR,
+        hyperband_iterations=1000,
+        seed=seed,
+        hyperparameters=hp,
     )
-    tuner = TemplateTuner(oracle=oracle, directory=str(scratch), project_name=f"hyperband-{seed}",
-                          overwrite=True)
+    tuner = TemplateTuner(
+        oracle=oracle, directory=str(scratch), project_name=f"hyperband-{seed}", overwrite=True
+    )
     with contextlib.suppress(Finished):
         tuner.search(verbose=0)
     return trials
@@ -386,9 +408,14 @@ def run_optuna(trainer: Trainer, seed: int, max_attempts: int, scratch: Path) ->
             distributions[name] = FloatDistribution(knob.low, knob.high, log=knob.log)
     scratch.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(scratch / "study.journal")))
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                storage=storage, study_name=f"{trainer.task.name}-{seed}")
+        optuna.storages.journal.JournalFileBackend(str(scratch / "study.journal"))
+    )
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        storage=storage,
+        study_name=f"{trainer.task.name}-{seed}",
+    )
     study.enqueue_trial({name: base[name] for name in distributions})
     trials: list[Trial] = []
     history: list[strategies.AttemptRecord] = []
@@ -432,9 +459,24 @@ def run_isolated(task: Task, strategy: str, seed: int, budget: float, max_attemp
     (graphs and retracing pile up), which would tax whichever strategy happened to run late."""
     if not record.exists():
         with record.with_suffix(".log").open("w") as log:
-            subprocess.run([sys.executable, __file__, "--one", task.name, strategy, str(seed), str(budget),
-                            "--max-attempts", str(max_attempts), "--one-output", str(record)], check=True,
-                           stdout=log, stderr=subprocess.STDOUT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    task.name,
+                    strategy,
+                    str(seed),
+                    str(budget),
+                    "--max-attempts",
+                    str(max_attempts),
+                    "--one-output",
+                    str(record),
+                ],
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
     document = json.loads(record.read_text())
     trials = [Trial(**trial) for trial in document.pop("trials")]
     return Run(**document, trials=trials)
@@ -451,19 +493,27 @@ def summarize(runs: list[Run], attempt_overhead: float) -> list[dict[str, Any]]:
             seconds = [r.train_seconds for r in group]
             attempts = [r.attempts for r in group]
             walls = [r.train_seconds + attempt_overhead * r.attempts for r in group]
-            rows.append({
-                "task": task, "strategy": strategy, "seeds": len(group),
-                "success_rate": sum(r.succeeded for r in group) / len(group),
-                "train_seconds": _spread(seconds), "attempts": _spread(attempts),
-                "estimated_wall_seconds": _spread(walls),
-                "best_accuracy": _spread([r.best_accuracy for r in group]),
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "strategy": strategy,
+                    "seeds": len(group),
+                    "success_rate": sum(r.succeeded for r in group) / len(group),
+                    "train_seconds": _spread(seconds),
+                    "attempts": _spread(attempts),
+                    "estimated_wall_seconds": _spread(walls),
+                    "best_accuracy": _spread([r.best_accuracy for r in group]),
+                }
+            )
     return rows
 
 
 def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
 
 
 def goal_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -489,7 +539,9 @@ def goal_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio = ours / other if other else math.inf
                 verdict[f"{measure}_default_over_{rival}"] = round(ratio, 3)
                 verdict[f"{measure}_goal_vs_{rival}_met"] = ratio <= limit and same_success
-            verdict[f"success_default_vs_{rival}"] = f"{default['success_rate']:.0%} vs {theirs['success_rate']:.0%}"
+            verdict[f"success_default_vs_{rival}"] = (
+                f"{default['success_rate']:.0%} vs {theirs['success_rate']:.0%}"
+            )
         verdicts.append(verdict)
     return verdicts
 
@@ -522,8 +574,13 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r.task for r in runs))
-    colors = {"escalate": "tab:red", "random": "tab:gray", "hyperband": "tab:blue", "optuna": "tab:purple",
-              "default": "tab:green"}
+    colors = {
+        "escalate": "tab:red",
+        "random": "tab:gray",
+        "hyperband": "tab:blue",
+        "optuna": "tab:purple",
+        "default": "tab:green",
+    }
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
         labelled = set()
@@ -564,21 +621,32 @@ def measured_attempt_overhead() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="digits tasks, 2 seeds, small budgets")
     parser.add_argument("--seeds", type=int, help="seeds per task and strategy (default 5, quick 2)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: all (quick: digits)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(STRATEGY_NAMES))
     parser.add_argument("--max-attempts", type=int, default=30, help="attempts per run before a miss")
-    parser.add_argument("--attempt-overhead", type=float, default=measured_attempt_overhead(),
-                        help="fixed seconds per attempt for the estimated wall time (DAG runs, training and "
-                             "evaluation containers, TensorFlow imports, data loading); default: measured "
-                             "by bench_pipeline_loop.py")
+    parser.add_argument(
+        "--attempt-overhead",
+        type=float,
+        default=measured_attempt_overhead(),
+        help="fixed seconds per attempt for the estimated wall time (DAG runs, training and "
+        "evaluation containers, TensorFlow imports, data loading); default: measured "
+        "by bench_pipeline_loop.py",
+    )
     parser.add_argument("--output", default="search_efficiency", help="results file stem")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse the runs an interrupted invocation finished (results/<stem>_runs/)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs an interrupted invocation finished (results/<stem>_runs/)",
+    )
     parser.add_argument("--replot", action="store_true", help="redraw the PNG from the saved results")
-    parser.add_argument("--one", nargs=4, metavar=("TASK", "STRATEGY", "SEED", "BUDGET"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", nargs=4, metavar=("TASK", "STRATEGY", "SEED", "BUDGET"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--one-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -590,9 +658,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         stem = args.output + ("_quick" if args.quick else "")
         saved = json.loads((RESULTS_DIR / f"{stem}.json").read_text())
-        runs = [Run(r["task"], r["strategy"], r["seed"],
-                    [Trial(**{**t, "accuracy": float("nan") if t["accuracy"] is None else t["accuracy"]})
-                     for t in r["trials"]]) for r in saved["runs"]]
+        runs = [
+            Run(
+                r["task"],
+                r["strategy"],
+                r["seed"],
+                [
+                    Trial(**{**t, "accuracy": float("nan") if t["accuracy"] is None else t["accuracy"]})
+                    for t in r["trials"]
+                ],
+            )
+            for r in saved["runs"]
+        ]
         plot(runs, RESULTS_DIR / f"{stem}.png")
         return 0
     seeds = args.seeds or (2 if args.quick else 5)
@@ -609,14 +686,23 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(seeds):
             for strategy in args.strategies:
                 run_started = time.perf_counter()
-                run = run_isolated(task, strategy, seed, budget, args.max_attempts,
-                                   runs_dir / f"{task.name}-{strategy}-{seed}.json")
+                run = run_isolated(
+                    task,
+                    strategy,
+                    seed,
+                    budget,
+                    args.max_attempts,
+                    runs_dir / f"{task.name}-{strategy}-{seed}.json",
+                )
                 runs.append(run)
                 best = run.best_accuracy
-                print(f"{task.name:14s} {strategy:9s} seed {seed}: "
-                      f"{'reached' if run.succeeded else 'missed '} {task.target} after {run.attempts:2d} "
-                      f"attempts, {run.train_seconds:7.1f} training s (best {best:.3f}; "
-                      f"{time.perf_counter() - run_started:.0f} s wall)", flush=True)
+                print(
+                    f"{task.name:14s} {strategy:9s} seed {seed}: "
+                    f"{'reached' if run.succeeded else 'missed '} {task.target} after {run.attempts:2d} "
+                    f"attempts, {run.train_seconds:7.1f} training s (best {best:.3f}; "
+                    f"{time.perf_counter() - run_started:.0f} s wall)",
+                    flush=True,
+                )
 
     rows = summarize(runs, args.attempt_overhead)
     verdicts = goal_verdicts(rows)
@@ -627,17 +713,33 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
-        "benchmark": "search_efficiency", "quick": args.quick, "seeds": seeds,
-        "tasks": {task.name: asdict(task) for task in tasks}, "max_attempts": args.max_attempts,
-        "attempt_overhead_seconds": args.attempt_overhead, "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "benchmark": "search_efficiency",
+        "quick": args.quick,
+        "seeds": seeds,
+        "tasks": {task.name: asdict(task) for task in tasks},
+        "max_attempts": args.max_attempts,
+        "attempt_overhead_seconds": args.attempt_overhead,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "elapsed_seconds": round(time.time() - started, 1),
-        "summary": rows, "goal": verdicts,
-        "runs": [{**{k: v for k, v in asdict(run).items() if k != "trials"},
-                  "succeeded": run.succeeded, "train_seconds": round(run.train_seconds, 3),
-                  "attempts": run.attempts,
-                  "trials": [{**asdict(t), "accuracy": None if t.accuracy != t.accuracy else t.accuracy}
-                             for t in run.trials]} for run in runs],
+        "summary": rows,
+        "goal": verdicts,
+        "runs": [
+            {
+                **{k: v for k, v in asdict(run).items() if k != "trials"},
+                "succeeded": run.succeeded,
+                "train_seconds": round(run.train_seconds, 3),
+                "attempts": run.attempts,
+                "trials": [
+                    {**asdict(t), "accuracy": None if t.accuracy != t.accuracy else t.accuracy}
+                    for t in run.trials
+                ],
+            }
+            for run in runs
+        ],
     }
     path = write_results(str(Path(__file__).with_name(f"{stem}.py")), document)
     (RESULTS_DIR / f"{stem}.md").write_text(table + "\n")

@@ -36,8 +36,13 @@ NAME_PATTERN = "^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"  # pushtrain.registry's m
     doc_md=__doc__,
     tags=["pushtrain", "serving"],
     params={
-        "model_name": Param("", type="string", pattern=NAME_PATTERN, title="Model name",
-                            description="Serve this model's champion. Empty: the models of the asset events."),
+        "model_name": Param(
+            "",
+            type="string",
+            pattern=NAME_PATTERN,
+            title="Model name",
+            description="Serve this model's champion. Empty: the models of the asset events.",
+        ),
     },
 )
 def deploy_model() -> None:
@@ -50,7 +55,9 @@ def deploy_model() -> None:
         for events in (context.get("triggering_asset_events") or {}).values():
             names |= {event.extra["model_name"] for event in events if (event.extra or {}).get("model_name")}
         if not names:
-            raise AirflowFailException("no model to deploy: trigger with model_name, or from a champion event")
+            raise AirflowFailException(
+                "no model to deploy: trigger with model_name, or from a champion event"
+            )
         by = f"dag_run:{context['dag'].dag_id}/{context['run_id']}"
         results = [serving.deploy(name, by=by).to_xcom() for name in sorted(names)]
         refused = [r for r in results if not r["switched"] and r["container"] is None]

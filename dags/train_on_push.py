@@ -46,24 +46,52 @@ DEFAULT_BRANCH = settings.default_branch()
     doc_md=__doc__,
     tags=["pushtrain", "training"],
     params={
-        "repo_url": Param("", type="string", title="Repository URL",
-                          description="Empty: the git_default connection's host."),
+        "repo_url": Param(
+            "", type="string", title="Repository URL", description="Empty: the git_default connection's host."
+        ),
         "branch": Param(DEFAULT_BRANCH, type="string", minLength=1, title="Branch to watch"),
-        "commit": Param("", type="string", title="Commit to train now",
-                        description="A SHA or ref. Empty: wait for the next push to the branch."),
-        "target": Param(None, type=["null", "number"], minimum=0.01, maximum=1.0, title="Target accuracy",
-                        description="Held-out accuracy that counts as success. Empty: pushtrain.toml, else 0.80."),
-        "max_attempts": Param(None, type=["null", "integer"], minimum=1, maximum=50, title="Max attempts",
-                              description="Training attempts before giving up. Empty: pushtrain.toml, else 5."),
-        "kind": Param("auto", enum=["auto", *KINDS], title="Model kind",
-                      description="auto detects it from the code."),
-        "strategy": Param(None, type=["null", "string"], enum=[None, *STRATEGIES],
-                          title="Tweak strategy", description="Empty: pushtrain.toml, else default."),
+        "commit": Param(
+            "",
+            type="string",
+            title="Commit to train now",
+            description="A SHA or ref. Empty: wait for the next push to the branch.",
+        ),
+        "target": Param(
+            None,
+            type=["null", "number"],
+            minimum=0.01,
+            maximum=1.0,
+            title="Target accuracy",
+            description="Held-out accuracy that counts as success. Empty: pushtrain.toml, else 0.80.",
+        ),
+        "max_attempts": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=50,
+            title="Max attempts",
+            description="Training attempts before giving up. Empty: pushtrain.toml, else 5.",
+        ),
+        "kind": Param(
+            "auto", enum=["auto", *KINDS], title="Model kind", description="auto detects it from the code."
+        ),
+        "strategy": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *STRATEGIES],
+            title="Tweak strategy",
+            description="Empty: pushtrain.toml, else default.",
+        ),
     },
 )
 def train_on_push() -> None:
-    @task.sensor(task_id="wait_for_commit", poke_interval=POKE_INTERVAL_S, timeout=WATCH_INTERVAL.total_seconds(),
-                 mode="reschedule", soft_fail=True)
+    @task.sensor(
+        task_id="wait_for_commit",
+        poke_interval=POKE_INTERVAL_S,
+        timeout=WATCH_INTERVAL.total_seconds(),
+        mode="reschedule",
+        soft_fail=True,
+    )
     def wait_for_commit(**context: Any) -> PokeReturnValue:
         """Wait for a commit nobody trained yet; claim it.
 
@@ -72,9 +100,13 @@ def train_on_push() -> None:
         params, dag_run = context["params"], context["dag_run"]
         try:
             found = steps.find_commit_to_train(
-                remote=dag_parts.remote_for(params), branch=params["branch"], dag_run_id=dag_run.run_id,
-                run_type=str(dag_run.run_type), data_interval_end=context.get("data_interval_end"),
-                explicit_commit=params["commit"] or None)
+                remote=dag_parts.remote_for(params),
+                branch=params["branch"],
+                dag_run_id=dag_run.run_id,
+                run_type=str(dag_run.run_type),
+                data_interval_end=context.get("data_interval_end"),
+                explicit_commit=params["commit"] or None,
+            )
         except steps.NothingToTrain as exc:
             raise AirflowSkipException(str(exc)) from None
         return PokeReturnValue(is_done=found is not None, xcom_value=found)
@@ -83,8 +115,9 @@ def train_on_push() -> None:
     @dag_parts.user_errors_fail_fast
     def checkout_commit(found: dict, **context: Any) -> dict:
         """Check out exactly the claimed commit into this pipeline's workspace."""
-        return steps.checkout_commit(found, context["params"], context["dag_run"].run_id,
-                                     dag_parts.remote_for(context["params"]))
+        return steps.checkout_commit(
+            found, context["params"], context["dag_run"].run_id, dag_parts.remote_for(context["params"])
+        )
 
     @task(task_id="detect_kind", retries=0)
     @dag_parts.user_errors_fail_fast

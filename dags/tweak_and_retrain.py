@@ -41,8 +41,13 @@ from pushtrain import dag_parts, pipeline, steps
     doc_md=__doc__,
     tags=["pushtrain", "training"],
     params={
-        "pipeline_id": Param("", type="string", minLength=1, title="Pipeline id",
-                             description="Set by train_on_push: <short sha>-<run hash>."),
+        "pipeline_id": Param(
+            "",
+            type="string",
+            minLength=1,
+            title="Pipeline id",
+            description="Set by train_on_push: <short sha>-<run hash>.",
+        ),
         "attempt": Param(2, type=["integer", "string"], title="Attempt number", description="2 or more."),
     },
 )
@@ -55,7 +60,9 @@ def tweak_and_retrain() -> None:
         attempt = int(params["attempt"])
         config = pipeline.Pipeline.load(params["pipeline_id"]).config
         if not 2 <= attempt <= config.max_attempts:
-            raise steps.UserFacingError(f"attempt {attempt} is outside 2..{config.max_attempts} (max_attempts)")
+            raise steps.UserFacingError(
+                f"attempt {attempt} is outside 2..{config.max_attempts} (max_attempts)"
+            )
         return steps.prepare_tweaked_attempt(params["pipeline_id"], attempt)
 
     dag_parts.attempt_tail(prepare_attempt())

@@ -22,12 +22,26 @@ class PushtrainPlugin(AirflowPlugin):
     name = "pushtrain"
     # Relative hrefs resolve against the UI's base URL, so they keep working behind a proxy's sub-path.
     external_views = [
-        {"name": "Training attempts", "href": "pushtrain/runs/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
-         "url_route": "pushtrain-attempts"},
-        {"name": "Pipelines", "href": "pushtrain/pipelines", "destination": "nav", "category": "browse",
-         "url_route": "pushtrain-pipelines"},
-        {"name": "Model registry", "href": "pushtrain/registry", "destination": "nav", "category": "browse",
-         "url_route": "pushtrain-registry"},
+        {
+            "name": "Training attempts",
+            "href": "pushtrain/runs/{DAG_ID}/{RUN_ID}",
+            "destination": "dag_run",
+            "url_route": "pushtrain-attempts",
+        },
+        {
+            "name": "Pipelines",
+            "href": "pushtrain/pipelines",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "pushtrain-pipelines",
+        },
+        {
+            "name": "Model registry",
+            "href": "pushtrain/registry",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "pushtrain-registry",
+        },
     ]
 
     @property

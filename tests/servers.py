@@ -34,7 +34,9 @@ def require_programs(*programs: str) -> None:
     """Fail (not skip) with the install command when a server program is missing."""
     missing = [DEBIAN_PACKAGES.get(p, p) for p in programs if not shutil.which(p)]
     if missing:
-        raise RuntimeError(f"missing {', '.join(missing)}: run `make test-deps` (apt-get install {' '.join(missing)})")
+        raise RuntimeError(
+            f"missing {', '.join(missing)}: run `make test-deps` (apt-get install {' '.join(missing)})"
+        )
 
 
 def free_port() -> int:
@@ -47,7 +49,9 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -68,10 +72,17 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """The git CLI with a fixed identity and none of this host's configuration."""
-    full_env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-                "GIT_AUTHOR_NAME": "Dana Scientist", "GIT_AUTHOR_EMAIL": "dana@example.com",
-                "GIT_COMMITTER_NAME": "Dana Scientist", "GIT_COMMITTER_EMAIL": "dana@example.com",
-                "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+    full_env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "Dana Scientist",
+        "GIT_AUTHOR_EMAIL": "dana@example.com",
+        "GIT_COMMITTER_NAME": "Dana Scientist",
+        "GIT_COMMITTER_EMAIL": "dana@example.com",
+        "GIT_TERMINAL_PROMPT": "0",
+        **(env or {}),
+    }
     done = subprocess.run(["git", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(args[:2])} failed: {done.stderr.strip()}")
@@ -95,7 +106,10 @@ class GitHttpServer:
         self.repos = root / "repos"
         self.lfs_store = root / "lfs-store"
         self.port = free_port()
-        self.tokens = {self.WRITER: f"ghp_{secrets.token_hex(16)}", self.READER: f"ro_{secrets.token_hex(16)}"}
+        self.tokens = {
+            self.WRITER: f"ghp_{secrets.token_hex(16)}",
+            self.READER: f"ro_{secrets.token_hex(16)}",
+        }
         self.process: subprocess.Popen | None = None
         self.log = root / "lighttpd.log"
 
@@ -116,7 +130,8 @@ class GitHttpServer:
         scripts = self.root / "cgi"
         scripts.mkdir()
         # A read-only token may fetch but not push: answered as a git host does, with 403.
-        (scripts / "git.cgi").write_text(textwrap.dedent(f"""\
+        (scripts / "git.cgi").write_text(
+            textwrap.dedent(f"""\
             #!/bin/sh
             case "$PATH_INFO?$QUERY_STRING" in
               *git-receive-pack*)
@@ -126,30 +141,32 @@ class GitHttpServer:
                 fi;;
             esac
             exec {backend}
-            """))
+            """)
+        )
         (scripts / "lfs.cgi").write_text(_LFS_BATCH_CGI.format(store=self.lfs_store, writer=self.WRITER))
         for script in scripts.iterdir():
             script.chmod(0o755)
         users = self.root / "users"
         users.write_text("".join(f"{user}:{token}\n" for user, token in self.tokens.items()))
         config = self.root / "lighttpd.conf"
-        config.write_text(textwrap.dedent(f"""\
+        config.write_text(
+            textwrap.dedent(f"""\
             server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv", "mod_webdav")
-            server.document-root = "{self.root / 'www'}"
+            server.document-root = "{self.root / "www"}"
             server.bind = "127.0.0.1"
             server.port = {self.port}
             server.errorlog = "{self.log}"
-            server.pid-file = "{self.root / 'lighttpd.pid'}"
+            server.pid-file = "{self.root / "lighttpd.pid"}"
             server.max-request-size = 65536
             auth.backend = "plain"
             auth.backend.plain.userfile = "{users}"
             auth.require = ("/" => ("method" => "basic", "realm" => "git", "require" => "valid-user"))
             $HTTP["url"] =~ "^/git/[^/]+/info/lfs/" {{
-              alias.url = ("/git" => "{scripts / 'lfs.cgi'}")
+              alias.url = ("/git" => "{scripts / "lfs.cgi"}")
               cgi.assign = ("" => "")
             }}
             else $HTTP["url"] =~ "^/git/" {{
-              alias.url = ("/git" => "{scripts / 'git.cgi'}")
+              alias.url = ("/git" => "{scripts / "git.cgi"}")
               cgi.assign = ("" => "")
               setenv.add-environment = ("GIT_PROJECT_ROOT" => "{self.repos}", "GIT_HTTP_EXPORT_ALL" => "1")
             }}
@@ -157,10 +174,15 @@ class GitHttpServer:
               alias.url = ("/lfs-objects/" => "{self.lfs_store}/")
               webdav.activate = "enable"
             }}
-            """))
+            """)
+        )
         with open(self.log, "ab") as output:
-            self.process = subprocess.Popen(["lighttpd", "-D", "-f", str(config)], stdout=output,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                ["lighttpd", "-D", "-f", str(config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         wait_for_port(self.port, self.process, self.log)
         return self
 
@@ -226,30 +248,37 @@ class GitSshServer:
         require_programs("/usr/sbin/sshd", "ssh-keygen")
         self.root.mkdir(parents=True, exist_ok=True)
         for key in (self.host_key, self.key, self.read_only_key, self.stranger_key):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
+                check=True,
+                capture_output=True,
+            )
         git_shell = shutil.which("git-shell") or "/usr/bin/git-shell"
         read_only_shell = self.root / "read-only-shell"
-        read_only_shell.write_text(textwrap.dedent(f"""\
+        read_only_shell.write_text(
+            textwrap.dedent(f"""\
             #!/bin/sh
             case "$SSH_ORIGINAL_COMMAND" in
               git-receive-pack*) echo "ERROR: this deploy key is read-only" >&2; exit 1;;
             esac
             exec {git_shell} -c "$SSH_ORIGINAL_COMMAND"
-            """))
+            """)
+        )
         read_only_shell.chmod(0o755)
         forced = f'command="{git_shell} -c \\"$SSH_ORIGINAL_COMMAND\\"",restrict'
         authorized = self.root / "authorized_keys"
         authorized.write_text(
             f"{forced} {self.key.with_suffix('.pub').read_text()}"
-            f'command="{read_only_shell}",restrict {self.read_only_key.with_suffix(".pub").read_text()}')
+            f'command="{read_only_shell}",restrict {self.read_only_key.with_suffix(".pub").read_text()}'
+        )
         authorized.chmod(0o600)
         config = self.root / "sshd_config"
-        config.write_text(textwrap.dedent(f"""\
+        config.write_text(
+            textwrap.dedent(f"""\
             Port {self.port}
             ListenAddress 127.0.0.1
             HostKey {self.host_key}
-            PidFile {self.root / 'sshd.pid'}
+            PidFile {self.root / "sshd.pid"}
             AuthorizedKeysFile {authorized}
             AllowUsers {self.user}
             PermitRootLogin forced-commands-only
@@ -259,12 +288,17 @@ class GitSshServer:
             UsePAM no
             StrictModes no
             LogLevel VERBOSE
-            """))
+            """)
+        )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         with open(self.log, "ab") as output:
-            self.process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=output,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         wait_for_port(self.port, self.process, self.log)
         return self
 

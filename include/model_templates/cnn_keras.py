@@ -47,9 +47,7 @@ def build_model(hp, input_shape, num_classes):
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for block in range(hp["conv_blocks"]):
-        x = layers.Conv2D(
-            hp["filters"] * 2**block, hp["kernel_size"], padding="same", activation="relu"
-        )(x)
+        x = layers.Conv2D(hp["filters"] * 2**block, hp["kernel_size"], padding="same", activation="relu")(x)
         # "same" pooling keeps a 1x1 map valid, so small images (8x8 digits) take up to 4 blocks.
         x = layers.MaxPooling2D(padding="same")(x)
     x = layers.Flatten()(x)

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, type=Path, help="model file (HPARAMS + builder)")
     train.add_argument("--data", required=True, type=Path, help="image folder: <data>/<label>/*.png")
     train.add_argument("--out", required=True, type=Path, help="output directory of this attempt")
-    train.add_argument("--hparams", default="{}", help='JSON overrides of HPARAMS, e.g. \'{"epochs": 5}\'')
+    train.add_argument("--hparams", default="{}", help="JSON overrides of HPARAMS, e.g. '{\"epochs\": 5}'")
     train.add_argument("--kind", choices=KINDS, help="model kind (default: detected)")
     train.add_argument("--memory", help="memory cap, Docker syntax (default PUSHTRAIN_CONTAINER_MEMORY)")
     train.add_argument("--cpus", type=float, help="CPU cap in cores (default PUSHTRAIN_CONTAINER_CPUS)")
@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("path", type=Path)
 
     # Listed for --help only: main() hands check and adapt their arguments before this parser runs.
-    for name, summary in (("check", "check a model file against the contract (parsed, never run)"),
-                          ("adapt", "rewrite a plain Keras or scikit-learn training script to the contract")):
+    for name, summary in (
+        ("check", "check a model file against the contract (parsed, never run)"),
+        ("adapt", "rewrite a plain Keras or scikit-learn training script to the contract"),
+    ):
         command = commands.add_parser(name, help=summary, add_help=False)
         command.add_argument("arguments", nargs=argparse.REMAINDER)
 
@@ -62,8 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="data set name: letters, digits, '.', '_', '-'")
     add.add_argument("path", type=Path, help="<path>/<label>/<image>, or a CSV with a label column")
     add.add_argument("--test-fraction", type=float, default=0.2, help="held out per class (default 0.2)")
-    add.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
-                     help="resize every image to this (default: the most common size)")
+    add.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
+        help="resize every image to this (default: the most common size)",
+    )
     add.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 colour (default: most common)")
     add.add_argument("--label-column", help="the CSV column holding the classes (default: label)")
     add.add_argument("--categorical", default="", help="CSV columns to one-hot encode, comma-separated")
@@ -103,32 +110,45 @@ def _registry(args: argparse.Namespace) -> int:
         if args.action == "list":
             for name in [args.name] if args.name else registry.model_names():
                 aliases = registry.aliases(name)
-                named = ", ".join(f"v{number} {alias}" for alias, number in sorted(aliases.items(),
-                                                                                    key=lambda item: item[1]))
+                named = ", ".join(
+                    f"v{number} {alias}"
+                    for alias, number in sorted(aliases.items(), key=lambda item: item[1])
+                )
                 print(f"{name}  {named or 'no aliases'}")
                 if args.name:
                     for version in registry.versions(name):
                         marks = [alias for alias, number in aliases.items() if number == version.number]
-                        print(f"  {version.label}  {version.metric} {version.metric_value:.4f}  "
-                              f"{version.created_at:%Y-%m-%d %H:%M}  {version.pipeline_run_id}  "
-                              f"{' '.join(sorted(marks))}".rstrip())
+                        print(
+                            f"  {version.label}  {version.metric} {version.metric_value:.4f}  "
+                            f"{version.created_at:%Y-%m-%d %H:%M}  {version.pipeline_run_id}  "
+                            f"{' '.join(sorted(marks))}".rstrip()
+                        )
         elif args.action == "show":
             version = registry.resolve(args.reference)
-            record = {"name": version.model_name, "version": version.number, "uri": version.uri,
-                      "aliases": sorted(a for a, n in registry.aliases(version.model_name).items()
-                                        if n == version.number),
-                      "metric": {version.metric: version.metric_value}, "metrics": version.metrics,
-                      "tags": registry.tags(version.model_name, version.number),
-                      "created_at": version.created_at.isoformat(), "pipeline_run_id": version.pipeline_run_id,
-                      "path": str(version.path), "lineage": version.lineage}
+            record = {
+                "name": version.model_name,
+                "version": version.number,
+                "uri": version.uri,
+                "aliases": sorted(
+                    a for a, n in registry.aliases(version.model_name).items() if n == version.number
+                ),
+                "metric": {version.metric: version.metric_value},
+                "metrics": version.metrics,
+                "tags": registry.tags(version.model_name, version.number),
+                "created_at": version.created_at.isoformat(),
+                "pipeline_run_id": version.pipeline_run_id,
+                "path": str(version.path),
+                "lineage": version.lineage,
+            }
             if args.json:
                 print(json.dumps(record, indent=2))
             else:
                 for key, value in record.items():
                     print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
         elif args.action == "promote":
-            move = registry.set_alias(args.name, CHAMPION, args.version, by=by,
-                                      reason=args.reason or "promoted by hand")
+            move = registry.set_alias(
+                args.name, CHAMPION, args.version, by=by, reason=args.reason or "promoted by hand"
+            )
             print(f"{args.name}: champion is v{args.version}" + ("" if move else " already"))
         elif args.action == "rollback":
             move = registry.rollback(args.name, args.to, reason=args.reason, by=by)
@@ -154,9 +174,12 @@ def _datasets(args: argparse.Namespace) -> int:
 
     if args.action == "add":
         options = datasets.ImportOptions(
-            test_fraction=args.test_fraction, image_size=tuple(args.image_size) if args.image_size else None,
-            channels=args.channels, label_column=args.label_column,
-            categorical=tuple(c.strip() for c in args.categorical.split(",") if c.strip()))
+            test_fraction=args.test_fraction,
+            image_size=tuple(args.image_size) if args.image_size else None,
+            channels=args.channels,
+            label_column=args.label_column,
+            categorical=tuple(c.strip() for c in args.categorical.split(",") if c.strip()),
+        )
         try:
             datasets.add_path(args.name, args.path, options)
         except datasets.DatasetError as exc:
@@ -165,13 +188,18 @@ def _datasets(args: argparse.Namespace) -> int:
         return 0
     if args.action == "list":
         manifests = [m for m in datasets.list_datasets() if not args.names or m.name in args.names]
-        print(json.dumps([asdict(m) for m in manifests], indent=2) if args.json else
-              "\n".join(datasets.listing(manifests)))
+        print(
+            json.dumps([asdict(m) for m in manifests], indent=2)
+            if args.json
+            else "\n".join(datasets.listing(manifests))
+        )
         return 0
     for name in getattr(args, "names", None) or datasets.DATASET_NAMES:
         manifest = datasets.ensure_dataset(name)
-        print(f"{name}: {manifest.root} ({manifest.counts['train']} train / {manifest.counts['test']} test, "
-              f"sha256 {manifest.dataset_sha256[:12]})")
+        print(
+            f"{name}: {manifest.root} ({manifest.counts['train']} train / {manifest.counts['test']} test, "
+            f"sha256 {manifest.dataset_sha256[:12]})"
+        )
     return 0
 
 
@@ -182,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         from pushtrain import adapt, contract_check
 
         return (contract_check if argv[0] == "check" else adapt).main(argv[1:])
-    if argv[:1] == ["datasets"] and len(argv) > 1 and argv[1] not in ("export", "add", "list") \
-            and not argv[1].startswith("-"):
+    if (
+        argv[:1] == ["datasets"]
+        and len(argv) > 1
+        and argv[1] not in ("export", "add", "list")
+        and not argv[1].startswith("-")
+    ):
         argv.insert(1, "export")  # `datasets digits`, as before there were actions
     args = _parser().parse_args(argv)
     if args.command == "detect":
@@ -212,8 +244,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = localrun.train(
-            model=args.model, data=args.data, out=args.out, hparams=json.loads(args.hparams),
-            kind=args.kind, memory=args.memory, cpus=args.cpus, name=args.name,
+            model=args.model,
+            data=args.data,
+            out=args.out,
+            hparams=json.loads(args.hparams),
+            kind=args.kind,
+            memory=args.memory,
+            cpus=args.cpus,
+            name=args.name,
         )
     except localrun.LocalRunError as exc:
         print(f"error: {exc}", file=sys.stderr)

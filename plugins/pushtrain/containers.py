@@ -20,11 +20,24 @@ EVALUATE = "evaluate"  # a pipeline attempt's evaluation; container_health heals
 LOCAL = "local"  # python -m pushtrain train: the same training, not healed
 
 
-def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: Path, entry: str,
-                   data_dir: Path, output_dir: Path, state_dir: Path, evaluation_dir: Path | None = None,
-                   image: str | None = None, environment: dict[str, str] | None = None,
-                   hparams: dict | None = None, warm_start: Path | None = None,
-                   checkpoints: bool = True) -> ContainerSpec:
+def container_spec(
+    role: str,
+    *,
+    name: str,
+    run_key: str,
+    kind: str,
+    code_dir: Path,
+    entry: str,
+    data_dir: Path,
+    output_dir: Path,
+    state_dir: Path,
+    evaluation_dir: Path | None = None,
+    image: str | None = None,
+    environment: dict[str, str] | None = None,
+    hparams: dict | None = None,
+    warm_start: Path | None = None,
+    checkpoints: bool = True,
+) -> ContainerSpec:
     """The container of one attempt's training (``TRAIN``, ``LOCAL``) or evaluation (``EVALUATE``).
 
     :param name: the container's fixed name: a retry finds and adopts it.
@@ -44,20 +57,50 @@ def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: P
     from docker.types import Mount
 
     model_file = f"{contract.MODEL_MOUNT}/{entry}"
-    mounts = [Mount(contract.MODEL_MOUNT, str(code_dir), type="bind", read_only=True),
-              Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True)]
+    mounts = [
+        Mount(contract.MODEL_MOUNT, str(code_dir), type="bind", read_only=True),
+        Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True),
+    ]
     if role == EVALUATE:
         if evaluation_dir is None:
             raise ValueError("an evaluation container needs an evaluation_dir")
-        command = ["predict", "--model-dir", contract.EVALUATED_MODEL_MOUNT, "--data", contract.DATA_MOUNT,
-                   "--out", contract.EVALUATION_OUT_MOUNT, "--model", model_file]
-        mounts += [Mount(contract.EVALUATED_MODEL_MOUNT, str(Path(output_dir) / contract.MODEL_DIR), type="bind",
-                         read_only=True),
-                   Mount(contract.EVALUATION_OUT_MOUNT, str(evaluation_dir), type="bind")]
+        command = [
+            "predict",
+            "--model-dir",
+            contract.EVALUATED_MODEL_MOUNT,
+            "--data",
+            contract.DATA_MOUNT,
+            "--out",
+            contract.EVALUATION_OUT_MOUNT,
+            "--model",
+            model_file,
+        ]
+        mounts += [
+            Mount(
+                contract.EVALUATED_MODEL_MOUNT,
+                str(Path(output_dir) / contract.MODEL_DIR),
+                type="bind",
+                read_only=True,
+            ),
+            Mount(contract.EVALUATION_OUT_MOUNT, str(evaluation_dir), type="bind"),
+        ]
         result_file = Path(evaluation_dir) / contract.PREDICTIONS_FILE
     elif role in (TRAIN, LOCAL):
-        command = ["train", "--model", model_file, "--data", contract.DATA_MOUNT, "--out", contract.OUT_MOUNT,
-                   "--hparams", json.dumps(hparams or {}), "--kind", kind, "--run-key", run_key]
+        command = [
+            "train",
+            "--model",
+            model_file,
+            "--data",
+            contract.DATA_MOUNT,
+            "--out",
+            contract.OUT_MOUNT,
+            "--hparams",
+            json.dumps(hparams or {}),
+            "--kind",
+            kind,
+            "--run-key",
+            run_key,
+        ]
         mounts.append(Mount(contract.OUT_MOUNT, str(output_dir), type="bind"))
         if warm_start is not None:
             command += ["--warm-start", contract.WARM_START_MOUNT]
@@ -67,6 +110,11 @@ def container_spec(role: str, *, name: str, run_key: str, kind: str, code_dir: P
         result_file = Path(output_dir) / contract.METRICS_FILE
     else:
         raise ValueError(f"unknown container role {role!r}")
-    return ContainerSpec(name=name, image=image or images.image_for_kind(kind), command=command, mounts=mounts,
-                         labels=supervision.labels(role, run_key, state_dir, result_file),
-                         environment=dict(environment or {}))
+    return ContainerSpec(
+        name=name,
+        image=image or images.image_for_kind(kind),
+        command=command,
+        mounts=mounts,
+        labels=supervision.labels(role, run_key, state_dir, result_file),
+        environment=dict(environment or {}),
+    )

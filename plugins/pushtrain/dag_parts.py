@@ -82,10 +82,15 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
             return NOTHING_LEFT_TO_TRY
         return f"train_{attempt['kind']}"
 
-    trainers = [TrainAttemptOperator(task_id=f"train_{kind}", kind=kind, execution_timeout=TRAINING_TIMEOUT)
-                for kind in KINDS]
-    evaluate = EvaluateAttemptOperator(task_id="evaluate", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-                                       execution_timeout=timedelta(minutes=30))
+    trainers = [
+        TrainAttemptOperator(task_id=f"train_{kind}", kind=kind, execution_timeout=TRAINING_TIMEOUT)
+        for kind in KINDS
+    ]
+    evaluate = EvaluateAttemptOperator(
+        task_id="evaluate",
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        execution_timeout=timedelta(minutes=30),
+    )
     nothing_left_to_try = EmptyOperator(task_id=NOTHING_LEFT_TO_TRY)
 
     @task(task_id="judge_attempt", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
@@ -110,8 +115,12 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         """Below target and out of attempts, no real gain any more, or nothing left to try."""
         return decision["action"] == "stop"
 
-    @task(task_id="register_model", retries=2, on_success_callback=PipelineMailNotifier(SUCCESS),
-          outlets=[MODELS_ALIAS])
+    @task(
+        task_id="register_model",
+        retries=2,
+        on_success_callback=PipelineMailNotifier(SUCCESS),
+        outlets=[MODELS_ALIAS],
+    )
     def register_model(decision: dict, **context: Any) -> dict:
         """Register the model with its lineage, make it champion if not worse, push the tuned file back.
 
@@ -121,7 +130,8 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         if registered["is_champion"]:
             context["outlet_events"][MODELS_ALIAS].add(
                 model_asset(registered["model_name"]),
-                extra=champion_event_extra(registered["model_name"], registered["version"]))
+                extra=champion_event_extra(registered["model_name"], registered["version"]),
+            )
         return registered
 
     @task(task_id="report_budget_spent", on_success_callback=PipelineMailNotifier(BUDGET_SPENT))
@@ -133,8 +143,10 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         task_id="trigger_retrain",
         trigger_dag_id=RETRAIN_DAG_ID,
         trigger_run_id="{{ ti.xcom_pull(task_ids='judge_attempt')['next_run_id'] }}",
-        conf={"pipeline_id": "{{ ti.xcom_pull(task_ids='judge_attempt')['pipeline_id'] }}",
-              "attempt": "{{ ti.xcom_pull(task_ids='judge_attempt')['next_attempt'] }}"},
+        conf={
+            "pipeline_id": "{{ ti.xcom_pull(task_ids='judge_attempt')['pipeline_id'] }}",
+            "attempt": "{{ ti.xcom_pull(task_ids='judge_attempt')['next_attempt'] }}",
+        },
         skip_when_already_exists=True,  # a retried trigger never starts a second attempt
         fail_when_dag_is_paused=True,
         wait_for_completion=False,
@@ -145,10 +157,16 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         """Remove the checkout and checkpoints once the pipeline ended here (met, stopped or failed)."""
         ti, params = context["ti"], context["params"]
         # The attempt may have failed before prepare_attempt: fall back to what identifies the pipeline.
-        started = (ti.xcom_pull(task_ids="prepare_attempt") or ti.xcom_pull(task_ids="checkout_commit")
-                   or {"pipeline_id": params.get("pipeline_id"), "attempt": params.get("attempt")})
-        return steps.finish_pipeline(started.get("pipeline_id"), int(started.get("attempt") or 1),
-                                     ti.xcom_pull(task_ids="judge_attempt"))
+        started = (
+            ti.xcom_pull(task_ids="prepare_attempt")
+            or ti.xcom_pull(task_ids="checkout_commit")
+            or {"pipeline_id": params.get("pipeline_id"), "attempt": params.get("attempt")}
+        )
+        return steps.finish_pipeline(
+            started.get("pipeline_id"),
+            int(started.get("attempt") or 1),
+            ti.xcom_pull(task_ids="judge_attempt"),
+        )
 
     route = choose_trainer(prepared)
     for trainer in trainers:
@@ -157,20 +175,38 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
     decision = judge_attempt(prepared, evaluate.output)
     nothing_left_to_try >> decision
     met, retry, spent = target_met(decision), retry_allowed(decision), budget_spent(decision)
-    outcomes = [met >> Label("target met") >> register_model(decision),
-                retry >> Label("below target, budget left") >> trigger_retrain,
-                spent >> Label("budget spent") >> report_budget_spent(decision)]
+    outcomes = [
+        met >> Label("target met") >> register_model(decision),
+        retry >> Label("below target, budget left") >> trigger_retrain,
+        spent >> Label("budget spent") >> report_budget_spent(decision),
+    ]
     finish = finish_pipeline()
     outcomes >> finish
 
-    @task(task_id="fail_if_any_step_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0,
-          on_failure_callback=None)
+    @task(
+        task_id="fail_if_any_step_failed",
+        trigger_rule=TriggerRule.ONE_FAILED,
+        retries=0,
+        on_failure_callback=None,
+    )
     def fail_if_any_step_failed() -> None:
         """Fail the run when a step failed: finish_pipeline, the other leaf, runs and succeeds regardless."""
         raise AirflowFailException("a step of this pipeline run failed: its task log says why")
 
-    every_step = [*earlier, prepared, route, *trainers, evaluate, nothing_left_to_try, decision, met, retry, spent,
-                  *outcomes, finish]
+    every_step = [
+        *earlier,
+        prepared,
+        route,
+        *trainers,
+        evaluate,
+        nothing_left_to_try,
+        decision,
+        met,
+        retry,
+        spent,
+        *outcomes,
+        finish,
+    ]
     every_step >> fail_if_any_step_failed()
 
 

@@ -45,8 +45,9 @@ class Limits:
 
     @classmethod
     def from_settings(cls) -> Limits:
-        return cls(settings.dataset_max_bytes(), settings.dataset_max_files(),
-                   settings.archive_max_unpacked_bytes())
+        return cls(
+            settings.dataset_max_bytes(), settings.dataset_max_files(), settings.archive_max_unpacked_bytes()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +98,15 @@ def safe_relative(name: str, where: str) -> PurePosixPath:
     cleaned = name.replace("\\", "/")
     path = PurePosixPath(cleaned)
     if "\0" in cleaned or path.is_absolute() or (len(cleaned) > 1 and cleaned[1] == ":"):
-        raise DatasetError(f"{where}: {name!r} is an absolute path; paths must be relative to the data "
-                           "folder (re-create the archive from inside the folder)")
+        raise DatasetError(
+            f"{where}: {name!r} is an absolute path; paths must be relative to the data "
+            "folder (re-create the archive from inside the folder)"
+        )
     if ".." in path.parts:
-        raise DatasetError(f"{where}: {name!r} escapes the data folder with '..'; paths must stay inside "
-                           "it (re-create the archive from inside the folder)")
+        raise DatasetError(
+            f"{where}: {name!r} escapes the data folder with '..'; paths must stay inside "
+            "it (re-create the archive from inside the folder)"
+        )
     return PurePosixPath(*[part for part in path.parts if part not in ("", ".")])
 
 
@@ -121,8 +126,9 @@ def walk(root: Path, limits: Limits) -> SourceTree:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            raise DatasetError(f"cannot read the folder {folder}: {exc.strerror}; make it readable by the "
-                               "workers") from None
+            raise DatasetError(
+                f"cannot read the folder {folder}: {exc.strerror}; make it readable by the workers"
+            ) from None
         for entry in entries:
             relative = f"{relative_folder}/{entry.name}" if relative_folder else entry.name
             if entry.name.startswith(".") or entry.name in CLUTTER:
@@ -132,15 +138,21 @@ def walk(root: Path, limits: Limits) -> SourceTree:
             if entry.is_symlink():
                 target = Path(path).resolve()
                 if not _is_within(target, root):
-                    raise DatasetError(f"{relative} is a symbolic link to {target}, outside the data folder "
-                                       f"{root}: copy what it points to into the folder instead of linking")
+                    raise DatasetError(
+                        f"{relative} is a symbolic link to {target}, outside the data folder "
+                        f"{root}: copy what it points to into the folder instead of linking"
+                    )
                 if not target.exists():
-                    raise DatasetError(f"{relative} is a symbolic link to {target}, which does not exist: "
-                                       "remove the link or restore its target")
+                    raise DatasetError(
+                        f"{relative} is a symbolic link to {target}, which does not exist: "
+                        "remove the link or restore its target"
+                    )
                 if target.is_dir():
                     if str(target) in ancestors:
-                        raise DatasetError(f"{relative} is a symbolic link to a folder that contains it (a "
-                                           "loop): remove the link")
+                        raise DatasetError(
+                            f"{relative} is a symbolic link to a folder that contains it (a "
+                            "loop): remove the link"
+                        )
                     pending.append((str(target), relative, ancestors | {str(target)}))
                     continue
                 info = target.stat()
@@ -151,8 +163,10 @@ def walk(root: Path, limits: Limits) -> SourceTree:
             elif stat.S_ISREG(info.st_mode):
                 tree.files.append(SourceFile(relative, path, info.st_size))
                 if len(tree.files) > limits.max_files:
-                    raise DatasetError(f"{root} holds more than {limits.max_files} files "
-                                       "(PUSHTRAIN_DATASET_MAX_FILES): import a smaller set or raise the cap")
+                    raise DatasetError(
+                        f"{root} holds more than {limits.max_files} files "
+                        "(PUSHTRAIN_DATASET_MAX_FILES): import a smaller set or raise the cap"
+                    )
             else:
                 tree.ignored.append((relative, "not a regular file"))
     tree.files.sort(key=lambda f: f.relative)
@@ -173,8 +187,10 @@ def unpack(archive: Path, into: Path, limits: Limits) -> None:
         else:
             raise DatasetError(f"{archive} is not an archive pushtrain reads: use .zip, .tar.gz, .tgz, .tar")
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as exc:
-        raise DatasetError(f"{archive} is not a readable {kind} archive ({exc}): it may be truncated or "
-                           "corrupt; create it again") from None
+        raise DatasetError(
+            f"{archive} is not a readable {kind} archive ({exc}): it may be truncated or "
+            "corrupt; create it again"
+        ) from None
 
 
 @dataclass
@@ -187,8 +203,10 @@ class _UnpackBudget:
     def count_member(self, name: str) -> None:
         self.files += 1
         if self.files > self.limits.max_files:
-            raise DatasetError(f"{self.archive} holds more than {self.limits.max_files} members "
-                               "(PUSHTRAIN_DATASET_MAX_FILES): import a smaller set or raise the cap")
+            raise DatasetError(
+                f"{self.archive} holds more than {self.limits.max_files} members "
+                "(PUSHTRAIN_DATASET_MAX_FILES): import a smaller set or raise the cap"
+            )
 
     def count_bytes(self, count: int, member: str) -> None:
         self.bytes += count
@@ -196,7 +214,8 @@ class _UnpackBudget:
             raise DatasetError(
                 f"{self.archive} unpacks to more than {human_bytes(self.limits.max_unpacked_bytes)} "
                 f"(reached at {member}; PUSHTRAIN_ARCHIVE_MAX_UNPACKED_BYTES): a decompression bomb, or a "
-                "data set larger than this deployment accepts; raise the cap if the data is genuine")
+                "data set larger than this deployment accepts; raise the cap if the data is genuine"
+            )
 
 
 def _member_target(into: Path, name: str, archive: Path) -> Path | None:
@@ -209,8 +228,9 @@ def _copy_stream(source, target: Path, budget: _UnpackBudget, member: str) -> No
     try:
         handle = target.open("xb")
     except FileExistsError:
-        raise DatasetError(f"{budget.archive}: {member} appears twice in the archive: create it again "
-                           "without duplicates") from None
+        raise DatasetError(
+            f"{budget.archive}: {member} appears twice in the archive: create it again without duplicates"
+        ) from None
     with handle:
         while chunk := source.read(COPY_CHUNK):
             budget.count_bytes(len(chunk), member)
@@ -225,14 +245,17 @@ def _unpack_zip(archive: Path, into: Path, budget: _UnpackBudget) -> None:
             budget.count_member(info.filename)
             _member_target(into, info.filename, archive)  # refuses absolute and escaping names up front
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise DatasetError(f"{archive}: {info.filename} is a symbolic link; archives may hold only "
-                                   "files and folders (store the file itself)")
+                raise DatasetError(
+                    f"{archive}: {info.filename} is a symbolic link; archives may hold only "
+                    "files and folders (store the file itself)"
+                )
             declared += info.file_size
         if declared > budget.limits.max_unpacked_bytes:
             raise DatasetError(
                 f"{archive} declares {human_bytes(declared)} unpacked, more than "
                 f"{human_bytes(budget.limits.max_unpacked_bytes)} (PUSHTRAIN_ARCHIVE_MAX_UNPACKED_BYTES): a "
-                "decompression bomb, or a data set larger than this deployment accepts")
+                "decompression bomb, or a data set larger than this deployment accepts"
+            )
         for info in members:
             target = _member_target(into, info.filename, archive)
             if target is None:
@@ -244,8 +267,9 @@ def _unpack_zip(archive: Path, into: Path, budget: _UnpackBudget) -> None:
                 with bundle.open(info) as source:  # sizes in the header can lie: the copy counts real bytes
                     _copy_stream(source, target, budget, info.filename)
             except RuntimeError as exc:  # zipfile's way of saying "encrypted"
-                raise DatasetError(f"{archive}: {info.filename} cannot be read ({exc}): use an archive "
-                                   "without a password") from None
+                raise DatasetError(
+                    f"{archive}: {info.filename} cannot be read ({exc}): use an archive without a password"
+                ) from None
 
 
 def _unpack_tar(archive: Path, into: Path, budget: _UnpackBudget) -> None:
@@ -255,15 +279,19 @@ def _unpack_tar(archive: Path, into: Path, budget: _UnpackBudget) -> None:
             budget.count_member(member.name)
             target = _member_target(into, member.name, archive)
             if member.issym() or member.islnk():
-                raise DatasetError(f"{archive}: {member.name} is a link; archives may hold only files and "
-                                   "folders (store the file itself)")
+                raise DatasetError(
+                    f"{archive}: {member.name} is a link; archives may hold only files and "
+                    "folders (store the file itself)"
+                )
             if member.isdir():
                 if target is not None:
                     target.mkdir(parents=True, exist_ok=True)
                 continue
             if not member.isfile():
-                raise DatasetError(f"{archive}: {member.name} is not a regular file (a device or FIFO); "
-                                   "archives may hold only files and folders")
+                raise DatasetError(
+                    f"{archive}: {member.name} is not a regular file (a device or FIFO); "
+                    "archives may hold only files and folders"
+                )
             if target is None:
                 continue
             source = bundle.extractfile(member)
@@ -276,8 +304,9 @@ def read_file(source: SourceFile) -> bytes:
         with open(source.path, "rb") as handle:
             return handle.read()
     except OSError as exc:
-        raise DatasetError(f"cannot read {source.relative}: {exc.strerror}; make it readable by the "
-                           "workers") from None
+        raise DatasetError(
+            f"cannot read {source.relative}: {exc.strerror}; make it readable by the workers"
+        ) from None
 
 
 def file_sha256(source: SourceFile) -> bytes:
@@ -285,8 +314,9 @@ def file_sha256(source: SourceFile) -> bytes:
         with open(source.path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").digest()
     except OSError as exc:
-        raise DatasetError(f"cannot read {source.relative}: {exc.strerror}; make it readable by the "
-                           "workers") from None
+        raise DatasetError(
+            f"cannot read {source.relative}: {exc.strerror}; make it readable by the workers"
+        ) from None
 
 
 def hash_entry(relative: str, digest: bytes) -> bytes:

@@ -138,9 +138,11 @@ def find_images(files: list[SourceFile], ignored: list[tuple[str, str]]) -> Imag
 
 def read_header(relative: str, content: bytes) -> ImageHeader:
     if looks_like_lfs_pointer(content):
-        raise DatasetError(f"{relative} is a Git LFS pointer, not an image: the repository keeps the file "
-                           "in Git LFS and the checkout did not fetch it (install git-lfs where the workers "
-                           "check out repositories, or commit the image itself)")
+        raise DatasetError(
+            f"{relative} is a Git LFS pointer, not an image: the repository keeps the file "
+            "in Git LFS and the checkout did not fetch it (install git-lfs where the workers "
+            "check out repositories, or commit the image itself)"
+        )
     if not content:
         raise DatasetError(f"{relative} is empty (0 bytes): {IMAGE_FIX}")
     header = None
@@ -159,9 +161,11 @@ def read_header(relative: str, content: bytes) -> ImageHeader:
             reason = "no image format Pillow reads" if isinstance(exc, Image.UnidentifiedImageError) else exc
             raise DatasetError(f"{relative} is not a readable image ({reason}): {IMAGE_FIX}") from None
     if header.width * header.height > MAX_PIXELS or not header.width or not header.height:
-        raise DatasetError(f"{relative} is {header.width}x{header.height} pixels; an image may have at "
-                           f"most {MAX_PIXELS:,} (a decompression bomb, or far larger than a model needs): "
-                           "resize it")
+        raise DatasetError(
+            f"{relative} is {header.width}x{header.height} pixels; an image may have at "
+            f"most {MAX_PIXELS:,} (a decompression bomb, or far larger than a model needs): "
+            "resize it"
+        )
     return header
 
 
@@ -171,9 +175,11 @@ def scan(image_set: ImageSet, limits: Limits, where: Path) -> Scan:
 
     total = sum(image.source.size for image in image_set.images)
     if total > limits.max_bytes:
-        raise DatasetError(f"the images in {where} add up to {human_bytes(total)}, more than the "
-                           f"{human_bytes(limits.max_bytes)} a data set may have "
-                           "(PUSHTRAIN_DATASET_MAX_BYTES): import a smaller set, or raise the cap")
+        raise DatasetError(
+            f"the images in {where} add up to {human_bytes(total)}, more than the "
+            f"{human_bytes(limits.max_bytes)} a data set may have "
+            "(PUSHTRAIN_DATASET_MAX_BYTES): import a smaller set, or raise the cap"
+        )
     digests, headers, sizes, channels = [], [], Counter(), Counter()
     for image in image_set.images:
         content = read_file(image.source)
@@ -182,13 +188,15 @@ def scan(image_set: ImageSet, limits: Limits, where: Path) -> Scan:
         headers.append(header)
         sizes[(header.height, header.width)] += 1
         channels[header.channels] += 1
-    source_sha256 = tree_sha256({image.source.relative: digest
-                                 for image, digest in zip(image_set.images, digests, strict=True)})
+    source_sha256 = tree_sha256(
+        {image.source.relative: digest for image, digest in zip(image_set.images, digests, strict=True)}
+    )
     return Scan(source_sha256, headers, digests, sizes, channels)
 
 
-def choose_shape(found: Scan, image_size: tuple[int, int] | None,
-                 channels: int | None) -> tuple[int, int, int]:
+def choose_shape(
+    found: Scan, image_size: tuple[int, int] | None, channels: int | None
+) -> tuple[int, int, int]:
     """(height, width, channels): the options where given, else the most common in the data (ties: the
     larger size, colour over grey)."""
     if image_size:
@@ -200,8 +208,15 @@ def choose_shape(found: Scan, image_size: tuple[int, int] | None,
     return int(height), int(width), int(channels)
 
 
-def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[int, int, int], out: Path,
-          limits: Limits, log: Callable[[str], None]) -> Written:
+def write(
+    image_set: ImageSet,
+    found: Scan,
+    held_out: list[bool],
+    shape: tuple[int, int, int],
+    out: Path,
+    limits: Limits,
+    log: Callable[[str], None],
+) -> Written:
     """Pass 2: every image as a PNG of ``shape`` in ``out/train`` or ``out/test``; hashes as folder_sha256."""
     import hashlib
 
@@ -210,14 +225,17 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
     entries: dict[tuple[str, str], list[tuple[str, bytes]]] = {}  # (split, label) -> (file name, sha256)
     names: dict[tuple[str, str], set[str]] = {}
     folders: dict[tuple[str, str], str] = {}
-    for index, (image, header, is_test) in enumerate(zip(image_set.images, found.headers, held_out,
-                                                          strict=True)):
+    for index, (image, header, is_test) in enumerate(
+        zip(image_set.images, found.headers, held_out, strict=True)
+    ):
         split = "test" if is_test else "train"
         content = read_file(image.source)
         source_digest = hashlib.sha256(content).digest()
         if source_digest != found.digests[index]:
-            raise DatasetError(f"{image.source.relative} changed while the data set was being imported: "
-                               "import it again once nothing writes to the folder")
+            raise DatasetError(
+                f"{image.source.relative} changed while the data set was being imported: "
+                "import it again once nothing writes to the folder"
+            )
         png, resized = normalize(image.source.relative, content, header, shape)
         if png is content:
             written.copied += 1
@@ -235,16 +253,20 @@ def write(image_set: ImageSet, found: Scan, held_out: list[bool], shape: tuple[i
             handle.write(png)
         written.bytes += len(png)
         if written.bytes > limits.max_bytes:
-            raise DatasetError(f"the normalized images exceed {human_bytes(limits.max_bytes)} "
-                               f"(PUSHTRAIN_DATASET_MAX_BYTES) at {image.source.relative}: choose a smaller "
-                               "image_size, import fewer images, or raise the cap")
-        entries.setdefault(key, []).append((name, source_digest if png is content else
-                                            hashlib.sha256(png).digest()))
+            raise DatasetError(
+                f"the normalized images exceed {human_bytes(limits.max_bytes)} "
+                f"(PUSHTRAIN_DATASET_MAX_BYTES) at {image.source.relative}: choose a smaller "
+                "image_size, import fewer images, or raise the cap"
+            )
+        entries.setdefault(key, []).append(
+            (name, source_digest if png is content else hashlib.sha256(png).digest())
+        )
         counts = written.class_counts[split]
         counts[image.label] = counts.get(image.label, 0) + 1
         if (index + 1) % PROGRESS_EVERY == 0:
-            log(f"[datasets] {index + 1}/{len(image_set.images)} images written "
-                f"({height}x{width}x{channels})")
+            log(
+                f"[datasets] {index + 1}/{len(image_set.images)} images written ({height}x{width}x{channels})"
+            )
     for split in ("train", "test"):
         # In folder_sha256's order: classes, then file names, both natural; sorted one class at a time.
         split_digest = hashlib.sha256()
@@ -266,8 +288,9 @@ def _output_name(inner: str, taken: set[str]) -> str:
     return name
 
 
-def normalize(relative: str, content: bytes, header: ImageHeader, shape: tuple[int, int, int]
-              ) -> tuple[bytes, bool]:
+def normalize(
+    relative: str, content: bytes, header: ImageHeader, shape: tuple[int, int, int]
+) -> tuple[bytes, bool]:
     """The image as a PNG of ``shape`` and whether it was resized; ``content`` itself if it already is one."""
     height, width, channels = shape
     mode = "L" if channels == 1 else "RGB"
@@ -309,13 +332,13 @@ def _verify_plain_png(relative: str, content: bytes, header: ImageHeader) -> Non
     produced, position = 0, len(PNG_SIGNATURE)
     problem = "it ends before its IEND chunk"
     while position + 12 <= len(content):
-        length, kind = struct.unpack(">I4s", content[position:position + 8])
+        length, kind = struct.unpack(">I4s", content[position : position + 8])
         end = position + 12 + length
         if end > len(content):
             problem = f"its {kind.decode('latin-1')} chunk is cut short"
             break
-        payload = content[position + 8:end - 4]
-        if zlib.crc32(kind + payload) != struct.unpack(">I", content[end - 4:end])[0]:
+        payload = content[position + 8 : end - 4]
+        if zlib.crc32(kind + payload) != struct.unpack(">I", content[end - 4 : end])[0]:
             problem = f"the CRC of its {kind.decode('latin-1')} chunk does not match"
             break
         if kind == b"IDAT":
@@ -329,8 +352,9 @@ def _verify_plain_png(relative: str, content: bytes, header: ImageHeader) -> Non
         if kind == b"IEND":
             if inflate.eof and produced == expected:
                 return
-            problem = (f"its pixel data holds {produced} bytes, {header.height}x{header.width} needs "
-                       f"{expected}")
+            problem = (
+                f"its pixel data holds {produced} bytes, {header.height}x{header.width} needs {expected}"
+            )
             break
         position = end
     raise DatasetError(f"{relative} is a corrupt or truncated PNG ({problem}): {IMAGE_FIX}")

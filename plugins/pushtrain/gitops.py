@@ -45,15 +45,28 @@ log = logging.getLogger(__name__)
 SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
 _SCP_STYLE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>[^:/]+):(?!//)")  # git@host:team/repo.git
 # Lines git prints while it transfers; they say nothing about why a call failed.
-_PROGRESS_LINE = re.compile(r"^(remote: )?(Enumerating|Counting|Compressing|Receiving|Resolving|Writing|Total|"
-                            r"Delta compression|Unpacking|From |To )|\d+% \(\d+/\d+\)")
+_PROGRESS_LINE = re.compile(
+    r"^(remote: )?(Enumerating|Counting|Compressing|Receiving|Resolving|Writing|Total|"
+    r"Delta compression|Unpacking|From |To )|\d+% \(\d+/\d+\)"
+)
 # What a server says when it refuses a push it understood: read-only token or key, protected branch.
-_PUSH_REFUSED = re.compile(r"\b403\b|read[- ]only|not allowed|permission to .* denied|\[remote rejected\]|"
-                           r"pre-receive hook declined|protected branch", re.IGNORECASE)
+_PUSH_REFUSED = re.compile(
+    r"\b403\b|read[- ]only|not allowed|permission to .* denied|\[remote rejected\]|"
+    r"pre-receive hook declined|protected branch",
+    re.IGNORECASE,
+)
 _LFS_ATTRIBUTE = re.compile(r"\bfilter=lfs\b")
 # git-lfs's filter, for this call only: the host need not have run `git lfs install`.
-_LFS_FILTER = ("-c", "filter.lfs.process=git-lfs filter-process", "-c", "filter.lfs.required=true",
-               "-c", "filter.lfs.smudge=git-lfs smudge -- %f", "-c", "filter.lfs.clean=git-lfs clean -- %f")
+_LFS_FILTER = (
+    "-c",
+    "filter.lfs.process=git-lfs filter-process",
+    "-c",
+    "filter.lfs.required=true",
+    "-c",
+    "filter.lfs.smudge=git-lfs smudge -- %f",
+    "-c",
+    "filter.lfs.clean=git-lfs clean -- %f",
+)
 _MIRRORED_REMOTE = "pushtrain_mirrored_remote"  # the attribute by which a fetched mirror knows its remote
 
 
@@ -92,7 +105,9 @@ class GitRemote:
     def fetch_url(self) -> str:
         parts = urlsplit(self.url)
         if self.login and parts.scheme in ("http", "https"):
-            userinfo = quote(self.login, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
+            userinfo = quote(self.login, safe="") + (
+                f":{quote(self.password, safe='')}" if self.password else ""
+            )
             return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc.split('@')[-1]}"))
         return self.url
 
@@ -113,7 +128,8 @@ class GitRemote:
             "GIT_ASKPASS": "",  # empty: no askpass program either, whatever the host configures
             # The connection's credentials only: no credential helper of this host is asked, none stores them.
             "GIT_CONFIG_COUNT": str(configured + 1),
-            f"GIT_CONFIG_KEY_{configured}": "credential.helper", f"GIT_CONFIG_VALUE_{configured}": "",
+            f"GIT_CONFIG_KEY_{configured}": "credential.helper",
+            f"GIT_CONFIG_VALUE_{configured}": "",
         }
         if self.ca_file:
             env["GIT_SSL_CAINFO"] = self.ca_file
@@ -122,8 +138,14 @@ class GitRemote:
         if self.key_file:
             ssh += ["-i", self.key_file, "-o", "IdentitiesOnly=yes"]
         if known_hosts_file is not None:
-            ssh += ["-o", f"UserKnownHostsFile={known_hosts_file}", "-o", "GlobalKnownHostsFile=/dev/null",
-                    "-o", "UpdateHostKeys=no"]
+            ssh += [
+                "-o",
+                f"UserKnownHostsFile={known_hosts_file}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "UpdateHostKeys=no",
+            ]
         env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         return env
 
@@ -139,8 +161,10 @@ def remote_from_connection(conn_id: str = settings.GIT_CONN_ID, url: str | None 
         connection = None
     if connection is None:
         if not url:
-            raise GitError(f"no repository URL: set the {conn_id!r} connection (AIRFLOW_CONN_GIT_DEFAULT) "
-                           "with the URL as host, or pass repo_url when triggering")
+            raise GitError(
+                f"no repository URL: set the {conn_id!r} connection (AIRFLOW_CONN_GIT_DEFAULT) "
+                "with the URL as host, or pass repo_url when triggering"
+            )
         return GitRemote(url)
     extra = connection.extra_dejson or {}
     return GitRemote(
@@ -210,8 +234,15 @@ def _run_silence_limited(command: list[str], cwd: Path, env: dict[str, str], sil
     Network calls ask git for ``--progress``, so a transfer that moves data keeps printing and is never cut
     short, while a remote that accepts the connection and then says nothing is.
     """
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     chunks: dict[int, list[bytes]] = {process.stdout.fileno(): [], process.stderr.fileno(): []}
     silent_for = None
     with selectors.DefaultSelector() as selector:
@@ -244,7 +275,9 @@ def _run_silence_limited(command: list[str], cwd: Path, env: dict[str, str], sil
 def _talk_to_remote(remote: GitRemote, args: list[str], cwd: Path, doing: str) -> str:
     """Run ``git args`` against the remote; a failure raises ``GitError`` saying what to check."""
     with _remote_environment(remote) as extra:
-        finished = _run_silence_limited(["git", *args], cwd, {**os.environ, **extra}, settings.git_timeout_s())
+        finished = _run_silence_limited(
+            ["git", *args], cwd, {**os.environ, **extra}, settings.git_timeout_s()
+        )
     if finished.silent_for is None and finished.returncode == 0:
         return finished.stdout
     raise GitError(_failure_message(remote, doing, finished), _git_said(remote, finished.stderr))
@@ -263,40 +296,62 @@ def _failure_message(remote: GitRemote, doing: str, finished: _Finished) -> str:
     ssh = remote.ssh_host
     where = f"{ssh[0]} port {ssh[1]}" if ssh else urlsplit(remote.display_url).netloc or remote.display_url
     if finished.silent_for is not None:
-        why = (f"the remote sent nothing for {finished.silent_for:g} s, so the call was stopped "
-               f"(PUSHTRAIN_GIT_TIMEOUT_SECONDS): check that {where} is a git server that is up and reachable "
-               "from this worker (a firewall that swallows packets, or a port that is not git's, looks so)")
+        why = (
+            f"the remote sent nothing for {finished.silent_for:g} s, so the call was stopped "
+            f"(PUSHTRAIN_GIT_TIMEOUT_SECONDS): check that {where} is a git server that is up and reachable "
+            "from this worker (a firewall that swallows packets, or a port that is not git's, looks so)"
+        )
     elif "remote host identification has changed" in lowered:
-        why = (f"the SSH host key of {where} differs from the one in known_hosts: if the host's operators "
-               "confirm it changed, put the new key lines in the git_default connection's extra.known_hosts; "
-               "otherwise something is intercepting the connection")
+        why = (
+            f"the SSH host key of {where} differs from the one in known_hosts: if the host's operators "
+            "confirm it changed, put the new key lines in the git_default connection's extra.known_hosts; "
+            "otherwise something is intercepting the connection"
+        )
     elif "host key verification failed" in lowered or "host key is known" in lowered:
         scan = f"ssh-keyscan -p {ssh[1]} {ssh[0]}" if ssh else "ssh-keyscan <host>"
-        why = (f"the SSH host key of {where} is unknown here, and pushtrain never accepts an unknown host key: "
-               f"add the host's key lines to the git_default connection's extra as known_hosts (print them "
-               f"with `{scan}` and compare their fingerprint with the one your git host publishes)")
+        why = (
+            f"the SSH host key of {where} is unknown here, and pushtrain never accepts an unknown host key: "
+            f"add the host's key lines to the git_default connection's extra as known_hosts (print them "
+            f"with `{scan}` and compare their fingerprint with the one your git host publishes)"
+        )
     elif "unprotected private key file" in lowered or "bad permissions" in lowered:
         why = f"ssh ignores the key file {remote.key_file} because others may read it: chmod 600 it"
     elif "no such identity" in lowered or ("identity file" in lowered and "not accessible" in lowered):
         why = f"the key file {remote.key_file} (extra.key_file) does not exist on this worker"
     elif "permission denied (publickey" in lowered:
-        key = f"the key {remote.key_file}" if remote.key_file else "this worker's SSH keys (no extra.key_file)"
-        why = (f"the SSH server refused {key}: add its public key to the repository as a deploy key, or set "
-               "the git_default connection's extra.key_file to the private key that is")
+        key = (
+            f"the key {remote.key_file}" if remote.key_file else "this worker's SSH keys (no extra.key_file)"
+        )
+        why = (
+            f"the SSH server refused {key}: add its public key to the repository as a deploy key, or set "
+            "the git_default connection's extra.key_file to the private key that is"
+        )
     elif "authentication failed" in lowered or "could not read username" in lowered or " 401" in lowered:
         login = f"login {remote.login!r} and its" if remote.login else "a login and a"
-        why = (f"the server refused the credentials: set {login} token (password) in the git_default "
-               "connection, and check that the token is valid, not expired, and may read the repository")
+        why = (
+            f"the server refused the credentials: set {login} token (password) in the git_default "
+            "connection, and check that the token is valid, not expired, and may read the repository"
+        )
     elif "ssl certificate problem" in lowered or "certificate verification failed" in lowered:
-        why = (f"the HTTPS certificate of {where} is not trusted here: if a private CA signed it, set the "
-               "git_default connection's extra.ca_file to that CA's PEM file")
+        why = (
+            f"the HTTPS certificate of {where} is not trusted here: if a private CA signed it, set the "
+            "git_default connection's extra.ca_file to that CA's PEM file"
+        )
     elif "missing object" in lowered or "object does not exist" in lowered or "object not found" in lowered:
-        why = ("the server lacks the Git LFS content of files in this commit: whoever committed them should run "
-               "`git lfs push --all origin`")
-    elif ("not found" in lowered and "repository" in lowered) or "does not appear to be a git repository" in \
-            lowered or " 404" in lowered or "no such file or directory" in lowered:
-        why = (f"there is no repository at {remote.display_url}, or the credentials may not see it: check the "
-               "URL (the git_default connection's host, or the repo_url Param)")
+        why = (
+            "the server lacks the Git LFS content of files in this commit: whoever committed them should run "
+            "`git lfs push --all origin`"
+        )
+    elif (
+        ("not found" in lowered and "repository" in lowered)
+        or "does not appear to be a git repository" in lowered
+        or " 404" in lowered
+        or "no such file or directory" in lowered
+    ):
+        why = (
+            f"there is no repository at {remote.display_url}, or the credentials may not see it: check the "
+            "URL (the git_default connection's host, or the repo_url Param)"
+        )
     elif " 403" in lowered or "permission" in lowered:
         why = "the server refused access with these credentials: give them access to the repository"
     elif "could not resolve host" in lowered or "name or service not known" in lowered:
@@ -325,8 +380,12 @@ def fetch(remote: GitRemote):
             repo.create_remote("origin", remote.display_url)
         repo = git.Repo(mirror)
         repo.remotes.origin.set_url(remote.display_url)  # no credentials at rest in the mirror's config
-        _talk_to_remote(remote, ["fetch", "--progress", "--prune", remote.fetch_url(), "+refs/heads/*:refs/heads/*"],
-                        mirror, "fetch")
+        _talk_to_remote(
+            remote,
+            ["fetch", "--progress", "--prune", remote.fetch_url(), "+refs/heads/*:refs/heads/*"],
+            mirror,
+            "fetch",
+        )
     # In memory only: a checkout from this mirror downloads the commit's Git LFS files from the same remote.
     setattr(repo, _MIRRORED_REMOTE, remote)
     return repo
@@ -353,15 +412,18 @@ def require_branch(repo, branch: str, remote: GitRemote) -> None:
     """
     known = branches(repo)
     if known and branch not in known:
-        raise GitError(f"branch {branch!r} does not exist in {remote.display_url} (its branches: "
-                       f"{', '.join(known[:20])}): push it, or set the Branch Param (PUSHTRAIN_BRANCH) to one of "
-                       "those")
+        raise GitError(
+            f"branch {branch!r} does not exist in {remote.display_url} (its branches: "
+            f"{', '.join(known[:20])}): push it, or set the Branch Param (PUSHTRAIN_BRANCH) to one of "
+            "those"
+        )
 
 
 def head_at(repo, branch: str, moment: datetime) -> str | None:
     """The commit that was the branch head at ``moment`` (by commit time, first-parent history)."""
-    sha = repo.git.rev_list("-1", "--first-parent", f"--before={int(moment.timestamp())}",
-                            f"refs/heads/{branch}", "--")
+    sha = repo.git.rev_list(
+        "-1", "--first-parent", f"--before={int(moment.timestamp())}", f"refs/heads/{branch}", "--"
+    )
     return sha.strip() or None
 
 
@@ -370,8 +432,10 @@ def resolve_commit(repo, revision: str) -> str:
         return repo.git.rev_parse("--verify", f"{revision}^{{commit}}")
     except Exception:
         known = ", ".join(branches(repo)[:20]) or "none"
-        raise GitError(f"commit or branch {revision!r} is not in the repository (its branches: {known}; "
-                       "only fetched branches count): check the commit Param") from None
+        raise GitError(
+            f"commit or branch {revision!r} is not in the repository (its branches: {known}; "
+            "only fetched branches count): check the commit Param"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -385,8 +449,13 @@ class CommitInfo:
 
 def commit_info(repo, sha: str) -> CommitInfo:
     commit = repo.commit(sha)
-    return CommitInfo(sha, commit.author.name, commit.author.email, commit.message.strip(),
-                      commit.committed_datetime.isoformat())
+    return CommitInfo(
+        sha,
+        commit.author.name,
+        commit.author.email,
+        commit.message.strip(),
+        commit.committed_datetime.isoformat(),
+    )
 
 
 def checkout(repo, sha: str, destination: Path) -> Path:
@@ -405,13 +474,17 @@ def checkout(repo, sha: str, destination: Path) -> Path:
     with clone.git.custom_environment(GIT_LFS_SKIP_SMUDGE="1"):
         clone.git.checkout("--quiet", "--detach", sha)
     if _uses_lfs(destination):
-        _materialise_lfs(destination, sha, getattr(repo, _MIRRORED_REMOTE, None) or GitRemote(str(repo.git_dir)))
+        _materialise_lfs(
+            destination, sha, getattr(repo, _MIRRORED_REMOTE, None) or GitRemote(str(repo.git_dir))
+        )
     return destination
 
 
 def _uses_lfs(worktree: Path) -> bool:
     attributes = [worktree / ".gitattributes", *worktree.glob("**/.gitattributes")]
-    return any(path.is_file() and _LFS_ATTRIBUTE.search(path.read_text(errors="replace")) for path in attributes)
+    return any(
+        path.is_file() and _LFS_ATTRIBUTE.search(path.read_text(errors="replace")) for path in attributes
+    )
 
 
 def git_lfs_available() -> bool:
@@ -421,8 +494,10 @@ def git_lfs_available() -> bool:
 def _materialise_lfs(worktree: Path, sha: str, source: GitRemote) -> None:
     """Download the LFS objects of ``sha`` from ``source`` and put their content in place of the pointers."""
     if not git_lfs_available():
-        raise GitError("the commit keeps files in Git LFS (filter=lfs in .gitattributes) but git-lfs is not "
-                       "installed on this worker: install it (Debian package git-lfs) on every Airflow worker")
+        raise GitError(
+            "the commit keeps files in Git LFS (filter=lfs in .gitattributes) but git-lfs is not "
+            "installed on this worker: install it (Debian package git-lfs) on every Airflow worker"
+        )
     # The LFS endpoint of an HTTP remote is <repository URL>/info/lfs; an SSH remote names its own. Given on
     # the command line only: no credentials stored in the checkout's config.
     endpoint = source.fetch_url().rstrip("/")
@@ -431,21 +506,31 @@ def _materialise_lfs(worktree: Path, sha: str, source: GitRemote) -> None:
     elif endpoint.startswith("/"):  # the mirror: git-lfs reads a local repository's objects by file URL
         endpoint = Path(endpoint).as_uri()
     timeout = str(max(1, round(settings.git_timeout_s())))
-    options = ["-c", f"lfs.url={endpoint}", "-c", f"lfs.activitytimeout={timeout}",
-               "-c", f"lfs.dialtimeout={timeout}", *_LFS_FILTER]
+    options = [
+        "-c",
+        f"lfs.url={endpoint}",
+        "-c",
+        f"lfs.activitytimeout={timeout}",
+        "-c",
+        f"lfs.dialtimeout={timeout}",
+        *_LFS_FILTER,
+    ]
     _talk_to_remote(source, [*options, "lfs", "fetch", "origin", sha], worktree, "fetch the Git LFS files of")
     _talk_to_remote(source, [*options, "lfs", "checkout"], worktree, "check out the Git LFS files of")
     # ``git lfs checkout`` exits 0 even where it replaced nothing: count the files still pointers ("-").
     listed = _talk_to_remote(source, [*options, "lfs", "ls-files"], worktree, "list the Git LFS files of")
     pointers = [line.split(" - ", 1)[1] for line in listed.splitlines() if " - " in line]
     if pointers:
-        raise GitError(f"{len(pointers)} Git LFS file(s) of {source.display_url} did not arrive as content "
-                       f"(e.g. {pointers[0]}): the server has no LFS objects for them; push them with `git lfs "
-                       "push --all`")
+        raise GitError(
+            f"{len(pointers)} Git LFS file(s) of {source.display_url} did not arrive as content "
+            f"(e.g. {pointers[0]}): the server has no LFS objects for them; push them with `git lfs "
+            "push --all`"
+        )
 
 
-def push_model_branch(remote: GitRemote, workspace: Path, relative_file: str, branch: str,
-                      message: str) -> str | None:
+def push_model_branch(
+    remote: GitRemote, workspace: Path, relative_file: str, branch: str, message: str
+) -> str | None:
     """Commit the tuned model file on ``branch`` and push it; None where it is not pushed.
 
     Not pushed: the connection is read-only (``extra.read_only``), or the server refused the push with these
@@ -456,8 +541,10 @@ def push_model_branch(remote: GitRemote, workspace: Path, relative_file: str, br
     import git
 
     if remote.read_only:
-        log.info("the tuned %s is not pushed: the git_default connection is read-only (extra.read_only)",
-                 relative_file)
+        log.info(
+            "the tuned %s is not pushed: the git_default connection is read-only (extra.read_only)",
+            relative_file,
+        )
         return None
     repo = git.Repo(workspace)
     with repo.config_writer() as config:
@@ -468,16 +555,25 @@ def push_model_branch(remote: GitRemote, workspace: Path, relative_file: str, br
     if repo.index.diff("HEAD"):  # a retry finds its commit made already: push it again, add no empty one
         repo.index.commit(message)
     try:
-        _talk_to_remote(remote, ["push", "--progress", "--force", remote.fetch_url(), f"HEAD:refs/heads/{branch}"],
-                        workspace, f"push {branch} to")
+        _talk_to_remote(
+            remote,
+            ["push", "--progress", "--force", remote.fetch_url(), f"HEAD:refs/heads/{branch}"],
+            workspace,
+            f"push {branch} to",
+        )
     except GitError as exc:
         if not _PUSH_REFUSED.search(exc.git_said):
             raise
-        log.warning("the tuned %s was NOT pushed to %s: the server refused the push with the git_default "
-                    "credentials, which look read-only here. The model is registered all the same; to get the "
-                    "tuned file back as branch %s, give the token or deploy key write access, or set the "
-                    "connection's extra.read_only to \"true\" to stop trying. %s",
-                    relative_file, remote.display_url, branch, exc)
+        log.warning(
+            "the tuned %s was NOT pushed to %s: the server refused the push with the git_default "
+            "credentials, which look read-only here. The model is registered all the same; to get the "
+            "tuned file back as branch %s, give the token or deploy key write access, or set the "
+            'connection\'s extra.read_only to "true" to stop trying. %s',
+            relative_file,
+            remote.display_url,
+            branch,
+            exc,
+        )
         return None
     return repo.head.commit.hexsha
 

@@ -93,8 +93,9 @@ def check_containers(client: APIClient, log=print, now: float | None = None) -> 
     return actions
 
 
-def _decide(client: APIClient, container_id: str, role: str, out_dir: Path, finished: bool, state: dict,
-            now: float) -> tuple[str, str]:
+def _decide(
+    client: APIClient, container_id: str, role: str, out_dir: Path, finished: bool, state: dict, now: float
+) -> tuple[str, str]:
     from docker.errors import APIError
 
     stopped = cancelled_because(out_dir, role)
@@ -131,7 +132,7 @@ def _decide(client: APIClient, container_id: str, role: str, out_dir: Path, fini
     if restarts.gave_up:
         restarts.save(out_dir, role)
         return "gave_up", restarts.gave_up
-    backoff = BACKOFF_BASE_S * 2 ** restarts.total
+    backoff = BACKOFF_BASE_S * 2**restarts.total
     dead_for = _seconds_since(state.get("FinishedAt", ""), now)
     if restarts.total and dead_for < backoff:
         return "waiting", f"{what}; backoff {backoff}s, dead for {dead_for:.0f}s"

@@ -91,12 +91,17 @@ def ensure_base_image() -> str:
 def build_local_base_image() -> None:
     if shutil.which("debootstrap") is None:
         if os.geteuid() != 0:
-            raise ImageBuildError("debootstrap is missing: run `sudo apt-get install debootstrap`, "
-                                  "or set PUSHTRAIN_BASE_IMAGE to an image you have")
+            raise ImageBuildError(
+                "debootstrap is missing: run `sudo apt-get install debootstrap`, "
+                "or set PUSHTRAIN_BASE_IMAGE to an image you have"
+            )
         say("installing debootstrap with apt-get")
         subprocess.run(["apt-get", "update", "-qq"], check=False)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "debootstrap"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     mirror = settings.debian_mirror()
     rootfs = settings.cache_dir() / "base-rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
@@ -104,16 +109,30 @@ def build_local_base_image() -> None:
     say(f"debootstrap bookworm from {mirror}")
     started = time.monotonic()
     result = subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", "bookworm", str(rootfs), mirror],
-        capture_output=True, text=True,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={DEBOOTSTRAP_PACKAGES}",
+            "bookworm",
+            str(rootfs),
+            mirror,
+        ],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
-        raise ImageBuildError(f"debootstrap failed (mirror {mirror}; set PUSHTRAIN_DEBIAN_MIRROR to change "
-                              f"it): {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise ImageBuildError(
+            f"debootstrap failed (mirror {mirror}; set PUSHTRAIN_DEBIAN_MIRROR to change "
+            f"it): {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     say(f"debootstrap done in {time.monotonic() - started:.0f}s; docker import -> {LOCAL_BASE_IMAGE}")
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run([*docker_cli(), "import", "-c", 'CMD ["/bin/bash"]', "-", LOCAL_BASE_IMAGE],
-                              stdin=tar.stdout, capture_output=True, text=True)
+    imported = subprocess.run(
+        [*docker_cli(), "import", "-c", 'CMD ["/bin/bash"]', "-", LOCAL_BASE_IMAGE],
+        stdin=tar.stdout,
+        capture_output=True,
+        text=True,
+    )
     tar.wait()
     shutil.rmtree(rootfs, ignore_errors=True)
     if imported.returncode != 0:
@@ -125,8 +144,16 @@ def build_local_base_image() -> None:
 
 def _platform_tags() -> list[str]:
     machine = platform.machine()
-    glibc = ["manylinux_2_28", "manylinux_2_27", "manylinux_2_17", "manylinux2014", "manylinux2010",
-             "manylinux_2_12", "manylinux1", "manylinux_2_5"]
+    glibc = [
+        "manylinux_2_28",
+        "manylinux_2_27",
+        "manylinux_2_17",
+        "manylinux2014",
+        "manylinux2010",
+        "manylinux_2_12",
+        "manylinux1",
+        "manylinux_2_5",
+    ]
     return [f"{tag}_{machine}" for tag in glibc]
 
 
@@ -140,9 +167,23 @@ def ensure_wheelhouse(name: str) -> Path:
         return wheelhouse
     say(f"downloading wheels for {name} into {wheelhouse} (once; ~{_expected_size(name)})")
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-               "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-               "-d", str(wheelhouse), "-r", str(requirements)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "-d",
+        str(wheelhouse),
+        "-r",
+        str(requirements),
+    ]
     for tag in _platform_tags():
         command += ["--platform", tag]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -167,7 +208,11 @@ def _image_source_files() -> list[Path]:
 def source_key(name: str) -> str:
     """Hash of everything of ours that goes into an image: Dockerfile, requirements, runner and kinds table."""
     digest = hashlib.sha256()
-    inputs = [IMAGES_DIR / name / "Dockerfile", IMAGES_DIR / name / "requirements.txt", *_image_source_files()]
+    inputs = [
+        IMAGES_DIR / name / "Dockerfile",
+        IMAGES_DIR / name / "requirements.txt",
+        *_image_source_files(),
+    ]
     for path in inputs:
         digest.update(str(path.relative_to(settings.PROJECT_ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -213,14 +258,29 @@ def ensure_image(name: str, base_image: str | None = None) -> str:
     say(f"building {tag} on {base_image} (a few minutes the first time)")
     started = time.monotonic()
     build = subprocess.run(
-        [*docker_cli(), "build", "--build-arg", f"BASE_IMAGE={base_image}",
-         "--build-arg", f"CONTENT_KEY={source_key(name)}", "--build-arg", f"PUSHTRAIN_VERSION={__version__}",
-         "-t", tag, "-t", f"pushtrain/{name}:latest", str(context)],
-        capture_output=True, text=True,
+        [
+            *docker_cli(),
+            "build",
+            "--build-arg",
+            f"BASE_IMAGE={base_image}",
+            "--build-arg",
+            f"CONTENT_KEY={source_key(name)}",
+            "--build-arg",
+            f"PUSHTRAIN_VERSION={__version__}",
+            "-t",
+            tag,
+            "-t",
+            f"pushtrain/{name}:latest",
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
     )
     shutil.rmtree(context, ignore_errors=True)
     if build.returncode != 0:
-        raise ImageBuildError(f"docker build of {name} failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}")
+        raise ImageBuildError(
+            f"docker build of {name} failed:\n{build.stdout[-4000:]}\n{build.stderr[-2000:]}"
+        )
     say(f"built {tag} in {time.monotonic() - started:.0f}s")
     return tag
 

@@ -84,8 +84,10 @@ def mark_superseded(repo_url: str, shas: list[str], by_sha: str, run_id: str) ->
     """
     folder = _folder(repo_url)
     for sha in shas:
-        write_json_atomic(folder / f"{sha}.superseded.json",
-                          {"sha": sha, "superseded_by": by_sha, "run_id": run_id, "at": datetime.now(UTC).isoformat()})
+        write_json_atomic(
+            folder / f"{sha}.superseded.json",
+            {"sha": sha, "superseded_by": by_sha, "run_id": run_id, "at": datetime.now(UTC).isoformat()},
+        )
 
 
 def superseded(repo_url: str) -> list[str]:

@@ -34,24 +34,54 @@ class LocalRunResult:
 
     def summary(self) -> dict[str, Any]:
         if self.succeeded:
-            keys = ("kind", "accuracy", "precision", "recall", "f1", "loss", "evaluated_on", "epochs_run",
-                    "resumed_from_epoch", "train_seconds")
+            keys = (
+                "kind",
+                "accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "loss",
+                "evaluated_on",
+                "epochs_run",
+                "resumed_from_epoch",
+                "train_seconds",
+            )
             return {"status": "completed", "out_dir": str(self.out_dir), **{k: self.metrics[k] for k in keys}}
         error = self.error if self.error and not self.outcome.oom_killed else {}
-        return {"status": "failed", "out_dir": str(self.out_dir), "exit_code": self.outcome.exit_code,
-                "reason": self.outcome.describe(), "healable": self.outcome.healable,
-                "category": error.get("category"), "fix": error.get("fix") or None, "message": error.get("message")}
+        return {
+            "status": "failed",
+            "out_dir": str(self.out_dir),
+            "exit_code": self.outcome.exit_code,
+            "reason": self.outcome.describe(),
+            "healable": self.outcome.healable,
+            "category": error.get("category"),
+            "fix": error.get("fix") or None,
+            "message": error.get("message"),
+        }
 
 
-def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, kind: str | None = None,
-          memory: str | None = None, cpus: float | None = None, name: str | None = None,
-          log=None, checkpoints: bool = True, warm_start: Path | None = None) -> LocalRunResult:
+def train(
+    *,
+    model: Path,
+    data: Path,
+    out: Path,
+    hparams: dict | None = None,
+    kind: str | None = None,
+    memory: str | None = None,
+    cpus: float | None = None,
+    name: str | None = None,
+    log=None,
+    checkpoints: bool = True,
+    warm_start: Path | None = None,
+) -> LocalRunResult:
     model, data, out = Path(model).resolve(), Path(data).resolve(), Path(out).resolve()
     if not model.is_file():
         raise LocalRunError(f"model file {model} does not exist: pass the path of your model.py")
     if not data.is_dir():
-        raise LocalRunError(f"data directory {data} does not exist: pass an image folder "
-                            "<data>/<label>/*.png (run `python -m pushtrain datasets` for the built-in ones)")
+        raise LocalRunError(
+            f"data directory {data} does not exist: pass an image folder "
+            "<data>/<label>/*.png (run `python -m pushtrain datasets` for the built-in ones)"
+        )
     if kind is None:
         from pushtrain.detect import DetectionError, detect_kind
 
@@ -66,10 +96,23 @@ def train(*, model: Path, data: Path, out: Path, hparams: dict | None = None, ki
     sandbox = Sandbox(**{k: v for k, v in (("memory", memory), ("cpus", cpus)) if v is not None})
     prepare_output_dir(out)
     run_key = name or f"local-{hashlib.sha256(str(out).encode()).hexdigest()[:10]}"
-    spec = container_spec(LOCAL, name=f"pushtrain-{run_key}", run_key=run_key, kind=kind, code_dir=model.parent,
-                          entry=model.name, data_dir=data, output_dir=out, state_dir=out, image=image,
-                          hparams=hparams, checkpoints=checkpoints,
-                          warm_start=Path(warm_start).resolve() if warm_start is not None else None)
-    outcome = run_container(docker_client(), spec, sandbox, log or (lambda line: print(line, file=sys.stderr)))
+    spec = container_spec(
+        LOCAL,
+        name=f"pushtrain-{run_key}",
+        run_key=run_key,
+        kind=kind,
+        code_dir=model.parent,
+        entry=model.name,
+        data_dir=data,
+        output_dir=out,
+        state_dir=out,
+        image=image,
+        hparams=hparams,
+        checkpoints=checkpoints,
+        warm_start=Path(warm_start).resolve() if warm_start is not None else None,
+    )
+    outcome = run_container(
+        docker_client(), spec, sandbox, log or (lambda line: print(line, file=sys.stderr))
+    )
     metrics = contract.read_metrics(out) if outcome.succeeded else None
     return LocalRunResult(outcome, out, metrics, contract.read_error(out, outcome.exit_code))

@@ -28,8 +28,7 @@ _said_no_connection = False  # the missing-connection warning is given once per 
 
 
 def _recipient(run: pipeline.Pipeline | None) -> str:
-    return settings.notify_to() or (run.author_email if run else "") or \
-        "pushtrain@localhost"
+    return settings.notify_to() or (run.author_email if run else "") or "pushtrain@localhost"
 
 
 def model_tests_html(outcome: dict) -> str:
@@ -38,9 +37,12 @@ def model_tests_html(outcome: dict) -> str:
         return ""
     if outcome.get("passed"):
         return f"<li>Model tests: {html.escape(outcome['summary'])}</li>"
-    failing = "".join(f"<li><code>{html.escape(t['name'])}</code>: {html.escape(t['message'])}</li>"
-                      for t in outcome["tests"] if not t["passed"])
-    return (f"<li><b>Model tests failed</b>: the version is challenger, not champion<ul>{failing}</ul></li>")
+    failing = "".join(
+        f"<li><code>{html.escape(t['name'])}</code>: {html.escape(t['message'])}</li>"
+        for t in outcome["tests"]
+        if not t["passed"]
+    )
+    return f"<li><b>Model tests failed</b>: the version is challenger, not champion<ul>{failing}</ul></li>"
 
 
 def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
@@ -57,8 +59,10 @@ def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
             result = "meets target" if record.accuracy >= target else "below target"
             cells = f"<td>{record.accuracy:.4f}</td><td>{result}</td><td>{seconds}</td>"
         rows.append(f"<tr><td>{record.attempt}</td>{cells}<td>{html.escape(hparams)}</td></tr>")
-    return ("<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
-            "<th>result</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>")
+    return (
+        "<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
+        "<th>result</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:
@@ -66,8 +70,10 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
     records = pipeline.attempt_records(pipeline_id)
     winner = next(r for r in records if r.attempt == registered["attempt"])
     accuracy = winner.accuracy
-    subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
-               f">= {run.config.target:.2f} after {len(records)} attempt(s)")
+    subject = (
+        f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
+        f">= {run.config.target:.2f} after {len(records)} attempt(s)"
+    )
     diff = winner.tweak_diff or "(none: the committed code met the target as it is)"
     branch = registered.get("pushed_branch")
     body = f"""<h2>Your model met its target</h2>
@@ -77,10 +83,10 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
 ({winner.evaluation.n_evaluated} images of {html.escape(run.config.dataset)})</li>
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
-<li>Registered: {html.escape(registered['model_name'])} version {registered['version']} at \
-<code>{html.escape(registered['path'])}</code>; champion: {html.escape(registered['promotion'])}</li>
-{model_tests_html(registered.get('model_tests') or {})}
-<li>Tuned model file: {html.escape(branch) if branch else 'not pushed (commit-back off or read-only remote)'}</li>
+<li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
+<code>{html.escape(registered["path"])}</code>; champion: {html.escape(registered["promotion"])}</li>
+{model_tests_html(registered.get("model_tests") or {})}
+<li>Tuned model file: {html.escape(branch) if branch else "not pushed (commit-back off or read-only remote)"}</li>
 </ul>
 <h3>The winning change to {html.escape(run.config.entry)}</h3>
 <pre>{html.escape(diff)}</pre>
@@ -95,18 +101,20 @@ def budget_spent_mail(pipeline_id: str, reason: str) -> tuple[str, str]:
     records = pipeline.attempt_records(pipeline_id)
     best = pipeline.best_record(records)
     best_accuracy = f"{best.accuracy:.4f}" if best else "none evaluated"
-    subject = (f"[pushtrain] {run.model_name} {run.commit[:8]}: target {run.config.target:.2f} not met, best "
-               f"{best_accuracy} after {len(records)} attempt(s)")
+    subject = (
+        f"[pushtrain] {run.model_name} {run.commit[:8]}: target {run.config.target:.2f} not met, best "
+        f"{best_accuracy} after {len(records)} attempt(s)"
+    )
     body = f"""<h2>Your model did not reach its target</h2>
 <p>Why it stopped: {html.escape(reason)}.</p>
 <ul>
 <li>Repository: {html.escape(run.repo_url)}, commit <code>{run.commit}</code></li>
-<li>Best: attempt {best.attempt if best else '-'}, held-out accuracy {best_accuracy} against target \
+<li>Best: attempt {best.attempt if best else "-"}, held-out accuracy {best_accuracy} against target \
 {run.config.target:.4f}</li>
 <li>Outputs: <code>{html.escape(str(pipeline.pipeline_dir(pipeline_id)))}</code></li>
 </ul>
 <h3>Best attempt's change</h3>
-<pre>{html.escape((best.tweak_diff if best else '') or '(the committed code)')}</pre>
+<pre>{html.escape((best.tweak_diff if best else "") or "(the committed code)")}</pre>
 <h3>Leaderboard</h3>
 {leaderboard_html(records, run.config.target)}
 <p>Raise max_attempts in pushtrain.toml, lower the target, or change the model's architecture.</p>
@@ -120,7 +128,8 @@ def failure_mail(context: Context) -> tuple[str, str, pipeline.Pipeline | None]:
     run = None
     prepared = ti.xcom_pull(task_ids="prepare_attempt") or {}
     pipeline_id = prepared.get("pipeline_id") or (ti.xcom_pull(task_ids="checkout_commit") or {}).get(
-        "pipeline_id")
+        "pipeline_id"
+    )
     if pipeline_id:
         try:
             run = pipeline.Pipeline.load(pipeline_id)
@@ -130,7 +139,7 @@ def failure_mail(context: Context) -> tuple[str, str, pipeline.Pipeline | None]:
     subject = f"[pushtrain] {ti.dag_id} failed at {ti.task_id} (commit {commit[:8]})"
     # The message comes first: for a failure in the model code it starts with what to do about it.
     body = f"""<h2>pushtrain could not finish this run</h2>
-<pre>{html.escape(str(exception) if exception else 'no error message')}</pre>
+<pre>{html.escape(str(exception) if exception else "no error message")}</pre>
 <p>Step <b>{html.escape(ti.task_id)}</b> of {html.escape(ti.dag_id)} failed (run {html.escape(ti.run_id)}).
 The Airflow task log has the full output of the step.</p>
 """
@@ -178,6 +187,8 @@ class PipelineMailNotifier(SmtpNotifier):
                 self.log.warning(
                     "no mail sent: there is no %r connection. Set AIRFLOW_CONN_%s (see .env_example) or add "
                     "the connection in the web UI (Admin > Connections) to get pushtrain's mails",
-                    self.smtp_conn_id, self.smtp_conn_id.upper())
+                    self.smtp_conn_id,
+                    self.smtp_conn_id.upper(),
+                )
             return False
         return True

@@ -53,8 +53,10 @@ class MailSink:
 
 
 def read_mails(folder: Path) -> list[EmailMessage]:
-    return [email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            for path in sorted(Path(folder).glob("*.eml"))]
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(Path(folder).glob("*.eml"))
+    ]
 
 
 def main() -> None:

@@ -26,5 +26,9 @@ def model_asset(name: str) -> Asset:
 
 
 def champion_event_extra(model_name: str, version: int) -> dict:
-    return {"model_name": model_name, "version": version, "alias": "champion",
-            "uri": f"models:/{model_name}/{version}"}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": "champion",
+        "uri": f"models:/{model_name}/{version}",
+    }

@@ -46,14 +46,23 @@ class ModelTestsOutcome:
         if self.passed:
             return f"{len(self.tests)} model test(s) passed"
         return f"{len(self.failed)} of {len(self.tests)} model test(s) failed: " + "; ".join(
-            f"{test['name']}: {test['message']}" for test in self.failed)
+            f"{test['name']}: {test['message']}" for test in self.failed
+        )
 
     def to_xcom(self) -> dict:
         return {"ran": self.ran, "passed": self.passed, "summary": self.summary(), "tests": self.tests}
 
 
-def run_model_tests(*, tests_file: Path, model_dir: Path, held_out_dir: Path, out_dir: Path, kind: str,
-                    container_name: str, log=print) -> ModelTestsOutcome:
+def run_model_tests(
+    *,
+    tests_file: Path,
+    model_dir: Path,
+    held_out_dir: Path,
+    out_dir: Path,
+    kind: str,
+    container_name: str,
+    log=print,
+) -> ModelTestsOutcome:
     """Run ``tests_file`` on the model in ``model_dir`` against ``held_out_dir``; no file, no run."""
     if not tests_file.is_file():
         return ModelTestsOutcome(False)
@@ -61,14 +70,29 @@ def run_model_tests(*, tests_file: Path, model_dir: Path, held_out_dir: Path, ou
     (out_dir / RESULT_FILE).unlink(missing_ok=True)
     from docker.types import Mount
 
-    mounts = [Mount(target="/model", source=str(model_dir), type="bind", read_only=True),
-              Mount(target=f"/tests/{tests_file.name}", source=str(tests_file), type="bind", read_only=True),
-              Mount(target="/data", source=str(held_out_dir), type="bind", read_only=True),
-              Mount(target="/out", source=str(out_dir), type="bind", read_only=False)]
-    spec = ContainerSpec(name=container_name, image=images.image_for_kind(kind),
-                         command=["model-tests", "--model-dir", "/model", "--tests", f"/tests/{tests_file.name}",
-                                  "--data", "/data", "--out", "/out"],
-                         mounts=mounts, labels={ROLE_LABEL: ROLE, STATE_DIR_LABEL: str(out_dir)})
+    mounts = [
+        Mount(target="/model", source=str(model_dir), type="bind", read_only=True),
+        Mount(target=f"/tests/{tests_file.name}", source=str(tests_file), type="bind", read_only=True),
+        Mount(target="/data", source=str(held_out_dir), type="bind", read_only=True),
+        Mount(target="/out", source=str(out_dir), type="bind", read_only=False),
+    ]
+    spec = ContainerSpec(
+        name=container_name,
+        image=images.image_for_kind(kind),
+        command=[
+            "model-tests",
+            "--model-dir",
+            "/model",
+            "--tests",
+            f"/tests/{tests_file.name}",
+            "--data",
+            "/data",
+            "--out",
+            "/out",
+        ],
+        mounts=mounts,
+        labels={ROLE_LABEL: ROLE, STATE_DIR_LABEL: str(out_dir)},
+    )
     lines: list[str] = []
 
     def keep(line: str) -> None:
@@ -80,7 +104,16 @@ def run_model_tests(*, tests_file: Path, model_dir: Path, held_out_dir: Path, ou
     if not outcome.succeeded or not result.exists():
         error = out_dir / contract.ERROR_FILE
         message = json.loads(error.read_text())["message"] if error.exists() else outcome.describe()
-        return ModelTestsOutcome(True, [{"name": tests_file.name, "passed": False, "seconds": 0.0,
-                                         "message": f"the model tests did not run: {message}; last lines: "
-                                         + " | ".join(lines[-3:])}])
+        return ModelTestsOutcome(
+            True,
+            [
+                {
+                    "name": tests_file.name,
+                    "passed": False,
+                    "seconds": 0.0,
+                    "message": f"the model tests did not run: {message}; last lines: "
+                    + " | ".join(lines[-3:]),
+                }
+            ],
+        )
     return ModelTestsOutcome(True, list(json.loads(result.read_text())["tests"]))

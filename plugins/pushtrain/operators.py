@@ -87,8 +87,10 @@ class SandboxedDockerOperator(DockerOperator):
         is removed whatever happens.
         """
         if not self.cli.images(name=spec.image):
-            raise AirflowException(f"training image {spec.image} is not built on this Docker engine: run "
-                                   "`make images` (or `python -m pushtrain images`) where the engine runs")
+            raise AirflowException(
+                f"training image {spec.image} is not built on this Docker engine: run "
+                "`make images` (or `python -m pushtrain images`) where the engine runs"
+            )
         self.lease = lease
         if lease:
             lease.clear_cancelled()
@@ -113,13 +115,17 @@ class SandboxedDockerOperator(DockerOperator):
                     return outcome
         except NotFound:
             stopped = lease and cancelled_because(lease.state_dir, lease.role)
-            raise AirflowException(f"container {spec.name} was removed while its task waited for it"
-                                   + (f": {stopped}" if stopped else "")) from None
+            raise AirflowException(
+                f"container {spec.name} was removed while its task waited for it"
+                + (f": {stopped}" if stopped else "")
+            ) from None
         except AirflowTaskTimeout:
             # A retry would run into the same limit, so the attempt fails for good.
-            raise AirflowFailException(f"{self.task_id} exceeded its execution_timeout of {self.execution_timeout}; "
-                                       "container stopped and removed, not retried (raise "
-                                       "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS or make training cheaper)") from None
+            raise AirflowFailException(
+                f"{self.task_id} exceeded its execution_timeout of {self.execution_timeout}; "
+                "container stopped and removed, not retried (raise "
+                "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS or make training cheaper)"
+            ) from None
         finally:
             if heartbeat:
                 heartbeat.stop()
@@ -132,8 +138,10 @@ class SandboxedDockerOperator(DockerOperator):
         while time.monotonic() < deadline:
             restarted = started_again(self.cli, container_id, started_at)
             if restarted is not None:
-                self.log.info("container restarted by container_health; following it again (it resumes from "
-                              "its checkpoint)")
+                self.log.info(
+                    "container restarted by container_health; following it again (it resumes from "
+                    "its checkpoint)"
+                )
                 return restarted
             gave_up = RestartLog.load(lease.state_dir, lease.role).gave_up
             if gave_up:
@@ -142,8 +150,9 @@ class SandboxedDockerOperator(DockerOperator):
             if cancelled_because(lease.state_dir, lease.role) is not None:
                 return None  # on_kill runs: the task is stopping
             time.sleep(1)
-        self.log.error("container_health did not restart the container in time: is the container_health DAG "
-                       "unpaused?")
+        self.log.error(
+            "container_health did not restart the container in time: is the container_health DAG unpaused?"
+        )
         return None
 
     def fail(self, outcome: ContainerOutcome, result_dir: Path) -> NoReturn:
@@ -176,14 +185,18 @@ def failure_report(outcome: ContainerOutcome, error: dict[str, Any] | None) -> s
         if error.get("fix"):
             lines.append(f"What to do: {error['fix']}.")
         lines.append(error["message"])
-    lines.append(outcome.describe() + ("" if outcome.healable else
-                                       "; a restart cannot help, so the attempt fails now, without retries"))
+    lines.append(
+        outcome.describe()
+        + ("" if outcome.healable else "; a restart cannot help, so the attempt fails now, without retries")
+    )
     return "\n".join(lines)
 
 
 def _lease(context: Context, state_dir: Path, role: str) -> Lease:
     ti = context["ti"]
-    return Lease(state_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}/pid-{os.getpid()}")
+    return Lease(
+        state_dir, role, holder=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try-{ti.try_number}/pid-{os.getpid()}"
+    )
 
 
 def _prepared_attempt(context: Context) -> tuple[str, int, dict[str, Any]]:
@@ -233,16 +246,29 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         warm_start_from = prepared.get("warm_start_from")
         image = run.training_image.get("image") or self.image  # derived for the repository's requirements
         spec = container_spec(
-            TRAIN, name=pipeline.container_name(pipeline_id, attempt, TRAIN),
-            run_key=f"{pipeline_id}/attempt-{attempt}", kind=self.kind, code_dir=attempt_dir / "code",
-            entry=run.config.entry, data_dir=manifest.train_dir, output_dir=out_dir, state_dir=attempt_dir,
-            image=image, environment=self.environment,
-            warm_start=pipeline.output_dir(pipeline_id, warm_start_from) if warm_start_from else None)
+            TRAIN,
+            name=pipeline.container_name(pipeline_id, attempt, TRAIN),
+            run_key=f"{pipeline_id}/attempt-{attempt}",
+            kind=self.kind,
+            code_dir=attempt_dir / "code",
+            entry=run.config.entry,
+            data_dir=manifest.train_dir,
+            output_dir=out_dir,
+            state_dir=attempt_dir,
+            image=image,
+            environment=self.environment,
+            warm_start=pipeline.output_dir(pipeline_id, warm_start_from) if warm_start_from else None,
+        )
         outcome = self.run_supervised(spec, _lease(context, attempt_dir, TRAIN))
-        summary = {"pipeline_id": pipeline_id, "attempt": attempt, "kind": self.kind, "image": image,
-                   "image_id": self.cli.inspect_image(image)["Id"],
-                   "container_wall_seconds": round(self.container_wall_seconds, 3),
-                   "container_restarts": outcome.restarts}
+        summary = {
+            "pipeline_id": pipeline_id,
+            "attempt": attempt,
+            "kind": self.kind,
+            "image": image,
+            "image_id": self.cli.inspect_image(image)["Id"],
+            "container_wall_seconds": round(self.container_wall_seconds, 3),
+            "container_restarts": outcome.restarts,
+        }
         if not outcome.succeeded:
             tweaked = attempt > 1 or bool(prepared.get("updates"))
             if outcome.exit_code == contract.EXIT_BUILD_ERROR and tweaked:
@@ -255,9 +281,15 @@ class TrainAttemptOperator(SandboxedDockerOperator):
             metrics = contract.read_metrics(out_dir)
         except ValueError as exc:
             raise AirflowException(f"training finished but its output is invalid: {exc}") from None
-        return {**summary, "status": "trained", "train_seconds": metrics["train_seconds"],
-                "validation_accuracy": metrics["accuracy"], "hparams": metrics["hparams"],
-                "dataset_sha256": metrics["dataset_sha256"], "code_sha256": metrics["code_sha256"]}
+        return {
+            **summary,
+            "status": "trained",
+            "train_seconds": metrics["train_seconds"],
+            "validation_accuracy": metrics["accuracy"],
+            "hparams": metrics["hparams"],
+            "dataset_sha256": metrics["dataset_sha256"],
+            "code_sha256": metrics["code_sha256"],
+        }
 
 
 class EvaluateAttemptOperator(SandboxedDockerOperator):
@@ -284,11 +316,14 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         from pushtrain import blind, datasets
 
         pipeline_id, attempt, _ = _prepared_attempt(context)
-        trained = next((t for t in context["ti"].xcom_pull(task_ids=sorted(self.upstream_task_ids)) or [] if t),
-                       {})
+        trained = next(
+            (t for t in context["ti"].xcom_pull(task_ids=sorted(self.upstream_task_ids)) or [] if t), {}
+        )
         if trained.get("status") == "unbuildable":
-            return {"status": "not_evaluated", "reason": f"attempt {attempt} could not be built: "
-                                                         f"{trained['failure']}"}
+            return {
+                "status": "not_evaluated",
+                "reason": f"attempt {attempt} could not be built: {trained['failure']}",
+            }
         run = pipeline.Pipeline.load(pipeline_id)
         attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
         evaluation_dir = pipeline.evaluation_dir(pipeline_id, attempt)
@@ -303,28 +338,44 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
             view = blind.prepare_blind_evaluation(manifest.test_dir, view_dir)
         prepare_output_dir(evaluation_dir)
         spec = container_spec(
-            EVALUATE, name=name, run_key=f"{pipeline_id}/attempt-{attempt}", kind=run.kind,
-            code_dir=attempt_dir / "code", entry=run.config.entry, data_dir=view.data_dir,
-            output_dir=pipeline.output_dir(pipeline_id, attempt), state_dir=attempt_dir,
-            evaluation_dir=evaluation_dir, image=trained.get("image"), environment=self.environment)
+            EVALUATE,
+            name=name,
+            run_key=f"{pipeline_id}/attempt-{attempt}",
+            kind=run.kind,
+            code_dir=attempt_dir / "code",
+            entry=run.config.entry,
+            data_dir=view.data_dir,
+            output_dir=pipeline.output_dir(pipeline_id, attempt),
+            state_dir=attempt_dir,
+            evaluation_dir=evaluation_dir,
+            image=trained.get("image"),
+            environment=self.environment,
+        )
         outcome = self.run_supervised(spec, _lease(context, attempt_dir, EVALUATE))
         if not outcome.succeeded:
             self.fail(outcome, evaluation_dir)
         try:
             evaluation = blind.score(view, evaluation_dir, model_dir)
         except blind.ScoringError as exc:
-            raise AirflowFailException(f"the evaluation's predictions were rejected: {exc}; nothing is "
-                                       "registered (the model must predict every held-out item once, and its "
-                                       "container may write nothing but predictions.json)") from None
+            raise AirflowFailException(
+                f"the evaluation's predictions were rejected: {exc}; nothing is "
+                "registered (the model must predict every held-out item once, and its "
+                "container may write nothing but predictions.json)"
+            ) from None
         finally:
             _remove_tree(view_dir)  # a copy of the held-out split, and the only place its answer key was
         if evaluation["dataset_sha256"] != manifest.test_sha256:
-            raise AirflowException(f"the held-out split {manifest.test_dir} changed under the evaluation: its "
-                                   f"hash {evaluation['dataset_sha256'][:12]} is not the manifest's "
-                                   f"{manifest.test_sha256[:12]}")
+            raise AirflowException(
+                f"the held-out split {manifest.test_dir} changed under the evaluation: its "
+                f"hash {evaluation['dataset_sha256'][:12]} is not the manifest's "
+                f"{manifest.test_sha256[:12]}"
+            )
         contract.write_json_atomic(pipeline.evaluation_record_path(pipeline_id, attempt), evaluation)
-        return {"status": "evaluated", **{key: evaluation[key] for key in _XCOM_FIELDS},
-                "container_wall_seconds": round(self.container_wall_seconds, 3)}
+        return {
+            "status": "evaluated",
+            **{key: evaluation[key] for key in _XCOM_FIELDS},
+            "container_wall_seconds": round(self.container_wall_seconds, 3),
+        }
 
     def _still_running(self, name: str) -> bool:
         try:
@@ -333,8 +384,18 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
             return False
 
 
-_XCOM_FIELDS = ("accuracy", "precision", "recall", "f1", "loss", "n_evaluated", "dataset_sha256", "class_names",
-                "per_class", "confusion_matrix")
+_XCOM_FIELDS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "loss",
+    "n_evaluated",
+    "dataset_sha256",
+    "class_names",
+    "per_class",
+    "confusion_matrix",
+)
 
 
 def _empty_dir(path: Path) -> None:

@@ -85,7 +85,7 @@ class PipelineConfig:
         if not 0.0 < self.target <= 1.0:
             problems.append(f"target must be in (0, 1], got {self.target}")
         if self.metric != "accuracy":
-            problems.append(f"metric {self.metric!r} is not supported; use \"accuracy\"")
+            problems.append(f'metric {self.metric!r} is not supported; use "accuracy"')
         if not 1 <= self.max_attempts <= 50:
             problems.append(f"max_attempts must be 1..50, got {self.max_attempts}")
         if self.dataset not in DATASETS:
@@ -99,11 +99,17 @@ class PipelineConfig:
         if not 0.0 <= self.min_gain < 1.0:
             problems.append(f"min_gain must be in [0, 1), got {self.min_gain}")
         if self.model_name and not MODEL_NAME_PATTERN.fullmatch(self.model_name):
-            problems.append(f"model_name {self.model_name!r} must be 1-128 letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit")
+            problems.append(
+                f"model_name {self.model_name!r} must be 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         if Path(self.entry).is_absolute() or ".." in Path(self.entry).parts:
             problems.append(f"entry {self.entry!r} must be a path inside the repository")
-        if not self.model_tests or Path(self.model_tests).is_absolute() or ".." in Path(self.model_tests).parts:
+        if (
+            not self.model_tests
+            or Path(self.model_tests).is_absolute()
+            or ".." in Path(self.model_tests).parts
+        ):
             problems.append(f"model_tests {self.model_tests!r} must be a path inside the repository")
         if problems:
             raise ConfigError("; ".join(problems))
@@ -375,8 +381,11 @@ class Attempt(_File):
     @model_validator(mode="after")
     def _complete_for_its_status(self) -> Attempt:
         if self.status == "evaluated":
-            missing = [name for name in ("evaluation", "training_metrics", "timings", "dataset", "airflow")
-                       if getattr(self, name) is None]
+            missing = [
+                name
+                for name in ("evaluation", "training_metrics", "timings", "dataset", "airflow")
+                if getattr(self, name) is None
+            ]
             if missing:
                 raise ValueError(f"an evaluated attempt needs {', '.join(missing)}")
         elif self.evaluation is not None:
@@ -399,10 +408,16 @@ class Attempt(_File):
 
     def lineage(self, run: Pipeline) -> dict[str, Any]:
         """What the registry keeps with a model version: this record and the pipeline it belongs to."""
-        return {**self.model_dump(mode="json"),
-                "pipeline": {"branch": run.branch, "author_email": run.author_email,
-                             "origin_dag_run_id": run.origin_dag_run_id, "config": asdict(run.config),
-                             "training_image": run.training_image}}
+        return {
+            **self.model_dump(mode="json"),
+            "pipeline": {
+                "branch": run.branch,
+                "author_email": run.author_email,
+                "origin_dag_run_id": run.origin_dag_run_id,
+                "config": asdict(run.config),
+                "training_image": run.training_image,
+            },
+        }
 
 
 def attempt_records(pipeline_id: str) -> list[Attempt]:
@@ -419,8 +434,15 @@ def best_record(records: list[Attempt]) -> Attempt | None:
 
 def strategy_history(records: list[Attempt]) -> list[AttemptRecord]:
     """The attempts as a strategy sees them; a failed one has NaN accuracy, so it is never best nor repeated."""
-    return [AttemptRecord(r.attempt, r.hparams, math.nan if r.accuracy is None else r.accuracy,
-                          r.timings.train_seconds if r.timings else 0.0) for r in records]
+    return [
+        AttemptRecord(
+            r.attempt,
+            r.hparams,
+            math.nan if r.accuracy is None else r.accuracy,
+            r.timings.train_seconds if r.timings else 0.0,
+        )
+        for r in records
+    ]
 
 
 class Summary(_File):
@@ -484,21 +506,36 @@ def decide(config: PipelineConfig, records: list[Attempt], attempt: int) -> Deci
     current = next(r for r in records if r.attempt == attempt)
 
     def decision(action: Action, reason: str) -> Decision:
-        return Decision(pipeline_id=current.pipeline_id, attempt=attempt, action=action, reason=reason,
-                        accuracy=current.accuracy, target=config.target)
+        return Decision(
+            pipeline_id=current.pipeline_id,
+            attempt=attempt,
+            action=action,
+            reason=reason,
+            accuracy=current.accuracy,
+            target=config.target,
+        )
 
     if current.accuracy is not None and current.accuracy >= config.target:
         return decision(Action.MET, f"accuracy {current.accuracy:.4f} >= target {config.target:.4f}")
     if attempt >= config.max_attempts:
         best = best_record(records)
         best_text = f"best accuracy {best.accuracy:.4f}" if best else "no attempt evaluated"
-        return decision(Action.STOP, f"budget spent: {attempt} of {config.max_attempts} attempts, {best_text} "
-                        f"< target {config.target:.4f}")
+        return decision(
+            Action.STOP,
+            f"budget spent: {attempt} of {config.max_attempts} attempts, {best_text} "
+            f"< target {config.target:.4f}",
+        )
     if no_real_gain(strategy_history(records), config.patience, config.min_gain):
-        return decision(Action.STOP, f"no real gain: the last {config.patience} attempts each improved the "
-                        f"best accuracy by less than {config.min_gain}")
-    missed = (f"attempt {attempt} failed: {current.reason}" if current.accuracy is None
-              else f"accuracy {current.accuracy:.4f} < target {config.target:.4f}")
+        return decision(
+            Action.STOP,
+            f"no real gain: the last {config.patience} attempts each improved the "
+            f"best accuracy by less than {config.min_gain}",
+        )
+    missed = (
+        f"attempt {attempt} failed: {current.reason}"
+        if current.accuracy is None
+        else f"accuracy {current.accuracy:.4f} < target {config.target:.4f}"
+    )
     return decision(Action.RETRAIN, f"{missed}; attempt {attempt + 1} of {config.max_attempts} next")
 
 
@@ -506,8 +543,10 @@ def cleanup(pipeline_id: str) -> list[str]:
     """Remove what nothing will use again once a pipeline ended: the checkout, every checkpoint, and any
     label-blind view an evaluation that failed half-way left."""
     removed = []
-    leftovers = [*pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints"),
-                 *pipeline_dir(pipeline_id).glob("attempt-*/blind-view")]
+    leftovers = [
+        *pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints"),
+        *pipeline_dir(pipeline_id).glob("attempt-*/blind-view"),
+    ]
     for path in [workspace_dir(pipeline_id), *leftovers]:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)

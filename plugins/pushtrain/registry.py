@@ -172,14 +172,27 @@ class AliasMove:
     rollback: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at, "alias": self.alias, "from": self.from_version, "to": self.to_version,
-                "reason": self.reason, "by": self.by, "rollback": self.rollback}
+        return {
+            "at": self.at,
+            "alias": self.alias,
+            "from": self.from_version,
+            "to": self.to_version,
+            "reason": self.reason,
+            "by": self.by,
+            "rollback": self.rollback,
+        }
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> AliasMove:
-        return cls(at=record["at"], alias=record["alias"], from_version=record["from"],
-                   to_version=record["to"], reason=record["reason"], by=record["by"],
-                   rollback=bool(record.get("rollback", False)))
+        return cls(
+            at=record["at"],
+            alias=record["alias"],
+            from_version=record["from"],
+            to_version=record["to"],
+            reason=record["reason"],
+            by=record["by"],
+            rollback=bool(record.get("rollback", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -405,7 +418,12 @@ class ModelRegistry:
         return PromotionResult(True, reason, candidate, current, candidate)
 
     def set_alias(
-        self, model_name: str, alias: str, version: ModelVersion | int | None, *, reason: str,
+        self,
+        model_name: str,
+        alias: str,
+        version: ModelVersion | int | None,
+        *,
+        reason: str,
         by: str | None = None,
     ) -> AliasMove | None:
         """Point ``alias`` at ``version`` (or delete it with None), whatever the metrics say: a person's call.
@@ -432,10 +450,18 @@ class ModelRegistry:
         with self._lock(model_name):
             state = self._read_aliases(model_name)
             stays = state["aliases"].get(alias)
-            move = AliasMove(at=_utc_now().isoformat(timespec="milliseconds"), alias=alias, from_version=stays,
-                             to_version=stays, reason=f"refused v{number}: {reason}", by=by or default_actor())
+            move = AliasMove(
+                at=_utc_now().isoformat(timespec="milliseconds"),
+                alias=alias,
+                from_version=stays,
+                to_version=stays,
+                reason=f"refused v{number}: {reason}",
+                by=by or default_actor(),
+            )
             state["history"].append(move.to_json())
-            _replace_file_atomically(self._model_dir(model_name) / ALIASES_FILE_NAME, _to_json(state, "aliases"))
+            _replace_file_atomically(
+                self._model_dir(model_name) / ALIASES_FILE_NAME, _to_json(state, "aliases")
+            )
         return move
 
     def rollback(
@@ -470,7 +496,9 @@ class ModelRegistry:
         """Set one tag of a version (``validation_status``, ``model_tests``, ...); tags are mutable."""
         number = self._number_of(model_name, version)
         if not isinstance(key, str) or not key or not isinstance(value, str):
-            raise InvalidRegistrationError(f"tags are non-empty str keys with str values, got {key!r}={value!r}")
+            raise InvalidRegistrationError(
+                f"tags are non-empty str keys with str values, got {key!r}={value!r}"
+            )
         with self._lock(model_name):
             self.get(model_name, number)
             path = self._model_dir(model_name) / TAGS_FILE_NAME
@@ -522,7 +550,8 @@ class ModelRegistry:
         if not self.root.is_dir():
             return []
         return sorted(
-            entry.name for entry in self.root.iterdir()
+            entry.name
+            for entry in self.root.iterdir()
             if _MODEL_NAME_PATTERN.fullmatch(entry.name) and (entry / VERSIONS_DIR_NAME).is_dir()
         )
 
@@ -539,7 +568,9 @@ class ModelRegistry:
             return self.get(name, int(number))
         version = self.alias(name, alias)
         if version is None:
-            raise VersionNotFoundError(f"{name} has no alias {alias!r} (aliases: {self.aliases(name) or 'none'})")
+            raise VersionNotFoundError(
+                f"{name} has no alias {alias!r} (aliases: {self.aliases(name) or 'none'})"
+            )
         return version
 
     def _number_of(self, model_name: str, version: ModelVersion | int) -> int:
@@ -559,14 +590,22 @@ class ModelRegistry:
             return {"schema": ALIASES_SCHEMA, "model_name": model_name, "aliases": {}, "history": []}
         state = _read_json(path)
         aliases, history = state.get("aliases"), state.get("history")
-        if not isinstance(aliases, dict) or not isinstance(history, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) for n in aliases.values()
+        if (
+            not isinstance(aliases, dict)
+            or not isinstance(history, list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in aliases.values())
         ):
             raise RegistryError(f"{path} holds no valid aliases and history; it is damaged")
         return state
 
     def _move_aliases(
-        self, model_name: str, targets: Mapping[str, int | None], reason: str, by: str, *, rollback: bool = False
+        self,
+        model_name: str,
+        targets: Mapping[str, int | None],
+        reason: str,
+        by: str,
+        *,
+        rollback: bool = False,
     ) -> list[AliasMove]:
         """Under the model lock: point each alias at its target and record the moves, in one atomic replace.
 
@@ -583,8 +622,15 @@ class ModelRegistry:
         for alias, number in wanted.items():
             if aliases.get(alias) == number:
                 continue
-            move = AliasMove(at=moved_at, alias=alias, from_version=aliases.get(alias), to_version=number,
-                             reason=reason, by=by, rollback=rollback and alias == CHAMPION)
+            move = AliasMove(
+                at=moved_at,
+                alias=alias,
+                from_version=aliases.get(alias),
+                to_version=number,
+                reason=reason,
+                by=by,
+                rollback=rollback and alias == CHAMPION,
+            )
             moves.append(move)
             state["history"].append(move.to_json())
             if number is None:
@@ -664,7 +710,7 @@ def _earlier_champions(history: Iterator[AliasMove]) -> list[int]:
         if move.alias != CHAMPION:
             continue
         if move.rollback and move.to_version in stack:
-            del stack[stack.index(move.to_version):]
+            del stack[stack.index(move.to_version) :]
         elif move.from_version is not None:
             stack.append(move.from_version)
     return stack

@@ -103,8 +103,10 @@ class ContainerOutcome:
 
     def describe(self) -> str:
         if self.oom_killed:
-            return (f"out of memory: container {self.name} went over its {self.memory_limit} limit and was "
-                    "killed (exit 137); lower batch_size or the model size, or raise PUSHTRAIN_CONTAINER_MEMORY")
+            return (
+                f"out of memory: container {self.name} went over its {self.memory_limit} limit and was "
+                "killed (exit 137); lower batch_size or the model size, or raise PUSHTRAIN_CONTAINER_MEMORY"
+            )
         meaning = contract.EXIT_CODE_MEANINGS.get(self.exit_code, "unexpected exit code")
         return f"container {self.name} exited with {self.exit_code}: {meaning}"
 
@@ -144,20 +146,28 @@ def start_or_adopt(client: APIClient, spec: ContainerSpec, sandbox: Sandbox) -> 
     return container["Id"], False
 
 
-def follow_logs(client: APIClient, container_id: str, log: Callable[[str], None],
-                since: float | None = None) -> None:
+def follow_logs(
+    client: APIClient, container_id: str, log: Callable[[str], None], since: float | None = None
+) -> None:
     """Pass each line the container prints to ``log`` until it stops; ``since``: from that start on."""
     for chunk in client.logs(container_id, stream=True, follow=True, since=since):
         for line in chunk.decode(errors="replace").splitlines():
             log(line)
 
 
-def wait_for_exit(client: APIClient, container_id: str, name: str, sandbox: Sandbox,
-                  adopted: bool = False) -> ContainerOutcome:
+def wait_for_exit(
+    client: APIClient, container_id: str, name: str, sandbox: Sandbox, adopted: bool = False
+) -> ContainerOutcome:
     status = client.wait(container_id)
     state = client.inspect_container(container_id)["State"]
-    return ContainerOutcome(name, int(status["StatusCode"]), bool(state.get("OOMKilled")), adopted,
-                            sandbox.memory, state["StartedAt"])
+    return ContainerOutcome(
+        name,
+        int(status["StatusCode"]),
+        bool(state.get("OOMKilled")),
+        adopted,
+        sandbox.memory,
+        state["StartedAt"],
+    )
 
 
 def started_again(client: APIClient, container_id: str, started_at: str) -> float | None:
@@ -173,8 +183,14 @@ def started_again(client: APIClient, container_id: str, started_at: str) -> floa
     return datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z")).replace(tzinfo=UTC).timestamp()
 
 
-def run_container(client: APIClient, spec: ContainerSpec, sandbox: Sandbox, log: Callable[[str], None], *,
-                  remove: bool = True) -> ContainerOutcome:
+def run_container(
+    client: APIClient,
+    spec: ContainerSpec,
+    sandbox: Sandbox,
+    log: Callable[[str], None],
+    *,
+    remove: bool = True,
+) -> ContainerOutcome:
     """Run (or adopt) the container, stream its lines to ``log``, wait for it, and remove it."""
     container_id, adopted = start_or_adopt(client, spec, sandbox)
     if adopted:

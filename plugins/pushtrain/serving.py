@@ -208,8 +208,13 @@ def upstream(model_name: str) -> dict | None:
 # --- HTTP from the platform side --------------------------------------------------------------------------
 
 
-def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 30.0,
-            ) -> tuple[int, Any]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
     """One request to a serving container or the stable endpoint on the loopback; (status, JSON answer)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -247,7 +252,12 @@ def wait_healthy(client: APIClient, container: str, port: int, timeout: float = 
 def smoke_sample(version: ModelVersion, sample: int = SMOKE_SAMPLE) -> list[tuple[str, str]]:
     """A few held-out images of the version's data set as (base64 PNG, true class name), read here."""
     dataset = version.lineage.get("dataset") or {}
-    test_dir = settings.datasets_dir() / str(dataset.get("name", "")) / str(dataset.get("split_version", "")) / "test"
+    test_dir = (
+        settings.datasets_dir()
+        / str(dataset.get("name", ""))
+        / str(dataset.get("split_version", ""))
+        / "test"
+    )
     files = sorted(p for p in test_dir.glob("*/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     chosen = random.Random(version.number).sample(files, min(sample, len(files)))
     return [(base64.b64encode(path.read_bytes()).decode(), path.parent.name) for path in chosen]
@@ -258,21 +268,34 @@ def smoke_test(port: int, version: ModelVersion, sample: int = SMOKE_SAMPLE) -> 
     examples = smoke_sample(version, sample)
     required = max(0.0, version.metric_value - SMOKE_TOLERANCE) if version.metric == "accuracy" else 0.0
     if not examples:
-        return SmokeResult(False, 0, 0, required, f"no held-out images found for {version.model_name} "
-                           f"{version.label}'s data set ({version.lineage.get('dataset')})")
+        return SmokeResult(
+            False,
+            0,
+            0,
+            required,
+            f"no held-out images found for {version.model_name} "
+            f"{version.label}'s data set ({version.lineage.get('dataset')})",
+        )
     status, answer = request(port, "POST", "/invocations", {"instances": [image for image, _ in examples]})
     if status != 200 or not isinstance(answer, dict) or len(answer.get("predictions") or []) != len(examples):
-        return SmokeResult(False, 0, len(examples), required, f"the smoke request was answered {status}: "
-                           f"{str(answer)[:300]}")
-    correct = sum(predicted == truth for predicted, (_, truth) in zip(answer["predictions"], examples,
-                                                                        strict=True))
+        return SmokeResult(
+            False, 0, len(examples), required, f"the smoke request was answered {status}: {str(answer)[:300]}"
+        )
+    correct = sum(
+        predicted == truth for predicted, (_, truth) in zip(answer["predictions"], examples, strict=True)
+    )
     accuracy = correct / len(examples)
     passed = accuracy >= required
     verdict = "passed" if passed else "failed"
-    return SmokeResult(passed, correct, len(examples), required,
-                       f"smoke test {verdict}: {correct}/{len(examples)} held-out images right ({accuracy:.2f}; "
-                       f"needs {required:.2f}, the registered {version.metric} "
-                       f"{version.metric_value:.4f} less {SMOKE_TOLERANCE})")
+    return SmokeResult(
+        passed,
+        correct,
+        len(examples),
+        required,
+        f"smoke test {verdict}: {correct}/{len(examples)} held-out images right ({accuracy:.2f}; "
+        f"needs {required:.2f}, the registered {version.metric} "
+        f"{version.metric_value:.4f} less {SMOKE_TOLERANCE})",
+    )
 
 
 # --- containers -------------------------------------------------------------------------------------------
@@ -296,7 +319,9 @@ def serving_image(version: ModelVersion) -> str:
     return images.image_for_kind(kind)
 
 
-def start_serving_container(client: APIClient, version: ModelVersion, *, alias: str = CHAMPION) -> tuple[str, int]:
+def start_serving_container(
+    client: APIClient, version: ModelVersion, *, alias: str = CHAMPION
+) -> tuple[str, int]:
     """Start (a fresh) ``pushtrain-serve-<name>-v<N>``; returns (container name, its host port)."""
     from docker.errors import NotFound
 
@@ -305,21 +330,40 @@ def start_serving_container(client: APIClient, version: ModelVersion, *, alias: 
         client.remove_container(name, force=True)  # a leftover of an earlier deploy: start clean
     host_port = _free_ephemeral_port()
     lineage = version.lineage
-    info = {"name": version.model_name, "version": version.number, "alias": alias, "uri": version.uri,
-            "commit": lineage.get("commit") or (lineage.get("pipeline") or {}).get("commit"),
-            "dataset_sha256": (lineage.get("evaluation") or {}).get("dataset_sha256")
-            or (lineage.get("dataset") or {}).get("test_sha256"),
-            "metric": {version.metric: version.metric_value}}
+    info = {
+        "name": version.model_name,
+        "version": version.number,
+        "alias": alias,
+        "uri": version.uri,
+        "commit": lineage.get("commit") or (lineage.get("pipeline") or {}).get("commit"),
+        "dataset_sha256": (lineage.get("evaluation") or {}).get("dataset_sha256")
+        or (lineage.get("dataset") or {}).get("test_sha256"),
+        "metric": {version.metric: version.metric_value},
+    }
     host_config = Sandbox().host_config_kwargs([_mount(version.artifact_dir, "/model")])
-    host_config.update(network_mode="bridge", port_bindings={protocol.CONTAINER_PORT: ("127.0.0.1", host_port)},
-                       restart_policy={"Name": "unless-stopped"})
+    host_config.update(
+        network_mode="bridge",
+        port_bindings={protocol.CONTAINER_PORT: ("127.0.0.1", host_port)},
+        restart_policy={"Name": "unless-stopped"},
+    )
     host_config.pop("device_requests", None)
     container = client.create_container(
-        image=serving_image(version), name=name, user=container_user(), labels=_labels(
-            version.model_name, SERVE_ROLE, version.number),
-        command=["serve", "--model-dir", "/model", "--port", str(protocol.CONTAINER_PORT),
-                 "--info", json.dumps(info)],
-        ports=[protocol.CONTAINER_PORT], host_config=client.create_host_config(**host_config))
+        image=serving_image(version),
+        name=name,
+        user=container_user(),
+        labels=_labels(version.model_name, SERVE_ROLE, version.number),
+        command=[
+            "serve",
+            "--model-dir",
+            "/model",
+            "--port",
+            str(protocol.CONTAINER_PORT),
+            "--info",
+            json.dumps(info),
+        ],
+        ports=[protocol.CONTAINER_PORT],
+        host_config=client.create_host_config(**host_config),
+    )
     client.start(container["Id"])
     return name, host_port
 
@@ -342,10 +386,21 @@ def ensure_proxy(client: APIClient, model_name: str, image: str) -> Endpoint:
     host_config.update(network_mode="host", restart_policy={"Name": "unless-stopped"})
     host_config.pop("device_requests", None)
     container = client.create_container(
-        image=image, name=name, user=container_user(), labels=_labels(model_name, PROXY_ROLE),
-        command=["proxy", "--upstream-file", f"/state/{UPSTREAM_FILE}", "--host", "127.0.0.1",
-                 "--port", str(stable.port)],
-        host_config=client.create_host_config(**host_config))
+        image=image,
+        name=name,
+        user=container_user(),
+        labels=_labels(model_name, PROXY_ROLE),
+        command=[
+            "proxy",
+            "--upstream-file",
+            f"/state/{UPSTREAM_FILE}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(stable.port),
+        ],
+        host_config=client.create_host_config(**host_config),
+    )
     client.start(container["Id"])
     return stable
 
@@ -360,8 +415,9 @@ def _containers(client: APIClient, model_name: str | None = None, role: str | No
 # --- blue-green -------------------------------------------------------------------------------------------
 
 
-def deploy(model_name: str, *, version: int | None = None, by: str | None = None,
-           client: APIClient | None = None) -> DeployResult:
+def deploy(
+    model_name: str, *, version: int | None = None, by: str | None = None, client: APIClient | None = None
+) -> DeployResult:
     """Serve ``version`` (default: the champion) at the model's stable endpoint, blue-green.
 
     A no-op when it is already served by a running container. A candidate that fails ``/health`` or its
@@ -377,8 +433,14 @@ def deploy(model_name: str, *, version: int | None = None, by: str | None = None
     image = serving_image(target)
     stable = ensure_proxy(client, model_name, image)
     if current and current.get("version") == target.number and _running(client, current["container"]):
-        return DeployResult(model_name, target.number, False, f"{target.label} is already served",
-                            stable.url, current["container"])
+        return DeployResult(
+            model_name,
+            target.number,
+            False,
+            f"{target.label} is already served",
+            stable.url,
+            current["container"],
+        )
 
     name, port = start_serving_container(client, target)
     try:
@@ -389,14 +451,17 @@ def deploy(model_name: str, *, version: int | None = None, by: str | None = None
     if not smoke.passed:
         _remove(client, name)
         served = current["version"] if current else None
-        reason = (f"{target.label} never took traffic: {smoke.reason}; "
-                  + (f"v{served} stays served" if served else "nothing is served"))
+        reason = f"{target.label} never took traffic: {smoke.reason}; " + (
+            f"v{served} stays served" if served else "nothing is served"
+        )
         registry.record_refusal(model_name, SERVING_ALIAS, target.number, reason=reason, by=by)
         log.warning("%s: %s", model_name, reason)
         return DeployResult(model_name, target.number, False, reason, stable.url, None, asdict(smoke))
 
-    _write_json(serving_dir(model_name) / UPSTREAM_FILE,
-                {"host": "127.0.0.1", "port": port, "container": name, "version": target.number})
+    _write_json(
+        serving_dir(model_name) / UPSTREAM_FILE,
+        {"host": "127.0.0.1", "port": port, "container": name, "version": target.number},
+    )
     _wait_switched(stable, target.number)
     time.sleep(DRAIN_S)
     for old in _containers(client, model_name, SERVE_ROLE):
@@ -417,8 +482,10 @@ def _wait_switched(stable: Endpoint, number: int, timeout: float = 30.0) -> None
             if status == 200 and isinstance(answer, dict) and answer.get("version") == number:
                 return
         time.sleep(0.1)
-    raise ServingError(f"the stable endpoint {stable.url} did not switch to v{number} within {timeout:.0f} s; "
-                       f"is {proxy_name(stable.model_name)} running?")
+    raise ServingError(
+        f"the stable endpoint {stable.url} did not switch to v{number} within {timeout:.0f} s; "
+        f"is {proxy_name(stable.model_name)} running?"
+    )
 
 
 def _running(client: APIClient, container: str) -> bool:
@@ -466,8 +533,10 @@ def heal(client: APIClient | None = None, log_line=print) -> list[dict]:
         details = client.inspect_container(container["Id"])
         restarts = int(details.get("RestartCount") or 0)
         if restarts >= CRASH_LOOP_RESTARTS:
-            line = (f"{name} ({labels.get(MODEL_LABEL)}) is crash-looping: Docker restarted it {restarts} times; "
-                    f"its last lines: {client.logs(container['Id'], tail=5).decode(errors='replace').strip()}")
+            line = (
+                f"{name} ({labels.get(MODEL_LABEL)}) is crash-looping: Docker restarted it {restarts} times; "
+                f"its last lines: {client.logs(container['Id'], tail=5).decode(errors='replace').strip()}"
+            )
             log_line(line)
             actions.append({"container": name, "action": "crash-loop", "restarts": restarts, "message": line})
         if details["State"]["Running"] or details["State"].get("Restarting"):

@@ -84,9 +84,11 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
             for uri in uris:
                 if uri.rstrip("/").endswith("/debian"):
                     return uri
-    raise MissingSettingError(f"no Debian mirror to debootstrap a base image from: the apt sources in {apt_dir} "
-                              "name none; set PUSHTRAIN_DEBIAN_MIRROR to a Debian mirror (or apt proxy) this "
-                              "host can reach, or set PUSHTRAIN_BASE_IMAGE to a base image you have")
+    raise MissingSettingError(
+        f"no Debian mirror to debootstrap a base image from: the apt sources in {apt_dir} "
+        "name none; set PUSHTRAIN_DEBIAN_MIRROR to a Debian mirror (or apt proxy) this "
+        "host can reach, or set PUSHTRAIN_BASE_IMAGE to a base image you have"
+    )
 
 
 def docker_url() -> str:

@@ -40,8 +40,12 @@ class EmbeddedAirflow:
     def environment(self) -> dict[str, str]:
         root = settings.PROJECT_ROOT
         git_connection = {"conn_type": "git", "host": self.repo_url, "extra": {"read_only": "false"}}
-        smtp_connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": self.smtp_port,
-                           "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "pushtrain@localhost"}}
+        smtp_connection = {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": self.smtp_port,
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "pushtrain@localhost"},
+        }
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(self.home),
@@ -69,20 +73,34 @@ class EmbeddedAirflow:
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run an ``airflow`` CLI command against this instance; a failure says what the CLI said."""
-        result = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.environment(), capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run(
+            [str(VENV_BIN / "airflow"), *args],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args[:3])} failed ({result.returncode}):\n"
-                               f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args[:3])} failed ({result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def start(self, log_path: Path) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-        launcher = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); "
-                    f"os.execv({str(VENV_BIN / 'airflow')!r}, ['airflow', 'standalone'])")
-        self.process = subprocess.Popen([sys.executable, "-c", launcher], env=self.environment(), stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        launcher = (
+            "import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.setsid(); "
+            f"os.execv({str(VENV_BIN / 'airflow')!r}, ['airflow', 'standalone'])"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", launcher],
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
     def wait_until_healthy(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -92,8 +110,10 @@ class EmbeddedAirflow:
             try:
                 with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
                     health = json.load(response)
-                if all(health.get(part, {}).get("status") == "healthy"
-                       for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                if all(
+                    health.get(part, {}).get("status") == "healthy"
+                    for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                ):
                     return
             except (OSError, ValueError):
                 pass

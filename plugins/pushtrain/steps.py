@@ -46,8 +46,15 @@ class NothingToTrain(Exception):
 # --- 1. the commit -------------------------------------------------------------------------------------
 
 
-def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: str, run_type: str,
-                         data_interval_end: datetime | None, explicit_commit: str | None) -> dict | None:
+def find_commit_to_train(
+    *,
+    remote: gitops.GitRemote,
+    branch: str,
+    dag_run_id: str,
+    run_type: str,
+    data_interval_end: datetime | None,
+    explicit_commit: str | None,
+) -> dict | None:
     """The commit this run trains, claimed in the ledger; None while a live run should keep waiting.
 
     The rule: a live run takes the branch head if nobody took it, and marks the untrained commits between
@@ -68,7 +75,9 @@ def find_commit_to_train(*, remote: gitops.GitRemote, branch: str, dag_run_id: s
         if sha is None:
             raise NothingToTrain(f"branch {branch} had no commit at {data_interval_end}")
         if not ledger.claim(remote.display_url, sha, dag_run_id):
-            raise NothingToTrain(f"commit {sha[:8]} (head of {branch} at {data_interval_end}) was trained already")
+            raise NothingToTrain(
+                f"commit {sha[:8]} (head of {branch} at {data_interval_end}) was trained already"
+            )
         return _found(remote, branch, sha, [])
 
     sha = gitops.branch_head(repo, branch)
@@ -109,18 +118,31 @@ def checkout_commit(found: dict, params: dict, dag_run_id: str, remote: gitops.G
     sha = found["commit"]
     pipeline_id = pipeline.pipeline_id_for(sha, dag_run_id)
     workspace = gitops.checkout(repo, sha, pipeline.workspace_dir(pipeline_id) / "repo")
-    overrides = {"target": params.get("target"), "max_attempts": params.get("max_attempts"),
-                 "kind": params.get("kind"), "strategy": params.get("strategy")}
+    overrides = {
+        "target": params.get("target"),
+        "max_attempts": params.get("max_attempts"),
+        "kind": params.get("kind"),
+        "strategy": params.get("strategy"),
+    }
     try:
         config = pipeline.load_config(workspace, overrides)
     except pipeline.ConfigError as exc:
         raise UserFacingError(str(exc)) from None
     info = gitops.commit_info(repo, sha)
     repo_name = Path(remote.display_url.rstrip("/")).name.removesuffix(".git") or "model"
-    Pipeline(pipeline_id=pipeline_id, repo_url=remote.display_url, branch=found["branch"], commit=sha,
-             author_name=info.author_name, author_email=info.author_email, commit_message=info.message,
-             kind="", config=config, origin_dag_run_id=dag_run_id,
-             model_name=config.model_name or gitops.safe_name(repo_name)).save()
+    Pipeline(
+        pipeline_id=pipeline_id,
+        repo_url=remote.display_url,
+        branch=found["branch"],
+        commit=sha,
+        author_name=info.author_name,
+        author_email=info.author_email,
+        commit_message=info.message,
+        kind="",
+        config=config,
+        origin_dag_run_id=dag_run_id,
+        model_name=config.model_name or gitops.safe_name(repo_name),
+    ).save()
     return {"pipeline_id": pipeline_id, "commit": sha}
 
 
@@ -134,11 +156,15 @@ def detect_model_kind(pipeline_id: str) -> str:
     checkout = pipeline.workspace_dir(pipeline_id) / "repo"
     entry = checkout / run.config.entry
     if not entry.is_file():
-        raise UserFacingError(f"the commit has no model file {run.config.entry!r}: add it, or set `entry` in "
-                              f"{pipeline.CONFIG_FILE} to your model file's path")
+        raise UserFacingError(
+            f"the commit has no model file {run.config.entry!r}: add it, or set `entry` in "
+            f"{pipeline.CONFIG_FILE} to your model file's path"
+        )
     if not entry.resolve().is_relative_to(checkout.resolve()):
-        raise UserFacingError(f"the model file {run.config.entry!r} is a link out of the repository: commit "
-                              "the file itself, or set `entry` to a file inside the repository")
+        raise UserFacingError(
+            f"the model file {run.config.entry!r} is a link out of the repository: commit "
+            "the file itself, or set `entry` to a file inside the repository"
+        )
     if run.config.kind != "auto":
         run = run.changed(kind=run.config.kind, detection=[f"kind set to {run.config.kind} by configuration"])
     else:
@@ -163,11 +189,21 @@ def _copy_code(source: Path, destination: Path) -> None:
 
 def _prepared(run: Pipeline, attempt: int, hparams: dict[str, Any], **tweak: Any) -> dict:
     """Write the attempt's record as prepared and return the XCom that sends it to training."""
-    record = Attempt(pipeline_id=run.pipeline_id, attempt=attempt, status="prepared", repo_url=run.repo_url,
-                     commit=run.commit, kind=run.kind, model_file=run.config.entry, hparams=hparams, **tweak)
+    record = Attempt(
+        pipeline_id=run.pipeline_id,
+        attempt=attempt,
+        status="prepared",
+        repo_url=run.repo_url,
+        commit=run.commit,
+        kind=run.kind,
+        model_file=run.config.entry,
+        hparams=hparams,
+        **tweak,
+    )
     record.save()
-    return PreparedAttempt(pipeline_id=run.pipeline_id, attempt=attempt, kind=run.kind,
-                           warm_start_from=record.warm_start_from).to_xcom()
+    return PreparedAttempt(
+        pipeline_id=run.pipeline_id, attempt=attempt, kind=run.kind, warm_start_from=record.warm_start_from
+    ).to_xcom()
 
 
 def prepare_first_attempt(pipeline_id: str) -> dict:
@@ -212,8 +248,13 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     try:
         updates = strategies.get_strategy(run.config.strategy)(run.kind, history, int(run.commit[:8], 16))
     except strategies.StrategyExhaustedError as exc:
-        return PreparedAttempt(pipeline_id=pipeline_id, attempt=attempt, kind=run.kind, action="stop",
-                               reason=f"strategy {run.config.strategy} exhausted: {exc}").to_xcom()
+        return PreparedAttempt(
+            pipeline_id=pipeline_id,
+            attempt=attempt,
+            kind=run.kind,
+            action="stop",
+            reason=f"strategy {run.config.strategy} exhausted: {exc}",
+        ).to_xcom()
     base_code = pipeline.attempt_dir(pipeline_id, best.attempt) / "code"
     original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / run.config.entry).read_text()
     try:
@@ -226,9 +267,15 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
     hparams = {**best.hparams, **updates}
     # Only epochs grew from an earlier attempt: the runner continues that model instead of starting over.
     parent = strategies.warm_start_parent(history, hparams)
-    return _prepared(run, attempt, hparams, tweak_diff=tweak.unified_diff(original, tweaked, run.config.entry),
-                     tweak_updates=updates, based_on_attempt=best.attempt,
-                     warm_start_from=parent.attempt if parent else None)
+    return _prepared(
+        run,
+        attempt,
+        hparams,
+        tweak_diff=tweak.unified_diff(original, tweaked, run.config.entry),
+        tweak_updates=updates,
+        based_on_attempt=best.attempt,
+        warm_start_from=parent.attempt if parent else None,
+    )
 
 
 def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None, airflow_run: dict) -> dict:
@@ -242,14 +289,24 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
     plan = PreparedAttempt.from_xcom(prepared, "prepare_attempt")
     run = Pipeline.load(plan.pipeline_id)
     if plan.action == "stop":
-        return Decision(pipeline_id=plan.pipeline_id, attempt=plan.attempt - 1, action=Action.STOP,
-                        reason=plan.reason, accuracy=None, target=run.config.target).to_xcom()
+        return Decision(
+            pipeline_id=plan.pipeline_id,
+            attempt=plan.attempt - 1,
+            action=Action.STOP,
+            reason=plan.reason,
+            accuracy=None,
+            target=run.config.target,
+        ).to_xcom()
     trained, evaluation = trained or {}, evaluation or {}
     manifest = load_manifest(run.config.dataset)
     judged = {
-        "dataset": DatasetUsed(name=run.config.dataset, split_version=manifest.split_version,
-                               split=manifest.split, train_sha256=manifest.train_sha256,
-                               test_sha256=manifest.test_sha256),
+        "dataset": DatasetUsed(
+            name=run.config.dataset,
+            split_version=manifest.split_version,
+            split=manifest.split,
+            train_sha256=manifest.train_sha256,
+            test_sha256=manifest.test_sha256,
+        ),
         "image": trained.get("image"),
         "image_id": trained.get("image_id"),
         "container_restarts": trained.get("container_restarts", 0),
@@ -267,13 +324,21 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
         metrics = contract.read_metrics(out_dir)
         scores = Evaluation.parse(evaluation, "the XCom of evaluate", known_only=True)
         record = record.changed(
-            status="evaluated", hparams=metrics["hparams"], model_file_sha256=metrics["code_sha256"],
-            training_metrics=TrainingMetrics.parse(metrics, str(out_dir / contract.METRICS_FILE), known_only=True),
-            warm_start_epochs=metrics.get("warm_start_epochs", 0), evaluation=scores,
-            timings=Timings(train_seconds=metrics["train_seconds"],
-                            train_container_seconds=trained["container_wall_seconds"],
-                            evaluate_container_seconds=scores.container_wall_seconds),
-            **judged)
+            status="evaluated",
+            hparams=metrics["hparams"],
+            model_file_sha256=metrics["code_sha256"],
+            training_metrics=TrainingMetrics.parse(
+                metrics, str(out_dir / contract.METRICS_FILE), known_only=True
+            ),
+            warm_start_epochs=metrics.get("warm_start_epochs", 0),
+            evaluation=scores,
+            timings=Timings(
+                train_seconds=metrics["train_seconds"],
+                train_container_seconds=trained["container_wall_seconds"],
+                evaluate_container_seconds=scores.container_wall_seconds,
+            ),
+            **judged,
+        )
     record.save()
     return pipeline.decide(run.config, pipeline.attempt_records(plan.pipeline_id), plan.attempt).to_xcom()
 
@@ -292,17 +357,29 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     run = Pipeline.load(pipeline_id)
     record = Attempt.load(pipeline_id, attempt)
     if record.evaluation is None:
-        raise ValueError(f"attempt {attempt} of {pipeline_id} was not evaluated ({record.status}): nothing to register")
+        raise ValueError(
+            f"attempt {attempt} of {pipeline_id} was not evaluated ({record.status}): nothing to register"
+        )
     model_dir = pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR
     tests = run_model_tests(
-        tests_file=pipeline.workspace_dir(pipeline_id) / "repo" / run.config.model_tests, model_dir=model_dir,
-        held_out_dir=settings.datasets_dir() / (record.dataset.name if record.dataset else run.config.dataset)
-        / (record.dataset.split_version if record.dataset else "") / "test",
-        out_dir=pipeline.attempt_dir(pipeline_id, attempt) / "model-tests", kind=record.kind,
-        container_name=pipeline.container_name(pipeline_id, attempt, "model-tests"))
+        tests_file=pipeline.workspace_dir(pipeline_id) / "repo" / run.config.model_tests,
+        model_dir=model_dir,
+        held_out_dir=settings.datasets_dir()
+        / (record.dataset.name if record.dataset else run.config.dataset)
+        / (record.dataset.split_version if record.dataset else "")
+        / "test",
+        out_dir=pipeline.attempt_dir(pipeline_id, attempt) / "model-tests",
+        kind=record.kind,
+        container_name=pipeline.container_name(pipeline_id, attempt, "model-tests"),
+    )
     registry = ModelRegistry(settings.registry_dir())
-    version = registry.register(run.model_name, model_dir, record.evaluation.model_dump(), record.lineage(run),
-                                pipeline_run_id=pipeline_id)
+    version = registry.register(
+        run.model_name,
+        model_dir,
+        record.evaluation.model_dump(),
+        record.lineage(run),
+        pipeline_run_id=pipeline_id,
+    )
     by = f"pipeline:{pipeline_id}"
     if tests.ran:
         registry.set_tag(run.model_name, version, "model_tests", "passed" if tests.passed else "failed")
@@ -318,17 +395,32 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     if attempt > 1 and run.config.commit_back and remote is not None:
         branch = f"pushtrain/{run.commit[:8]}"
         workspace = pipeline.workspace_dir(pipeline_id) / "repo"
-        shutil.copyfile(pipeline.attempt_dir(pipeline_id, attempt) / "code" / run.config.entry,
-                        workspace / run.config.entry)
+        shutil.copyfile(
+            pipeline.attempt_dir(pipeline_id, attempt) / "code" / run.config.entry,
+            workspace / run.config.entry,
+        )
         sha = gitops.push_model_branch(
-            remote, workspace, run.config.entry, branch,
+            remote,
+            workspace,
+            run.config.entry,
+            branch,
             f"pushtrain: tuned {run.config.entry} (attempt {attempt}, accuracy "
-            f"{record.accuracy:.4f})\n\n{record.tweak_diff}")
+            f"{record.accuracy:.4f})\n\n{record.tweak_diff}",
+        )
         pushed = f"{branch} ({sha[:8]})" if sha else None
-    return {"pipeline_id": pipeline_id, "attempt": attempt, "model_name": run.model_name,
-            "version": version.number, "path": str(version.path), "promotion": promotion_reason,
-            "is_champion": is_champion, "uri": version.uri, "model_tests": tests.to_xcom(), "pushed_branch": pushed,
-            "accuracy": record.accuracy}
+    return {
+        "pipeline_id": pipeline_id,
+        "attempt": attempt,
+        "model_name": run.model_name,
+        "version": version.number,
+        "path": str(version.path),
+        "promotion": promotion_reason,
+        "is_champion": is_champion,
+        "uri": version.uri,
+        "model_tests": tests.to_xcom(),
+        "pushed_branch": pushed,
+        "accuracy": record.accuracy,
+    }
 
 
 def report_budget_spent(decision: dict) -> dict:
@@ -336,8 +428,13 @@ def report_budget_spent(decision: dict) -> dict:
     verdict = Decision.from_xcom(decision, "judge_attempt")
     records = pipeline.attempt_records(verdict.pipeline_id)
     best = pipeline.best_record(records)
-    return {"pipeline_id": verdict.pipeline_id, "reason": verdict.reason, "attempts": len(records),
-            "best_attempt": best.attempt if best else None, "best_accuracy": best.accuracy if best else None}
+    return {
+        "pipeline_id": verdict.pipeline_id,
+        "reason": verdict.reason,
+        "attempts": len(records),
+        "best_attempt": best.attempt if best else None,
+        "best_accuracy": best.accuracy if best else None,
+    }
 
 
 def finish_pipeline(pipeline_id: str | None, attempt: int, decision: dict | None) -> list[str]:
@@ -349,10 +446,18 @@ def finish_pipeline(pipeline_id: str | None, attempt: int, decision: dict | None
         return []
     removed = pipeline.cleanup(pipeline_id)
     if verdict:
-        summary = Summary(pipeline_id=pipeline_id, outcome=verdict.action.value, reason=verdict.reason,
-                          ended_after_attempt=verdict.attempt)
+        summary = Summary(
+            pipeline_id=pipeline_id,
+            outcome=verdict.action.value,
+            reason=verdict.reason,
+            ended_after_attempt=verdict.attempt,
+        )
     else:
-        summary = Summary(pipeline_id=pipeline_id, outcome="failed", ended_after_attempt=attempt,
-                          reason=f"a task of attempt {attempt} failed: see its log")
+        summary = Summary(
+            pipeline_id=pipeline_id,
+            outcome="failed",
+            ended_after_attempt=attempt,
+            reason=f"a task of attempt {attempt} failed: see its log",
+        )
     summary.save()
     return removed

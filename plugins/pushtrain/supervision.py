@@ -28,7 +28,9 @@ from pushtrain import settings
 from pushtrain.runner import contract
 
 LABEL_PREFIX = "io.pushtrain"
-ROLE_LABEL = f"{LABEL_PREFIX}.role"  # "train" and "evaluate" (pipeline attempts), "local" (python -m pushtrain)
+ROLE_LABEL = (
+    f"{LABEL_PREFIX}.role"  # "train" and "evaluate" (pipeline attempts), "local" (python -m pushtrain)
+)
 MANAGED_ROLES = ("train", "evaluate")  # the roles container_health restarts and removes
 RUN_KEY_LABEL = f"{LABEL_PREFIX}.run-key"
 STATE_DIR_LABEL = f"{LABEL_PREFIX}.state-dir"  # host-only dir of the task's lease and the restart log
@@ -39,8 +41,12 @@ BACKOFF_BASE_S = 5  # container_health's n-th restart comes BACKOFF_BASE_S * 2**
 
 
 def labels(role: str, run_key: str, state_dir: Path, result_file: Path) -> dict[str, str]:
-    return {ROLE_LABEL: role, RUN_KEY_LABEL: run_key, STATE_DIR_LABEL: str(state_dir),
-            RESULT_FILE_LABEL: str(result_file)}
+    return {
+        ROLE_LABEL: role,
+        RUN_KEY_LABEL: run_key,
+        STATE_DIR_LABEL: str(state_dir),
+        RESULT_FILE_LABEL: str(result_file),
+    }
 
 
 def lease_path(state_dir: Path, role: str) -> Path:
@@ -68,8 +74,10 @@ class Lease:
     holder: str
 
     def renew(self, container: str) -> None:
-        contract.write_json_atomic(lease_path(self.state_dir, self.role),
-                                   {"container": container, "holder": self.holder, "heartbeat": time.time()})
+        contract.write_json_atomic(
+            lease_path(self.state_dir, self.role),
+            {"container": container, "holder": self.holder, "heartbeat": time.time()},
+        )
 
     def release(self) -> None:
         lease_path(self.state_dir, self.role).unlink(missing_ok=True)

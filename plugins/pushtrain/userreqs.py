@@ -127,27 +127,51 @@ def _refusal(line: str) -> str | None:
     if line.endswith("\\"):
         return "continuation lines are not supported: write each requirement on one line"
     if option in ("-r", "--requirement", "-c", "--constraint"):
-        return ("includes another file: pushtrain reads only the requirements.txt next to the model file; "
-                "copy the requirements you need into it")
+        return (
+            "includes another file: pushtrain reads only the requirements.txt next to the model file; "
+            "copy the requirements you need into it"
+        )
     if option in ("-e", "--editable"):
-        return ("an editable install: the image installs released wheels only; name the package and its "
-                f"version instead, e.g. {EXAMPLE_LINE}")
-    if option in ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--no-index",
-                  "--trusted-host", "--pre"):
-        return ("chooses where or how pip finds packages: the platform downloads from its own configured "
-                "package index; remove the line")
+        return (
+            "an editable install: the image installs released wheels only; name the package and its "
+            f"version instead, e.g. {EXAMPLE_LINE}"
+        )
+    if option in (
+        "-i",
+        "--index-url",
+        "--extra-index-url",
+        "-f",
+        "--find-links",
+        "--no-index",
+        "--trusted-host",
+        "--pre",
+    ):
+        return (
+            "chooses where or how pip finds packages: the platform downloads from its own configured "
+            "package index; remove the line"
+        )
     if line.startswith("-"):
         return f"pip options are not supported: remove the line; write only requirements, e.g. {EXAMPLE_LINE}"
     if " --" in line or " -" in line.split(";", 1)[0]:
-        return ("per-requirement options (such as --hash) are not supported: remove them, pushtrain records "
-                "the versions it resolves")
+        return (
+            "per-requirement options (such as --hash) are not supported: remove them, pushtrain records "
+            "the versions it resolves"
+        )
     if "://" in line or line.startswith(("git+", "hg+", "svn+", "bzr+")) or " @ " in line:
-        return ("a URL: the image installs released wheels from the package index only; name the package "
-                f"and its version instead, e.g. {EXAMPLE_LINE}")
-    if line.startswith((".", "/", "~")) or "/" in line.split(";", 1)[0] or "\\" in line \
-            or line.lower().endswith((".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2")):
-        return ("a local path: the image installs released wheels from the package index only; publish the "
-                "package and name it with its version, or move the code into the model file")
+        return (
+            "a URL: the image installs released wheels from the package index only; name the package "
+            f"and its version instead, e.g. {EXAMPLE_LINE}"
+        )
+    if (
+        line.startswith((".", "/", "~"))
+        or "/" in line.split(";", 1)[0]
+        or "\\" in line
+        or line.lower().endswith((".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2"))
+    ):
+        return (
+            "a local path: the image installs released wheels from the package index only; publish the "
+            "package and name it with its version, or move the code into the model file"
+        )
     return None
 
 
@@ -166,15 +190,20 @@ def parse_requirements(text: str) -> list[DeclaredRequirement]:
         try:
             requirement = Requirement(line)
         except InvalidRequirement as exc:
-            raise UserRequirementsError(f"{where}: not a requirement ({exc}); write one package per line, "
-                                        f"e.g. {EXAMPLE_LINE}") from None
+            raise UserRequirementsError(
+                f"{where}: not a requirement ({exc}); write one package per line, e.g. {EXAMPLE_LINE}"
+            ) from None
         if requirement.url:
-            raise UserRequirementsError(f"{where}: a URL: the image installs released wheels from the package "
-                                        f"index only; name the package and its version, e.g. {EXAMPLE_LINE}")
+            raise UserRequirementsError(
+                f"{where}: a URL: the image installs released wheels from the package "
+                f"index only; name the package and its version, e.g. {EXAMPLE_LINE}"
+            )
         item = DeclaredRequirement(number, line, requirement)
         if item.name in first_line_of:
-            raise UserRequirementsError(f"{where}: {requirement.name} is named on line {first_line_of[item.name]} "
-                                        "too: merge the two lines into one")
+            raise UserRequirementsError(
+                f"{where}: {requirement.name} is named on line {first_line_of[item.name]} "
+                "too: merge the two lines into one"
+            )
         first_line_of[item.name] = number
         declared.append(item)
     return declared
@@ -193,13 +222,16 @@ def read_requirements(model_file: Path) -> list[DeclaredRequirement]:
     """
     path = requirements_file(model_file)
     if path.is_symlink():
-        raise UserRequirementsError(f"{REQUIREMENTS_FILE} next to the model file is a symbolic link: commit the "
-                                    "file itself")
+        raise UserRequirementsError(
+            f"{REQUIREMENTS_FILE} next to the model file is a symbolic link: commit the file itself"
+        )
     if not path.is_file():
         return []
     if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
-        raise UserRequirementsError(f"{REQUIREMENTS_FILE} is larger than {MAX_REQUIREMENTS_BYTES // 1000} kB: "
-                                    "list only the packages the model file imports")
+        raise UserRequirementsError(
+            f"{REQUIREMENTS_FILE} is larger than {MAX_REQUIREMENTS_BYTES // 1000} kB: "
+            "list only the packages the model file imports"
+        )
     try:
         return parse_requirements(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -222,10 +254,17 @@ class ImageFacts:
 
     def marker_environment(self) -> dict[str, str]:
         """PEP 508 marker values inside the image (the host's may differ)."""
-        return {**default_environment(), "python_version": self.python, "python_full_version": self.python_full,
-                "platform_machine": self.machine, "sys_platform": "linux", "platform_system": "Linux",
-                "os_name": "posix", "implementation_name": "cpython",
-                "platform_python_implementation": "CPython"}
+        return {
+            **default_environment(),
+            "python_version": self.python,
+            "python_full_version": self.python_full,
+            "platform_machine": self.machine,
+            "sys_platform": "linux",
+            "platform_system": "Linux",
+            "os_name": "posix",
+            "implementation_name": "cpython",
+            "platform_python_implementation": "CPython",
+        }
 
     def platform_tags(self) -> list[str]:
         """Wheel platform tags the image's glibc and architecture accept, newest first."""
@@ -248,12 +287,30 @@ def probe_image(image_name: str, reference: str, reference_id: str) -> ImageFact
         facts = json.loads(cache.read_text())
     else:
         result = subprocess.run(
-            [*images.docker_cli(), "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
-             "--security-opt", "no-new-privileges", "--entrypoint", VENV_PYTHON, reference, "-c", _PROBE],
-            capture_output=True, text=True,
+            [
+                *images.docker_cli(),
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+                "--entrypoint",
+                VENV_PYTHON,
+                reference,
+                "-c",
+                _PROBE,
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
-            raise images.ImageBuildError(f"could not list the packages of {reference}: {result.stderr.strip()}")
+            raise images.ImageBuildError(
+                f"could not list the packages of {reference}: {result.stderr.strip()}"
+            )
         facts = json.loads(result.stdout)
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -261,12 +318,18 @@ def probe_image(image_name: str, reference: str, reference_id: str) -> ImageFact
         temporary.replace(cache)
     libc, libc_version = facts["libc"]
     if libc != "glibc":
-        raise images.ImageBuildError(f"{reference} is not a glibc image ({libc!r}): user requirements need "
-                                     "manylinux wheels")
+        raise images.ImageBuildError(
+            f"{reference} is not a glibc image ({libc!r}): user requirements need manylinux wheels"
+        )
     major, minor = (int(part) for part in libc_version.split(".")[:2])
-    return ImageFacts(image=image_name, python=facts["python"], python_full=facts["python_full"],
-                      machine=facts["machine"], glibc=(major, minor),
-                      packages={canonicalize_name(name): version for name, version in facts["packages"].items()})
+    return ImageFacts(
+        image=image_name,
+        python=facts["python"],
+        python_full=facts["python_full"],
+        machine=facts["machine"],
+        glibc=(major, minor),
+        packages={canonicalize_name(name): version for name, version in facts["packages"].items()},
+    )
 
 
 def requirements_to_add(declared: list[DeclaredRequirement], facts: ImageFacts) -> list[DeclaredRequirement]:
@@ -292,12 +355,14 @@ def requirements_to_add(declared: list[DeclaredRequirement], facts: ImageFacts) 
             raise UserRequirementsError(
                 f"{item.where}: the {facts.image} image has {installed_as}=={version} built in{provided}, which "
                 f"this requirement does not allow; a repository cannot change the image's packages. Remove the "
-                f"line, or allow {version} (e.g. `{item.requirement.name}>={version}` or no version at all)")
+                f"line, or allow {version} (e.g. `{item.requirement.name}>={version}` or no version at all)"
+            )
         if item.requirement.extras:
             if installed_as != item.name:
                 raise UserRequirementsError(
                     f"{item.where}: the {facts.image} image provides {item.requirement.name} as "
-                    f"{installed_as}=={version}; extras of it cannot be added: remove the extras")
+                    f"{installed_as}=={version}; extras of it cannot be added: remove the extras"
+                )
             to_add.append(item)
     return to_add
 
@@ -319,8 +384,12 @@ class Wheelhouse:
 
 
 def _pip(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *arguments, "--disable-pip-version-check"],
-                          capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *arguments, "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def _target_options(facts: ImageFacts) -> list[str]:
@@ -332,8 +401,12 @@ def _target_options(facts: ImageFacts) -> list[str]:
 
 def wheelhouse_key(to_add: list[DeclaredRequirement], facts: ImageFacts) -> str:
     """Same requirements, same image packages and platform: the same wheelhouse (and no new download)."""
-    document = {"requirements": sorted(item.for_pip() for item in to_add), "python": facts.python,
-                "platforms": facts.platform_tags(), "image_packages": sorted(facts.packages.items())}
+    document = {
+        "requirements": sorted(item.for_pip() for item in to_add),
+        "python": facts.python,
+        "platforms": facts.platform_tags(),
+        "image_packages": sorted(facts.packages.items()),
+    }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -346,21 +419,32 @@ def _explain_pip_failure(output: str, facts: ImageFacts, workdir: Path) -> str:
         via = f" (needed by {needed_by})" if needed_by else ""
         if versions.strip() not in ("", "none"):
             newest = ", ".join(versions.split(", ")[-8:])
-            return (f"no wheel of {requirement}{via} for {facts.describe_platform()}; the newest versions with "
-                    f"such a wheel: {newest}. Choose one of them")
+            return (
+                f"no wheel of {requirement}{via} for {facts.describe_platform()}; the newest versions with "
+                f"such a wheel: {newest}. Choose one of them"
+            )
         if "Available versions" in _pip("index", "versions", name, cwd=workdir).stdout:
-            return (f"{name}{via} has no wheel for {facts.describe_platform()}, only a source distribution: the "
-                    "image build installs wheels only (it has no compilers and no network). Choose a version or "
-                    "a package that publishes wheels for this platform, or drop the requirement")
+            return (
+                f"{name}{via} has no wheel for {facts.describe_platform()}, only a source distribution: the "
+                "image build installs wheels only (it has no compilers and no network). Choose a version or "
+                "a package that publishes wheels for this platform, or drop the requirement"
+            )
         return f"no package called {name}{via} on the package index: check the spelling"
     if "ResolutionImpossible" in output:
         causes = output.split("The conflict is caused by:", 1)[-1].split("\n\n", 1)[0].splitlines()
-        detail = "; ".join(line.strip().replace("The user requested (constraint)", "the image has")
-                           for line in causes if line.strip() and "ERROR:" not in line)
-        return (f"the requirements cannot be installed beside the {facts.image} image's packages, which keep "
-                f"their versions: {detail}. Choose versions that work with them (often a newer release)")
-    return (f"pip could not resolve the requirements (is the package index reachable from this host?): "
-            f"{output.strip()[-2000:]}")
+        detail = "; ".join(
+            line.strip().replace("The user requested (constraint)", "the image has")
+            for line in causes
+            if line.strip() and "ERROR:" not in line
+        )
+        return (
+            f"the requirements cannot be installed beside the {facts.image} image's packages, which keep "
+            f"their versions: {detail}. Choose versions that work with them (often a newer release)"
+        )
+    return (
+        f"pip could not resolve the requirements (is the package index reachable from this host?): "
+        f"{output.strip()[-2000:]}"
+    )
 
 
 def resolve(to_add: list[DeclaredRequirement], facts: ImageFacts, workdir: Path) -> dict[str, str]:
@@ -370,19 +454,37 @@ def resolve(to_add: list[DeclaredRequirement], facts: ImageFacts, workdir: Path)
     the image has); a ``--dry-run`` resolution reads only metadata, so none of the image's wheels is fetched.
     """
     constraints = workdir / "image-packages.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(facts.packages.items())))
+    constraints.write_text(
+        "".join(f"{name}=={version}\n" for name, version in sorted(facts.packages.items()))
+    )
     requested = workdir / REQUIREMENTS_FILE
     requested.write_text("".join(f"{item.for_pip()}\n" for item in to_add))
     report = workdir / "resolution.json"
-    result = _pip("install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(report),
-                  "--target", str(workdir / "unused-target"), *_target_options(facts),
-                  "-c", str(constraints), "-r", str(requested), cwd=workdir)
+    result = _pip(
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--progress-bar",
+        "off",
+        "--report",
+        str(report),
+        "--target",
+        str(workdir / "unused-target"),
+        *_target_options(facts),
+        "-c",
+        str(constraints),
+        "-r",
+        str(requested),
+        cwd=workdir,
+    )
     if result.returncode != 0:
         explanation = _explain_pip_failure(result.stdout + result.stderr, facts, workdir)
         raise UserRequirementsError(f"{REQUIREMENTS_FILE}: {explanation}")
     installs = json.loads(report.read_text())["install"]
-    resolved = {canonicalize_name(item["metadata"]["name"]): str(Version(item["metadata"]["version"]))
-                for item in installs}
+    resolved = {
+        canonicalize_name(item["metadata"]["name"]): str(Version(item["metadata"]["version"]))
+        for item in installs
+    }
     return {name: version for name, version in sorted(resolved.items()) if name not in facts.packages}
 
 
@@ -394,8 +496,9 @@ def _read_wheelhouse(path: Path) -> Wheelhouse | None:
     return Wheelhouse(path, record["resolved"], record["wheels"])
 
 
-def ensure_wheelhouse(to_add: list[DeclaredRequirement], facts: ImageFacts,
-                      log: Callable[[str], None] = say) -> Wheelhouse:
+def ensure_wheelhouse(
+    to_add: list[DeclaredRequirement], facts: ImageFacts, log: Callable[[str], None] = say
+) -> Wheelhouse:
     """Resolve and download the new wheels once per key; a complete wheelhouse has its ``wheelhouse.json``."""
     root = settings.cache_dir() / "user-wheelhouse"
     path = root / wheelhouse_key(to_add, facts)
@@ -409,19 +512,33 @@ def ensure_wheelhouse(to_add: list[DeclaredRequirement], facts: ImageFacts,
         resolved = resolve(to_add, facts, workdir)
         wheels_dir = workdir / "wheels"
         if resolved:
-            result = _pip("download", "--no-deps", "--quiet", *_target_options(facts), "-d", str(wheels_dir),
-                          *(f"{name}=={version}" for name, version in resolved.items()), cwd=workdir)
+            result = _pip(
+                "download",
+                "--no-deps",
+                "--quiet",
+                *_target_options(facts),
+                "-d",
+                str(wheels_dir),
+                *(f"{name}=={version}" for name, version in resolved.items()),
+                cwd=workdir,
+            )
             if result.returncode != 0:
                 raise UserRequirementsError(
-                    f"{REQUIREMENTS_FILE}: {_explain_pip_failure(result.stdout + result.stderr, facts, workdir)}")
-        wheels = {wheel.name: wheel.stat().st_size for wheel in sorted(wheels_dir.glob("*.whl"))} \
-            if wheels_dir.exists() else {}
+                    f"{REQUIREMENTS_FILE}: {_explain_pip_failure(result.stdout + result.stderr, facts, workdir)}"
+                )
+        wheels = (
+            {wheel.name: wheel.stat().st_size for wheel in sorted(wheels_dir.glob("*.whl"))}
+            if wheels_dir.exists()
+            else {}
+        )
         _check_wheels_match(resolved, wheels)
         staged = workdir / "staged"
         staged.mkdir()
         for name in wheels:
             (wheels_dir / name).rename(staged / name)
-        (staged / "wheelhouse.json").write_text(json.dumps({"resolved": resolved, "wheels": wheels}, indent=1))
+        (staged / "wheelhouse.json").write_text(
+            json.dumps({"resolved": resolved, "wheels": wheels}, indent=1)
+        )
         try:
             staged.rename(path)
         except OSError:  # another process finished the same wheelhouse first: keep theirs
@@ -440,8 +557,10 @@ def _check_wheels_match(resolved: Mapping[str, str], wheels: Mapping[str, int]) 
             raise UserRequirementsError(f"pip downloaded a file that is not a wheel: {wheel}") from None
         found[canonicalize_name(name)] = str(version)
     if found != dict(resolved):
-        raise UserRequirementsError(f"the downloaded wheels {found} differ from the resolution {dict(resolved)}: "
-                                    "a pip or index problem; try again")
+        raise UserRequirementsError(
+            f"the downloaded wheels {found} differ from the resolution {dict(resolved)}: "
+            "a pip or index problem; try again"
+        )
 
 
 def check_size(wheelhouse: Wheelhouse, cap_mb: float) -> None:
@@ -453,7 +572,8 @@ def check_size(wheelhouse: Wheelhouse, cap_mb: float) -> None:
     raise UserRequirementsError(
         f"{REQUIREMENTS_FILE}: the packages it adds are {wheelhouse.total_bytes / MEGABYTE:.1f} MB of wheels, over "
         f"the cap of {cap_mb:g} MB (largest: {listing}). Drop what the model does not need, or have the "
-        "platform raise PUSHTRAIN_USER_REQUIREMENTS_MAX_MB")
+        "platform raise PUSHTRAIN_USER_REQUIREMENTS_MAX_MB"
+    )
 
 
 # --- the derived image ----------------------------------------------------------------------------------
@@ -482,10 +602,17 @@ class UserImage:
 
     def lineage(self) -> dict[str, Any]:
         """The attempt's lineage fields: the image it ran and the packages the repository added to it."""
-        return {"image": self.tag, "image_id": self.image_id, "base_image": self.base_tag,
-                "base_image_id": self.base_image_id,
-                "user_requirements": {"declared": list(self.declared), "resolved": dict(self.resolved),
-                                      "wheels_bytes": self.wheels_bytes}}
+        return {
+            "image": self.tag,
+            "image_id": self.image_id,
+            "base_image": self.base_tag,
+            "base_image_id": self.base_image_id,
+            "user_requirements": {
+                "declared": list(self.declared),
+                "resolved": dict(self.resolved),
+                "wheels_bytes": self.wheels_bytes,
+            },
+        }
 
 
 def derived_tag(facts: ImageFacts, base_image_id: str, resolved: Mapping[str, str]) -> str:
@@ -515,7 +642,8 @@ def _stage_wheels(wheelhouse: Wheelhouse) -> Path:
     (settings.cache_dir() / "build").mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix="user-", dir=settings.cache_dir() / "build"))
     (stage / REQUIREMENTS_FILE).write_text(
-        "".join(f"{name}=={version}\n" for name, version in sorted(wheelhouse.resolved.items())))
+        "".join(f"{name}=={version}\n" for name, version in sorted(wheelhouse.resolved.items()))
+    )
     (stage / "wheels").mkdir()
     for name in wheelhouse.wheels:
         try:
@@ -533,8 +661,9 @@ def _dockerfile_change(instruction: str, value: Any) -> str:
     return f"{instruction} {json.dumps(value)}"
 
 
-def build_derived_image(tag: str, base_tag: str, base_image_id: str, wheelhouse: Wheelhouse,
-                        log: Callable[[str], None] = say) -> str:
+def build_derived_image(
+    tag: str, base_tag: str, base_image_id: str, wheelhouse: Wheelhouse, log: Callable[[str], None] = say
+) -> str:
     """Install the wheelhouse into a container of the base image, offline, and commit it as ``tag``.
 
     The container runs ``pip install --no-index`` as root into ``/opt/venv`` with no network, its
@@ -545,7 +674,9 @@ def build_derived_image(tag: str, base_tag: str, base_image_id: str, wheelhouse:
     storage driver without a native diff (fuse-overlayfs) each commit walks the whole image. A 14-step
     Dockerfile took 494 s for one 40 kB wheel on a busy 2-core host where this takes 30 s.
     """
-    base_config = json.loads(_docker("image", "inspect", "--format", "{{json .Config}}", base_tag).stdout or "{}")
+    base_config = json.loads(
+        _docker("image", "inspect", "--format", "{{json .Config}}", base_tag).stdout or "{}"
+    )
     if not base_config:
         raise images.ImageBuildError(f"cannot inspect {base_tag}: run `make images`")
     stage = _stage_wheels(wheelhouse)
@@ -555,25 +686,59 @@ def build_derived_image(tag: str, base_tag: str, base_image_id: str, wheelhouse:
     started = time.monotonic()
     try:
         steps = [
-            ("create", ["create", "--name", container, "--network", "none", "--user", "0:0", "--tmpfs", "/tmp",
-                        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                        "--entrypoint", VENV_PYTHON, base_tag, "-c", _INSTALL]),
+            (
+                "create",
+                [
+                    "create",
+                    "--name",
+                    container,
+                    "--network",
+                    "none",
+                    "--user",
+                    "0:0",
+                    "--tmpfs",
+                    "/tmp",
+                    "--cap-drop",
+                    "ALL",
+                    "--security-opt",
+                    "no-new-privileges",
+                    "--entrypoint",
+                    VENV_PYTHON,
+                    base_tag,
+                    "-c",
+                    _INSTALL,
+                ],
+            ),
             ("copy the wheels into", ["cp", f"{stage}/.", f"{container}:{_INSTALL_DIR}"]),
             ("install the wheels in", ["start", "--attach", container]),
-            ("commit", ["commit",
-                        "--change", f"USER {base_config.get('User') or 'root'}",
-                        "--change", _dockerfile_change("ENTRYPOINT", base_config.get("Entrypoint") or []),
-                        "--change", _dockerfile_change("CMD", base_config.get("Cmd") or []),
-                        "--change", f"LABEL {DERIVED_FROM_LABEL}={json.dumps(base_tag)}",
-                        "--change", f"LABEL {DERIVED_FROM_ID_LABEL}={json.dumps(base_image_id)}",
-                        "--change", f"LABEL {USER_REQUIREMENTS_LABEL}={json.dumps(versions)}",
-                        container, tag]),
+            (
+                "commit",
+                [
+                    "commit",
+                    "--change",
+                    f"USER {base_config.get('User') or 'root'}",
+                    "--change",
+                    _dockerfile_change("ENTRYPOINT", base_config.get("Entrypoint") or []),
+                    "--change",
+                    _dockerfile_change("CMD", base_config.get("Cmd") or []),
+                    "--change",
+                    f"LABEL {DERIVED_FROM_LABEL}={json.dumps(base_tag)}",
+                    "--change",
+                    f"LABEL {DERIVED_FROM_ID_LABEL}={json.dumps(base_image_id)}",
+                    "--change",
+                    f"LABEL {USER_REQUIREMENTS_LABEL}={json.dumps(versions)}",
+                    container,
+                    tag,
+                ],
+            ),
         ]
         for doing, arguments in steps:
             result = _docker(*arguments)
             if result.returncode != 0:
-                raise images.ImageBuildError(f"could not {doing} the build container of {tag}:\n"
-                                             f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+                raise images.ImageBuildError(
+                    f"could not {doing} the build container of {tag}:\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+                )
     finally:
         _docker("rm", "--force", container)
         shutil.rmtree(stage, ignore_errors=True)
@@ -597,8 +762,12 @@ def image_for_repository(kind: str, model_file: Path, *, log: Callable[[str], No
     base_tag = images.image_for_kind(kind)
     declared = read_requirements(model_file)
     if not declared:
-        return UserImage(tag=base_tag, image_id=images.image_id(base_tag), base_tag=base_tag,
-                         base_image_id=images.image_id(base_tag))
+        return UserImage(
+            tag=base_tag,
+            image_id=images.image_id(base_tag),
+            base_tag=base_tag,
+            base_image_id=images.image_id(base_tag),
+        )
     base_image_id = images.image_id(base_tag)
     if base_image_id is None:
         raise images.ImageBuildError(f"image {base_tag} for kind {kind!r} is not built: run `make images`")
@@ -607,14 +776,24 @@ def image_for_repository(kind: str, model_file: Path, *, log: Callable[[str], No
     to_add = requirements_to_add(declared, facts)
     if not to_add:
         log(f"the {image_name} image satisfies {REQUIREMENTS_FILE} already: {', '.join(lines)}")
-        return UserImage(tag=base_tag, image_id=base_image_id, base_tag=base_tag, base_image_id=base_image_id,
-                         declared=lines)
+        return UserImage(
+            tag=base_tag,
+            image_id=base_image_id,
+            base_tag=base_tag,
+            base_image_id=base_image_id,
+            declared=lines,
+        )
     with _lock(wheelhouse_key(to_add, facts)):
         wheelhouse = ensure_wheelhouse(to_add, facts, log)
         check_size(wheelhouse, settings.user_requirements_max_mb())
         if not wheelhouse.resolved:  # only extras whose dependencies the image has already
-            return UserImage(tag=base_tag, image_id=base_image_id, base_tag=base_tag,
-                             base_image_id=base_image_id, declared=lines)
+            return UserImage(
+                tag=base_tag,
+                image_id=base_image_id,
+                base_tag=base_tag,
+                base_image_id=base_image_id,
+                declared=lines,
+            )
         tag = derived_tag(facts, base_image_id, wheelhouse.resolved)
         image_id = images.image_id(tag)
         built = image_id is None
@@ -622,6 +801,13 @@ def image_for_repository(kind: str, model_file: Path, *, log: Callable[[str], No
             image_id = build_derived_image(tag, base_tag, base_image_id, wheelhouse, log)
         else:
             log(f"{tag} is up to date")
-    return UserImage(tag=tag, image_id=image_id, base_tag=base_tag, base_image_id=base_image_id,
-                     declared=lines, resolved=dict(wheelhouse.resolved), wheels_bytes=wheelhouse.total_bytes,
-                     built=built)
+    return UserImage(
+        tag=tag,
+        image_id=image_id,
+        base_tag=base_tag,
+        base_image_id=base_image_id,
+        declared=lines,
+        resolved=dict(wheelhouse.resolved),
+        wheels_bytes=wheelhouse.total_bytes,
+        built=built,
+    )

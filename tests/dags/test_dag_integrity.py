@@ -261,14 +261,24 @@ def test_a_retried_trigger_asks_for_the_same_child_run(dag_bag: DagBag, dag_id: 
     from pushtrain.pipeline import Action, Decision
 
     trigger = dag_bag.dags[dag_id].get_task("trigger_retrain")
-    decision = Decision(pipeline_id="1a2b3c4d-5e6f7a8b", attempt=2, action=Action.RETRAIN,
-                        reason="below target", accuracy=0.5, target=0.9).to_xcom()
+    decision = Decision(
+        pipeline_id="1a2b3c4d-5e6f7a8b",
+        attempt=2,
+        action=Action.RETRAIN,
+        reason="below target",
+        accuracy=0.5,
+        target=0.9,
+    ).to_xcom()
 
     renders = []
     for _try in range(2):
         context = {"ti": _DecisionOnlyTaskInstance(decision)}
-        renders.append((trigger.render_template(trigger.trigger_run_id, context),
-                        trigger.render_template(trigger.conf, context)))
+        renders.append(
+            (
+                trigger.render_template(trigger.trigger_run_id, context),
+                trigger.render_template(trigger.conf, context),
+            )
+        )
 
     run_id, conf = renders[0]
     assert renders[1] == renders[0]

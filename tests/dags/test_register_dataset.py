@@ -59,13 +59,20 @@ def test_dag_is_manual_retry_free_and_declares_the_alias(dag):
     assert dag.default_args["retries"] == 0 and dag.max_active_runs == 1
     task = dag.get_task("import_dataset")
     assert [outlet.name for outlet in task.outlets] == ["pushtrain-datasets"]
-    assert {"name", "path", "test_fraction", "image_size", "channels", "label_column", "categorical"} <= \
-        set(dag.params)
+    assert {"name", "path", "test_fraction", "image_size", "channels", "label_column", "categorical"} <= set(
+        dag.params
+    )
 
 
-@pytest.mark.parametrize("conf", [{"name": "../etc", "path": "/tmp"}, {"name": "ok", "path": ""},
-                                  {"name": "ok", "path": "/x", "channels": 2},
-                                  {"name": "ok", "path": "/x", "image_size": [64]}])
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"name": "../etc", "path": "/tmp"},
+        {"name": "ok", "path": ""},
+        {"name": "ok", "path": "/x", "channels": 2},
+        {"name": "ok", "path": "/x", "image_size": [64]},
+    ],
+)
 def test_bad_params_are_refused_before_anything_runs(dag, conf):
     with pytest.raises(ParamValidationError):
         dag.test(run_conf=conf)

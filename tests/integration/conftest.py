@@ -48,8 +48,11 @@ def no_leftover_containers(docker, tmp_path_factory):
     """
     ours = str(tmp_path_factory.getbasetemp())
     yield
-    leftovers = [c for c in docker.containers(all=True, filters={"label": ROLE_LABEL})
-                 if (c.get("Labels") or {}).get(STATE_DIR_LABEL, "").startswith(ours)]
+    leftovers = [
+        c
+        for c in docker.containers(all=True, filters={"label": ROLE_LABEL})
+        if (c.get("Labels") or {}).get(STATE_DIR_LABEL, "").startswith(ours)
+    ]
     for container in leftovers:
         subprocess.run(["docker", "rm", "-f", container["Id"]], capture_output=True)
     assert not leftovers, f"containers left behind: {[c['Names'] for c in leftovers]}"

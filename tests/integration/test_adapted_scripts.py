@@ -30,10 +30,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("script", "dataset", "overrides", "floor"), CASES,
-                         ids=[case[0].removesuffix(".py") for case in CASES])
-def test_an_adapted_script_trains_in_its_image(training_images, digits, mnist5k, tmp_path, script, dataset,
-                                               overrides, floor):
+@pytest.mark.parametrize(
+    ("script", "dataset", "overrides", "floor"), CASES, ids=[case[0].removesuffix(".py") for case in CASES]
+)
+def test_an_adapted_script_trains_in_its_image(
+    training_images, digits, mnist5k, tmp_path, script, dataset, overrides, floor
+):
     result = adapt.adapt_file(SCRIPTS / script)
     assert result.dataset == dataset
     assert set(overrides) <= set(result.hparams)
@@ -43,8 +45,9 @@ def test_an_adapted_script_trains_in_its_image(training_images, digits, mnist5k,
 
     data = {"digits": digits, "mnist5k": mnist5k}[dataset].train_dir
     lines: list[str] = []
-    run = localrun.train(model=model, data=data, out=tmp_path / "out", hparams=overrides, kind=result.kind,
-                         log=lines.append)
+    run = localrun.train(
+        model=model, data=data, out=tmp_path / "out", hparams=overrides, kind=result.kind, log=lines.append
+    )
 
     assert run.succeeded, f"{run.summary()}\n" + "\n".join(lines[-30:])
     metrics = run.metrics
@@ -106,10 +109,28 @@ def test_every_adapted_corpus_script_builds_and_fits_in_its_image(training_image
         path.chmod(0o644)
     image = training_images[next(kind.image for kind in KINDS.values() if kind.framework.name == framework)]
     completed = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
-         "-v", f"{tmp_path}:/adapted:ro", "--entrypoint", "/opt/venv/bin/python", image,
-         "-c", _BUILD_EVERY_MODEL, json.dumps(entries)],
-        capture_output=True, text=True, timeout=600, check=False,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "-v",
+            f"{tmp_path}:/adapted:ro",
+            "--entrypoint",
+            "/opt/venv/bin/python",
+            image,
+            "-c",
+            _BUILD_EVERY_MODEL,
+            json.dumps(entries),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     built = json.loads(completed.stdout.strip().splitlines()[-1])

@@ -77,25 +77,36 @@ def make_artifact(directory: Path, size: int, seed: bytes) -> Path:
     return directory
 
 
-def register_in_a_child(root: Path, artifact: Path, run_id: str, accuracy: float,
-                        fault: str | None = None) -> subprocess.CompletedProcess:
+def register_in_a_child(
+    root: Path, artifact: Path, run_id: str, accuracy: float, fault: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "plugins")}
     env.pop(FAULT_INJECTION_ENV, None)
     if fault:
         env[FAULT_INJECTION_ENV] = fault
-    return subprocess.run([sys.executable, "-c", REGISTER_AND_PROMOTE, str(root), str(artifact), run_id,
-                           str(accuracy)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", REGISTER_AND_PROMOTE, str(root), str(artifact), run_id, str(accuracy)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_whole(registry: ModelRegistry) -> None:
     """What a reader may rely on at any moment: complete versions only, and a pointer that names one."""
     versions_dir = registry.root / MODEL / "versions"
-    assert sorted(p.name for p in versions_dir.iterdir()) == [f"{v.number:04d}" for v in registry.versions(MODEL)]
+    assert sorted(p.name for p in versions_dir.iterdir()) == [
+        f"{v.number:04d}" for v in registry.versions(MODEL)
+    ]
     for version in registry.versions(MODEL):
         assert version.metrics["accuracy"] == version.metric_value
         assert version.lineage["commit"]
-        stored = {p.relative_to(version.artifact_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                  for p in version.artifact_dir.rglob("*") if p.is_file()}
+        stored = {
+            p.relative_to(version.artifact_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in version.artifact_dir.rglob("*")
+            if p.is_file()
+        }
         assert stored == dict(version.artifact_sha256), f"{version.label} is not whole"
     production = registry.champion(MODEL)  # raises if the pointer is torn or names a missing version
     assert production is not None
@@ -104,23 +115,33 @@ def assert_whole(registry: ModelRegistry) -> None:
 @pytest.fixture
 def registry_with_production(tmp_path: Path) -> tuple[ModelRegistry, Path]:
     registry = ModelRegistry(tmp_path / "registry")
-    first = registry.register(MODEL, make_artifact(tmp_path / "v1", 50_000, b"v1"), {"accuracy": 0.80},
-                              {"commit": "f" * 40, "attempt": 1}, pipeline_run_id="run-1")
+    first = registry.register(
+        MODEL,
+        make_artifact(tmp_path / "v1", 50_000, b"v1"),
+        {"accuracy": 0.80},
+        {"commit": "f" * 40, "attempt": 1},
+        pipeline_run_id="run-1",
+    )
     registry.promote_if_not_worse(MODEL, first)
     return registry, make_artifact(tmp_path / "candidate", 400_000, b"candidate")
 
 
 @pytest.mark.parametrize("fault", FAULT_POINTS)
 def test_a_kill_at_any_step_of_a_promotion_leaves_the_registry_whole_and_the_retry_registers_once(
-        registry_with_production, fault: str) -> None:
+    registry_with_production, fault: str
+) -> None:
     registry, candidate = registry_with_production
 
     killed = register_in_a_child(registry.root, candidate, "run-2", 0.93, fault)
 
     assert killed.returncode == FAULT_EXIT_CODE, killed.stderr
     assert_whole(registry)
-    published = fault in ("register:published", "promote:decided", "promote:pointer-written",
-                          "promote:pointer-moved")
+    published = fault in (
+        "register:published",
+        "promote:decided",
+        "promote:pointer-written",
+        "promote:pointer-moved",
+    )
     assert [v.number for v in registry.versions(MODEL)] == ([1, 2] if published else [1])
     assert registry.champion(MODEL).number == (2 if fault == "promote:pointer-moved" else 1)
 
@@ -143,8 +164,11 @@ def small_disk(tmp_path: Path):
     """A 4 MiB tmpfs, as a data dir on a nearly full disk; skipped only where this host forbids mounts."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=1777", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (as uid {os.getuid()}): {mounted.stderr.strip()}")
     try:
@@ -168,10 +192,16 @@ def fill(disk: Path, leave: int = 0) -> Path:
 
 
 def test_disk_full_while_registering_keeps_the_earlier_versions_and_a_retry_after_freeing_succeeds(
-        small_disk: Path, tmp_path: Path) -> None:
+    small_disk: Path, tmp_path: Path
+) -> None:
     registry = ModelRegistry(small_disk / "registry")
-    first = registry.register(MODEL, make_artifact(tmp_path / "v1", 50_000, b"v1"), {"accuracy": 0.8},
-                              {"commit": "f" * 40}, pipeline_run_id="run-1")
+    first = registry.register(
+        MODEL,
+        make_artifact(tmp_path / "v1", 50_000, b"v1"),
+        {"accuracy": 0.8},
+        {"commit": "f" * 40},
+        pipeline_run_id="run-1",
+    )
     registry.promote_if_not_worse(MODEL, first)
     filler = fill(small_disk, leave=1_000_000)
     candidate = make_artifact(tmp_path / "v2", 1_500_000, b"v2")
@@ -180,30 +210,41 @@ def test_disk_full_while_registering_keeps_the_earlier_versions_and_a_retry_afte
         registry.register(MODEL, candidate, {"accuracy": 0.9}, {"commit": "e" * 40}, pipeline_run_id="run-2")
 
     message = str(caught.value)
-    assert message.startswith(f"disk full (No space left on device) while registering a new version of {MODEL}: "
-                              "the artifact needs 1.5 MB, ")
+    assert message.startswith(
+        f"disk full (No space left on device) while registering a new version of {MODEL}: "
+        "the artifact needs 1.5 MB, "
+    )
     assert "MB free on the disk of" in message and "runs/" in message and "retry the task" in message
     assert [v.number for v in registry.versions(MODEL)] == [1] and registry.champion(MODEL).number == 1
     assert_whole(registry)
     assert list((registry.root / MODEL / ".staging").iterdir()) == []
 
     filler.unlink()  # an operator frees space
-    second = registry.register(MODEL, candidate, {"accuracy": 0.9}, {"commit": "e" * 40}, pipeline_run_id="run-2")
+    second = registry.register(
+        MODEL, candidate, {"accuracy": 0.9}, {"commit": "e" * 40}, pipeline_run_id="run-2"
+    )
     assert second.number == 2 and registry.promote_if_not_worse(MODEL, second).moved
     assert_whole(registry)
 
 
-def test_disk_full_while_moving_the_pointer_keeps_production_and_a_retry_moves_it(small_disk: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_disk_full_while_moving_the_pointer_keeps_production_and_a_retry_moves_it(
+    small_disk: Path, tmp_path: Path
+) -> None:
     registry = ModelRegistry(small_disk / "registry")
     for n, accuracy in ((1, 0.8), (2, 0.9)):
-        version = registry.register(MODEL, make_artifact(tmp_path / f"v{n}", 20_000, b"%d" % n),
-                                    {"accuracy": accuracy}, {"commit": f"{n}" * 40}, pipeline_run_id=f"run-{n}")
+        version = registry.register(
+            MODEL,
+            make_artifact(tmp_path / f"v{n}", 20_000, b"%d" % n),
+            {"accuracy": accuracy},
+            {"commit": f"{n}" * 40},
+            pipeline_run_id=f"run-{n}",
+        )
     registry.promote_if_not_worse(MODEL, 1)
     filler = fill(small_disk)
 
-    with pytest.raises(DiskFullError, match="while moving digits-cnn's aliases: .* the aliases "
-                                            "are as they were"):
+    with pytest.raises(
+        DiskFullError, match="while moving digits-cnn's aliases: .* the aliases are as they were"
+    ):
         registry.promote_if_not_worse(MODEL, version)
 
     assert registry.champion(MODEL).number == 1
@@ -213,7 +254,8 @@ def test_disk_full_while_moving_the_pointer_keeps_production_and_a_retry_moves_i
 
 
 def test_disk_full_while_training_fails_the_attempt_with_what_to_free_and_the_retry_resumes(
-        small_disk: Path, digits, training_images) -> None:
+    small_disk: Path, digits, training_images
+) -> None:
     out = small_disk / "runs" / "attempt-1" / "output"
     model = small_disk.parent / "repo" / "model.py"
     model.parent.mkdir(mode=0o755)  # the container's user reads it
@@ -233,16 +275,20 @@ def test_disk_full_while_training_fails_the_attempt_with_what_to_free_and_the_re
     filler_thread = threading.Thread(target=fill_the_disk_at_epoch_5, daemon=True)
     filler_thread.start()
     try:
-        failed = localrun.train(model=model, data=digits.train_dir, out=out, hparams=hparams, kind="linear",
-                                log=lambda line: None)
+        failed = localrun.train(
+            model=model, data=digits.train_dir, out=out, hparams=hparams, kind="linear", log=lambda line: None
+        )
     finally:
         training_ended.set()
         filler_thread.join()
 
     assert filled, f"the training ended before the disk could be filled: {failed.summary()}"
     summary = failed.summary()
-    assert (summary["exit_code"], summary["category"], summary["healable"]) == (contract.EXIT_DISK_FULL, "disk",
-                                                                               False), summary
+    assert (summary["exit_code"], summary["category"], summary["healable"]) == (
+        contract.EXIT_DISK_FULL,
+        "disk",
+        False,
+    ), summary
     assert summary["message"].startswith("disk full") and "MB free on the disk" in summary["message"]
     assert "free space on the disk that holds pushtrain's data dir" in summary["fix"]
     state_file = next((out / contract.CHECKPOINT_DIR).glob("*/state.json"))
@@ -251,8 +297,9 @@ def test_disk_full_while_training_fails_the_attempt_with_what_to_free_and_the_re
     assert not list(state_file.parent.glob(".tmp-*"))
 
     filled[0].unlink()  # space freed
-    resumed = localrun.train(model=model, data=digits.train_dir, out=out, hparams=hparams, kind="linear",
-                             log=lambda line: None)
+    resumed = localrun.train(
+        model=model, data=digits.train_dir, out=out, hparams=hparams, kind="linear", log=lambda line: None
+    )
 
     assert resumed.succeeded, resumed.summary()
     assert resumed.metrics["resumed_from_epoch"] == state["epoch"]
@@ -314,8 +361,11 @@ def descendants(pid: int) -> list[int]:
 def kill_scheduler(airflow: EmbeddedAirflow) -> list[int]:
     """kill -9 standalone's scheduler and everything under it (executor workers, task processes), as the loss
     of its host would; the api-server, dag-processor and triggerer stay up."""
-    schedulers = [pid for pid in process_tree().get(airflow.process.pid, [])
-                  if b"scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    schedulers = [
+        pid
+        for pid in process_tree().get(airflow.process.pid, [])
+        if b"scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
     assert len(schedulers) == 1, schedulers
     victims = [schedulers[0], *descendants(schedulers[0])]  # all collected before any dies and is reparented
     for pid in victims:
@@ -328,22 +378,32 @@ def kill_scheduler(airflow: EmbeddedAirflow) -> list[int]:
 
 @pytest.mark.slow
 def test_the_scheduler_killed_mid_training_and_restarted_a_minute_later_completes_the_attempt_once(
-        tmp_path_factory, training_images, docker, monkeypatch) -> None:
+    tmp_path_factory, training_images, docker, monkeypatch
+) -> None:
     root = tmp_path_factory.mktemp("scheduler-killed")
     data_dir = root / "data"
     monkeypatch.setenv("PUSHTRAIN_DATA_DIR", str(data_dir))
     datasets.ensure_dataset("digits")
-    paced = Scenario(root, "paced-repo", "linear_sklearn.py", {"dataset": "digits", "target": 0.5, "max_attempts": 1})
+    paced = Scenario(
+        root, "paced-repo", "linear_sklearn.py", {"dataset": "digits", "target": 0.5, "max_attempts": 1}
+    )
     (paced.work / "model.py").write_text(PACED_MODEL)
     smtp_port = free_port()
     airflow = EmbeddedAirflow(
-        home=root / "airflow", data_dir=data_dir, repo_url=str(paced.bare), smtp_port=smtp_port,
-        port=free_port(), watch_interval_minutes=1,
+        home=root / "airflow",
+        data_dir=data_dir,
+        repo_url=str(paced.bare),
+        smtp_port=smtp_port,
+        port=free_port(),
+        watch_interval_minutes=1,
         # Ports of its own for everything that listens, so it cannot meet another Airflow on this machine.
-        extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
-                   "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-                   "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                   "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())})
+        extra_env={
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        },
+    )
     restarted: subprocess.Popen | None = None
     with MailSink(root / "mail", port=smtp_port) as sink:
         airflow.start(root / "standalone.log")
@@ -352,8 +412,12 @@ def test_the_scheduler_killed_mid_training_and_restarted_a_minute_later_complete
             airflow.wait_for_dags(["train_on_push", "container_health"], timeout=360)
             airflow.unpause("train_on_push", "container_health")
             trigger(airflow, paced)
-            lease = wait_until(lambda: progress_reached(paced, f"epoch {KILL_AT_EPOCH}/{PACED_EPOCHS} ")
-                               and lease_of(paced), PIPELINE_TIMEOUT_S, "the paced training", poll=0.2)
+            lease = wait_until(
+                lambda: progress_reached(paced, f"epoch {KILL_AT_EPOCH}/{PACED_EPOCHS} ") and lease_of(paced),
+                PIPELINE_TIMEOUT_S,
+                "the paced training",
+                poll=0.2,
+            )
             task, container = holder_parts(lease), lease["container"]
 
             killed = kill_scheduler(airflow)
@@ -370,9 +434,14 @@ def test_the_scheduler_killed_mid_training_and_restarted_a_minute_later_complete
                 one_container()
                 time.sleep(2)
             with open(root / "scheduler-restarted.log", "ab") as log:
-                restarted = subprocess.Popen([str(VENV_BIN / "airflow"), "scheduler"], env=airflow.environment(),
-                                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             start_new_session=True)
+                restarted = subprocess.Popen(
+                    [str(VENV_BIN / "airflow"), "scheduler"],
+                    env=airflow.environment(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
 
             def pipeline_ended():
                 one_container()
@@ -400,8 +469,10 @@ def test_the_scheduler_killed_mid_training_and_restarted_a_minute_later_complete
     assert (state["state"], state["try_number"]) == ("success", 2), state
     task_logs = (root / "airflow" / "logs").rglob("attempt=2.log")
     assert any(f"adopting container {container}" in log.read_text() for log in task_logs)
-    epochs = re.findall(rf"\] epoch (\d+)/{PACED_EPOCHS} ", next(settings.runs_dir().glob(
-        f"{paced.commit[:8]}-*/attempt-1/output/progress.log")).read_text())
+    epochs = re.findall(
+        rf"\] epoch (\d+)/{PACED_EPOCHS} ",
+        next(settings.runs_dir().glob(f"{paced.commit[:8]}-*/attempt-1/output/progress.log")).read_text(),
+    )
     assert sorted(set(epochs), key=int) == [str(n) for n in range(1, PACED_EPOCHS + 1)]
     assert len(epochs) - PACED_EPOCHS <= 1  # at most one epoch trained twice
     assert [r.attempt for r in pipeline.attempt_records(summary.pipeline_id)] == [1]

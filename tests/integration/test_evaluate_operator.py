@@ -25,13 +25,17 @@ def train_and_evaluate(prepared: dict, kind: str) -> tuple[dict, dict]:
         evaluate = EvaluateAttemptOperator(task_id="evaluate")
         train >> evaluate
     trained = train.execute({"ti": TaskInstance({"prepare_attempt": prepared}, train.task_id)})
-    evaluation = evaluate.execute({"ti": TaskInstance({"prepare_attempt": prepared, train.task_id: trained},
-                                                      "evaluate")})
+    evaluation = evaluate.execute(
+        {"ti": TaskInstance({"prepare_attempt": prepared, train.task_id: trained}, "evaluate")}
+    )
     return trained, evaluation
 
 
-def test_an_honest_attempt_is_scored_by_the_platform_from_its_predictions(training_images, data_dir,  # noqa: F811
-                                                                          tmp_path):
+def test_an_honest_attempt_is_scored_by_the_platform_from_its_predictions(
+    training_images,
+    data_dir,  # noqa: F811
+    tmp_path,
+):
     prepared = first_attempt(tmp_path / "repos", TEMPLATES / "knn_sklearn.py", "knn")
     pipeline_id = prepared["pipeline_id"]
 
@@ -43,7 +47,9 @@ def test_an_honest_attempt_is_scored_by_the_platform_from_its_predictions(traini
     assert evaluation["n_evaluated"] == 359 == sum(map(sum, record["confusion_matrix"]))
     assert sum(row[i] for i, row in enumerate(record["confusion_matrix"])) == round(record["accuracy"] * 359)
     # The container left its predictions only; the view and its answer key are gone once scored.
-    assert sorted(p.name for p in pipeline.evaluation_dir(pipeline_id, 1).iterdir()) == [contract.PREDICTIONS_FILE]
+    assert sorted(p.name for p in pipeline.evaluation_dir(pipeline_id, 1).iterdir()) == [
+        contract.PREDICTIONS_FILE
+    ]
     assert not pipeline.blind_view_dir(pipeline_id, 1).exists()
     # judge_attempt takes the evaluation as it came, confusion matrix included, into the attempt record.
     steps.judge_attempt(prepared, trained, evaluation, {"dag_id": "train_on_push", "run_id": "manual__t"})

@@ -32,9 +32,13 @@ from pushtrain import gitops, mail, pipeline, steps
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "model_templates"
 TIMEOUT_S = 3  # PUSHTRAIN_GIT_TIMEOUT_SECONDS in these tests; the default is 15
 SLACK_S = 6  # process start-up and teardown around the limit, on a busy machine
-LFS_CONFIG = {"filter.lfs.process": "git-lfs filter-process", "filter.lfs.required": "true",
-              "filter.lfs.clean": "git-lfs clean -- %f", "filter.lfs.smudge": "git-lfs smudge -- %f",
-              "lfs.locksverify": "false"}
+LFS_CONFIG = {
+    "filter.lfs.process": "git-lfs filter-process",
+    "filter.lfs.required": "true",
+    "filter.lfs.clean": "git-lfs clean -- %f",
+    "filter.lfs.smudge": "git-lfs smudge -- %f",
+    "lfs.locksverify": "false",
+}
 
 # Everything the tests below produced that a user or an operator could read; the last test greps it.
 TRANSCRIPT: list[str] = []
@@ -77,12 +81,20 @@ class Host:
         """The ``git_default`` connection a platform engineer would write for this host."""
         if transport == "http":
             account = GitHttpServer.READER if read_only else GitHttpServer.WRITER
-            connection = {"conn_type": "git", "host": self.http.url("models"), "login": account,
-                          "password": self.http.tokens[account], "extra": {}}
+            connection = {
+                "conn_type": "git",
+                "host": self.http.url("models"),
+                "login": account,
+                "password": self.http.tokens[account],
+                "extra": {},
+            }
         else:
             key = self.ssh.read_only_key if read_only else self.ssh.key
-            connection = {"conn_type": "git", "host": self.ssh.url(self.bare),
-                          "extra": {"key_file": str(key), "known_hosts": self.ssh.known_hosts}}
+            connection = {
+                "conn_type": "git",
+                "host": self.ssh.url(self.bare),
+                "extra": {"key_file": str(key), "known_hosts": self.ssh.known_hosts},
+            }
         extra = {**connection.pop("extra"), **changes.pop("extra", {})}
         return {**connection, **changes, "extra": {k: v for k, v in extra.items() if v is not None}}
 
@@ -122,17 +134,26 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, connection: dict) -> gitops.
     return gitops.remote_from_connection()
 
 
-def find(remote: gitops.GitRemote, run_id: str, commit: str | None = None, branch: str = "main") -> dict | None:
-    return steps.find_commit_to_train(remote=remote, branch=branch, dag_run_id=run_id, run_type="scheduled",
-                                      data_interval_end=None, explicit_commit=commit)
+def find(
+    remote: gitops.GitRemote, run_id: str, commit: str | None = None, branch: str = "main"
+) -> dict | None:
+    return steps.find_commit_to_train(
+        remote=remote,
+        branch=branch,
+        dag_run_id=run_id,
+        run_type="scheduled",
+        data_interval_end=None,
+        explicit_commit=commit,
+    )
 
 
 TRANSPORTS = ["http", "ssh"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_the_sensor_sees_each_new_commit_and_the_checkout_holds_it(host: Host, transport: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sensor_sees_each_new_commit_and_the_checkout_holds_it(
+    host: Host, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     remote = use_connection(monkeypatch, host.connection(transport))
     first = host.branches()["main"]
 
@@ -153,12 +174,14 @@ def test_the_sensor_sees_each_new_commit_and_the_checkout_holds_it(host: Host, t
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_read_write_credentials_push_the_tuned_file_to_its_branch(host: Host, transport: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_write_credentials_push_the_tuned_file_to_its_branch(
+    host: Host, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     remote = use_connection(monkeypatch, host.connection(transport))
     sha = host.push_commit(f"to be tuned over {transport}")
-    checked_out = steps.checkout_commit(find(remote, f"scheduled__push-{transport}"), {},
-                                        f"scheduled__push-{transport}", remote)
+    checked_out = steps.checkout_commit(
+        find(remote, f"scheduled__push-{transport}"), {}, f"scheduled__push-{transport}", remote
+    )
     workspace = pipeline.workspace_dir(checked_out["pipeline_id"]) / "repo"
     tuned = (workspace / "model.py").read_text().replace('"n_neighbors": 75', '"n_neighbors": 3')
     assert tuned != (workspace / "model.py").read_text()
@@ -174,9 +197,9 @@ def test_read_write_credentials_push_the_tuned_file_to_its_branch(host: Host, tr
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_read_only_credentials_fetch_but_do_not_push_and_say_why(host: Host, transport: str,
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_read_only_credentials_fetch_but_do_not_push_and_say_why(
+    host: Host, transport: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     remote = use_connection(monkeypatch, host.connection(transport, read_only=True))
     sha = host.push_commit(f"read-only over {transport}")
     found = find(remote, f"scheduled__ro-{transport}")
@@ -190,7 +213,9 @@ def test_read_only_credentials_fetch_but_do_not_push_and_say_why(host: Host, tra
 
     assert pushed is None
     assert host.branches() == before
-    notes = [r.getMessage() for r in caplog.records if r.name == "pushtrain.gitops" and r.levelname == "WARNING"]
+    notes = [
+        r.getMessage() for r in caplog.records if r.name == "pushtrain.gitops" and r.levelname == "WARNING"
+    ]
     assert len(notes) == 1, notes
     assert "NOT pushed" in notes[0] and "read-only" in notes[0] and "write access" in notes[0]
     assert ("403" if transport == "http" else "this deploy key is read-only") in notes[0]
@@ -200,7 +225,9 @@ def test_a_git_lfs_file_arrives_as_its_content(host: Host, monkeypatch: pytest.M
     weights = os.urandom(20_000)
     (host.work / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
     sha = host.push_commit("weights in LFS", {"weights.bin": weights})
-    assert git(host.bare, "show", f"{sha}:weights.bin").startswith("version https://git-lfs.github.com/spec/v1")
+    assert git(host.bare, "show", f"{sha}:weights.bin").startswith(
+        "version https://git-lfs.github.com/spec/v1"
+    )
     remote = use_connection(monkeypatch, host.connection("http", read_only=True))
 
     checked_out = steps.checkout_commit(find(remote, "scheduled__lfs"), {}, "scheduled__lfs", remote)
@@ -257,11 +284,20 @@ def missing_repo_ssh(host: Host, silent: SilentServer) -> dict:
 FAILURES = [
     (wrong_token, "the server refused the credentials: set login 'writer' and its token"),
     (wrong_key, "the SSH server refused the key"),
-    (unknown_host_key, "is unknown here, and pushtrain never accepts an unknown host key: add the host's key "
-                       "lines to the git_default connection's extra as known_hosts"),
+    (
+        unknown_host_key,
+        "is unknown here, and pushtrain never accepts an unknown host key: add the host's key "
+        "lines to the git_default connection's extra as known_hosts",
+    ),
     (changed_host_key, "differs from the one in known_hosts"),
-    (silent_http, f"the remote sent nothing for {TIMEOUT_S} s, so the call was stopped (PUSHTRAIN_GIT_TIMEOUT_SECONDS)"),
-    (silent_ssh, f"the remote sent nothing for {TIMEOUT_S} s, so the call was stopped (PUSHTRAIN_GIT_TIMEOUT_SECONDS)"),
+    (
+        silent_http,
+        f"the remote sent nothing for {TIMEOUT_S} s, so the call was stopped (PUSHTRAIN_GIT_TIMEOUT_SECONDS)",
+    ),
+    (
+        silent_ssh,
+        f"the remote sent nothing for {TIMEOUT_S} s, so the call was stopped (PUSHTRAIN_GIT_TIMEOUT_SECONDS)",
+    ),
     (missing_repo_http, "there is no repository at"),
     (missing_repo_ssh, "there is no repository at"),
 ]
@@ -274,9 +310,9 @@ def silent():
 
 
 @pytest.mark.parametrize(("connection_of", "explanation"), FAILURES, ids=[f.__name__ for f, _ in FAILURES])
-def test_a_failing_remote_fails_the_sensor_in_time_with_what_to_check(host: Host, silent: SilentServer,
-                                                                       monkeypatch: pytest.MonkeyPatch,
-                                                                       connection_of, explanation: str) -> None:
+def test_a_failing_remote_fails_the_sensor_in_time_with_what_to_check(
+    host: Host, silent: SilentServer, monkeypatch: pytest.MonkeyPatch, connection_of, explanation: str
+) -> None:
     remote = use_connection(monkeypatch, connection_of(host, silent))
     children_before = child_processes()
     started = time.monotonic()
@@ -303,8 +339,9 @@ def test_a_branch_that_does_not_exist_says_which_ones_do(host: Host, monkeypatch
         gitops.require_branch(gitops.fetch(remote), "mian", remote)
 
     assert str(asked.value).startswith("commit or branch 'mian' is not in the repository (its branches: main")
-    assert str(watched.value).startswith(f"branch 'mian' does not exist in {remote.display_url} (its branches: "
-                                         "main")
+    assert str(watched.value).startswith(
+        f"branch 'mian' does not exist in {remote.display_url} (its branches: main"
+    )
     assert "set the Branch Param" in str(watched.value)
     gitops.require_branch(gitops.fetch(remote), "main", remote)  # the real branch passes
     for error in (asked.value, watched.value):

@@ -71,7 +71,9 @@ class LiveContainerSampler:
     def _run(self) -> None:
         client = docker_client()
         while not self._stop.wait(0.5):
-            live = Counter(c["Labels"].get(RUN_KEY_LABEL) for c in client.containers(filters={"label": RUN_KEY_LABEL}))
+            live = Counter(
+                c["Labels"].get(RUN_KEY_LABEL) for c in client.containers(filters={"label": RUN_KEY_LABEL})
+            )
             for key, count in live.items():
                 self.worst[key] = max(self.worst[key], count)
 
@@ -110,8 +112,18 @@ def recorded(operator_class: type[SandboxedDockerOperator], **kwargs: Any) -> tu
 
 
 def training_spec(name: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
-    return container_spec(TRAIN, name=name, run_key=name, kind=kind, code_dir=model.parent, entry=model.name,
-                          data_dir=data, output_dir=out, state_dir=out, hparams=hparams)
+    return container_spec(
+        TRAIN,
+        name=name,
+        run_key=name,
+        kind=kind,
+        code_dir=model.parent,
+        entry=model.name,
+        data_dir=data,
+        output_dir=out,
+        state_dir=out,
+        hparams=hparams,
+    )
 
 
 def run_in_thread(spec: ContainerSpec, out: Path) -> tuple[threading.Thread, dict, TaskLog]:
@@ -141,19 +153,29 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_killed_container_is_restarted_and_resumes_with_at_most_one_epoch_redone(
-        training_images, mnist5k, templates_dir, tmp_path):
+    training_images, mnist5k, templates_dir, tmp_path
+):
     out = tmp_path / "attempt"
     prepare_output_dir(out)
     # Epochs of about a second: the kill after epoch 3 must land while training is still running.
-    spec = training_spec("pushtrain-test-heal-kill", templates_dir / "cnn_keras.py", mnist5k.train_dir, out,
-                         {"epochs": 10, "filters": 32, "dense_units": 128}, "cnn")
+    spec = training_spec(
+        "pushtrain-test-heal-kill",
+        templates_dir / "cnn_keras.py",
+        mnist5k.train_dir,
+        out,
+        {"epochs": 10, "filters": 32, "dense_units": 128},
+        "cnn",
+    )
     with LiveContainerSampler() as sampler, HealthLoop() as loop:
         thread, result, log = run_in_thread(spec, out)
         wait_for(lambda: any(re.search(r"epoch 3/10 ", line) for line in log.lines), 300, "epoch 3")
         killed_at = time.monotonic()
         subprocess.run(["docker", "kill", spec.name], check=True, capture_output=True)
-        wait_for(lambda: any("container restarted by container_health" in line for line in log.lines), 60,
-                 "the restart")
+        wait_for(
+            lambda: any("container restarted by container_health" in line for line in log.lines),
+            60,
+            "the restart",
+        )
         restarted_after = time.monotonic() - killed_at
         thread.join(timeout=300)
     outcome = result["outcome"]
@@ -175,8 +197,9 @@ def test_killed_container_is_restarted_and_resumes_with_at_most_one_epoch_redone
 def test_crash_during_training_is_restarted_within_its_budget_then_fails(training_images, digits, tmp_path):
     out = tmp_path / "attempt"
     prepare_output_dir(out)
-    spec = training_spec("pushtrain-test-heal-crash", FIXTURES / "crashes_in_training.py", digits.train_dir, out,
-                         {}, "linear")
+    spec = training_spec(
+        "pushtrain-test-heal-crash", FIXTURES / "crashes_in_training.py", digits.train_dir, out, {}, "linear"
+    )
     with HealthLoop() as loop:
         thread, result, log = run_in_thread(spec, out)
         thread.join(timeout=180)
@@ -193,12 +216,20 @@ def test_crash_during_training_is_restarted_within_its_budget_then_fails(trainin
 # ------------------------------------------------------------------------------ never healed: fail at once
 
 
-@pytest.mark.parametrize("fixture", ["syntax_error.py", "missing_module.py", "no_builder.py", "builder_raises.py"])
+@pytest.mark.parametrize(
+    "fixture", ["syntax_error.py", "missing_module.py", "no_builder.py", "builder_raises.py"]
+)
 def test_health_check_never_restarts_what_cannot_heal(training_images, docker, digits, tmp_path, fixture):
     out = tmp_path / "attempt"
     prepare_output_dir(out)
-    spec = training_spec(f"pushtrain-test-heal-{fixture.removesuffix('.py').replace('_', '-')}",
-                         FIXTURES / fixture, digits.train_dir, out, {}, "knn")
+    spec = training_spec(
+        f"pushtrain-test-heal-{fixture.removesuffix('.py').replace('_', '-')}",
+        FIXTURES / fixture,
+        digits.train_dir,
+        out,
+        {},
+        "knn",
+    )
     lease = Lease(out, "train", holder="test")
     container_id, _ = start_or_adopt(docker, spec, Sandbox())
     try:
@@ -211,7 +242,8 @@ def test_health_check_never_restarts_what_cannot_heal(training_images, docker, d
         assert not contract.healable(exit_code)
         assert [line for line in lines if spec.name in line] == [
             f"{spec.name}: left ({contract.EXIT_CODE_MEANINGS[exit_code]}: a restart cannot help; its task fails "
-            "the attempt and removes it)"] * 2
+            "the attempt and removes it)"
+        ] * 2
         assert docker.inspect_container(container_id)["State"]["StartedAt"] == started_at
         assert not supervision.restarts_path(out, "train").exists()
     finally:
@@ -219,28 +251,47 @@ def test_health_check_never_restarts_what_cannot_heal(training_images, docker, d
         subprocess.run(["docker", "rm", "-f", spec.name], capture_output=True)
 
 
-def test_health_check_leaves_unwanted_and_removes_finished_containers(training_images, docker, digits,
-                                                                       templates_dir, tmp_path):
+def test_health_check_leaves_unwanted_and_removes_finished_containers(
+    training_images, docker, digits, templates_dir, tmp_path
+):
     finished, orphan = tmp_path / "finished", tmp_path / "orphan"
     for out in (finished, orphan):
         prepare_output_dir(out)
     specs = {
-        "finished": training_spec("pushtrain-test-heal-finished", templates_dir / "knn_sklearn.py",
-                                  digits.train_dir, finished, {}, "knn"),
-        "orphan": training_spec("pushtrain-test-heal-orphan", FIXTURES / "crashes_in_training.py",
-                                digits.train_dir, orphan, {}, "linear"),
+        "finished": training_spec(
+            "pushtrain-test-heal-finished",
+            templates_dir / "knn_sklearn.py",
+            digits.train_dir,
+            finished,
+            {},
+            "knn",
+        ),
+        "orphan": training_spec(
+            "pushtrain-test-heal-orphan",
+            FIXTURES / "crashes_in_training.py",
+            digits.train_dir,
+            orphan,
+            {},
+            "linear",
+        ),
     }
     for spec in specs.values():
-        container = docker.create_container(image=spec.image, command=spec.command, name=spec.name,
-                                            labels=spec.labels, user="10001:10001",
-                                            host_config=docker.create_host_config(
-                                                **Sandbox().host_config_kwargs(spec.mounts)))
+        container = docker.create_container(
+            image=spec.image,
+            command=spec.command,
+            name=spec.name,
+            labels=spec.labels,
+            user="10001:10001",
+            host_config=docker.create_host_config(**Sandbox().host_config_kwargs(spec.mounts)),
+        )
         docker.start(container["Id"])
         docker.wait(container["Id"], timeout=120)
     lines: list[str] = []
     try:
         health.check_containers(docker, log=lines.append)
-        names = {c["Names"][0].lstrip("/") for c in docker.containers(all=True, filters={"label": ROLE_LABEL})}
+        names = {
+            c["Names"][0].lstrip("/") for c in docker.containers(all=True, filters={"label": ROLE_LABEL})
+        }
         assert specs["finished"].name not in names  # attempt finished: removed
         assert specs["orphan"].name in names  # crashed, but no task holds its lease: never restarted
         assert not supervision.restarts_path(orphan, "train").exists()
@@ -287,7 +338,9 @@ def first_attempt(root: Path, model: Path, kind: str) -> dict:
     sha = commit_and_push(work, f"model from {model.name}")
     found = {"repo_url": str(bare), "branch": "main", "commit": sha, "superseded": []}
     params = {"target": None, "max_attempts": None, "kind": None, "strategy": None}
-    checked_out = steps.checkout_commit(found, params, f"manual__{model.stem}", gitops.GitRemote(url=str(bare)))
+    checked_out = steps.checkout_commit(
+        found, params, f"manual__{model.stem}", gitops.GitRemote(url=str(bare))
+    )
     steps.detect_model_kind(checked_out["pipeline_id"])
     return steps.prepare_first_attempt(checked_out["pipeline_id"])
 
@@ -300,24 +353,36 @@ def no_containers_of(pipeline_id: str) -> bool:
 @pytest.mark.parametrize(
     ("fixture", "fix", "detail"),
     [
-        ("syntax_error.py", "What to do: fix the syntax error in model.py at line 4 (marked below), then push again.",
-         "model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
-         "    def build_estimator(hp)\n"
-         "                           ^"),
-        ("missing_module.py", "What to do: add `xgboost` to requirements.txt next to your model file (model.py), "
-                              "then push again.",
-         "model.py, line 2: ModuleNotFoundError: No module named 'xgboost' (while loading the model file)\n"
-         "    import xgboost"),
-        ("missing_name.py", "What to do: `sklearn.neighbors` (scikit-learn ",
-         "model.py, line 2: ImportError: cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'"),
+        (
+            "syntax_error.py",
+            "What to do: fix the syntax error in model.py at line 4 (marked below), then push again.",
+            "model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
+            "    def build_estimator(hp)\n"
+            "                           ^",
+        ),
+        (
+            "missing_module.py",
+            "What to do: add `xgboost` to requirements.txt next to your model file (model.py), "
+            "then push again.",
+            "model.py, line 2: ModuleNotFoundError: No module named 'xgboost' (while loading the model file)\n"
+            "    import xgboost",
+        ),
+        (
+            "missing_name.py",
+            "What to do: `sklearn.neighbors` (scikit-learn ",
+            "model.py, line 2: ImportError: cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'",
+        ),
         ("no_builder.py", "", "defines no function build_estimator()"),
-        ("builder_raises.py", "What to do: fix the error below (raised while calling build_estimator()), then push "
-                              "again.",
-         "model.py, line 6: KeyError: 'n_neigbors' (while calling build_estimator())"),
+        (
+            "builder_raises.py",
+            "What to do: fix the error below (raised while calling build_estimator()), then push again.",
+            "model.py, line 6: KeyError: 'n_neigbors' (while calling build_estimator())",
+        ),
     ],
 )
 def test_training_fails_at_once_without_restart_or_retry_leading_with_the_fix(
-        training_images, data_dir, tmp_path, fixture, fix, detail):
+    training_images, data_dir, tmp_path, fixture, fix, detail
+):
     prepared = first_attempt(tmp_path / "repos", FIXTURES / fixture, "knn")
     pipeline_id = prepared["pipeline_id"]
     operator, log = recorded(TrainAttemptOperator, task_id="train_knn", kind="knn", retries=1)
@@ -333,7 +398,9 @@ def test_training_fails_at_once_without_restart_or_retry_leading_with_the_fix(
     assert message.endswith("a restart cannot help, so the attempt fails now, without retries")
     attempt_dir = pipeline.attempt_dir(pipeline_id, 1)
     assert failed_after < supervision.restart_window_s(attempt_dir, TRAIN)  # it did not wait for a restart
-    assert any(line.startswith("[pushtrain] what to do:") or "[pushtrain] ERROR" in line for line in log.lines)
+    assert any(
+        line.startswith("[pushtrain] what to do:") or "[pushtrain] ERROR" in line for line in log.lines
+    )
     assert log.lines[-1] == message  # the task log ends with the same report, what to do first
     assert not any("waiting for the container_health DAG" in line for line in log.lines)
     assert not any(": restarted (" in line for line in loop.lines)
@@ -357,7 +424,8 @@ def test_unreadable_data_set_fails_at_once(training_images, data_dir, templates_
 
 
 def test_a_tweak_that_makes_the_model_unbuildable_is_a_failed_attempt_not_a_failed_task(
-        training_images, data_dir, tmp_path):
+    training_images, data_dir, tmp_path
+):
     first = first_attempt(tmp_path / "repos", FIXTURES / "cnn_valid_pooling.py", "cnn")
     pipeline_id, updates = first["pipeline_id"], {"conv_blocks": 4}  # 8x8 halved four times: nothing left
     code = pipeline.attempt_dir(pipeline_id, 2) / "code"
@@ -377,15 +445,19 @@ def test_a_tweak_that_makes_the_model_unbuildable_is_a_failed_attempt_not_a_fail
     assert "model.py, line 15" in trained["failure"]  # the pooling layer that has nothing left to pool
     assert any("attempt 2 is unbuildable" in line for line in log.lines)
     assert no_containers_of(pipeline_id)
-    evaluation = evaluate.execute({"ti": TaskInstance({"prepare_attempt": prepared, "train_cnn": trained},
-                                                      "evaluate")})
-    assert evaluation == {"status": "not_evaluated",
-                          "reason": f"attempt 2 could not be built: {trained['failure']}"}
+    evaluation = evaluate.execute(
+        {"ti": TaskInstance({"prepare_attempt": prepared, "train_cnn": trained}, "evaluate")}
+    )
+    assert evaluation == {
+        "status": "not_evaluated",
+        "reason": f"attempt 2 could not be built: {trained['failure']}",
+    }
     assert not pipeline.evaluation_dir(pipeline_id, 2).exists()  # no container ran
 
 
-def test_a_crash_in_training_is_retried_by_airflow_after_the_restart_budget(training_images, data_dir,
-                                                                          tmp_path):
+def test_a_crash_in_training_is_retried_by_airflow_after_the_restart_budget(
+    training_images, data_dir, tmp_path
+):
     prepared = first_attempt(tmp_path / "repos", FIXTURES / "crashes_in_training.py", "linear")
     operator, log = recorded(TrainAttemptOperator, task_id="train_linear", kind="linear")
     with HealthLoop(period=1.0), pytest.raises(AirflowException) as failed:
@@ -398,8 +470,9 @@ def test_a_crash_in_training_is_retried_by_airflow_after_the_restart_budget(trai
     assert len(restarted) == health.CRASH_BUDGET
 
 
-def test_a_retry_adopts_the_container_still_running_and_on_kill_removes_it(training_images, docker, data_dir,
-                                                                          templates_dir, tmp_path):
+def test_a_retry_adopts_the_container_still_running_and_on_kill_removes_it(
+    training_images, docker, data_dir, templates_dir, tmp_path
+):
     prepared = first_attempt(tmp_path / "repos", templates_dir / "cnn_keras.py", "cnn")
     pipeline_id = prepared["pipeline_id"]
     attempt_dir = pipeline.attempt_dir(pipeline_id, 1)
@@ -408,10 +481,17 @@ def test_a_retry_adopts_the_container_still_running_and_on_kill_removes_it(train
     # What a first try whose task process was killed leaves behind: its container, still training.
     out = pipeline.output_dir(pipeline_id, 1)
     prepare_output_dir(out)
-    left_behind = container_spec(TRAIN, name=pipeline.container_name(pipeline_id, 1, TRAIN),
-                                 run_key=f"{pipeline_id}/attempt-1", kind="cnn", code_dir=model.parent,
-                                 entry="model.py", data_dir=settings.datasets_dir() / "digits" / "v1" / "train",
-                                 output_dir=out, state_dir=attempt_dir)
+    left_behind = container_spec(
+        TRAIN,
+        name=pipeline.container_name(pipeline_id, 1, TRAIN),
+        run_key=f"{pipeline_id}/attempt-1",
+        kind="cnn",
+        code_dir=model.parent,
+        entry="model.py",
+        data_dir=settings.datasets_dir() / "digits" / "v1" / "train",
+        output_dir=out,
+        state_dir=attempt_dir,
+    )
     container_id, _ = start_or_adopt(docker, left_behind, Sandbox())
 
     retry, log = recorded(TrainAttemptOperator, task_id="train_cnn", kind="cnn")

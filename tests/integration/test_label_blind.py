@@ -53,29 +53,59 @@ print("LABELLED-EVALUATION " + json.dumps(scores), flush=True)
 
 def _train(model_file: Path, data: Path, out: Path, kind: str, hparams: dict | None = None) -> Path:
     lines: list[str] = []
-    result = localrun.train(model=model_file, data=data, out=out, kind=kind, hparams=hparams,
-                            name=f"blind-{out.parent.name}"[:60], log=lines.append)
+    result = localrun.train(
+        model=model_file,
+        data=data,
+        out=out,
+        kind=kind,
+        hparams=hparams,
+        name=f"blind-{out.parent.name}"[:60],
+        log=lines.append,
+    )
     assert result.succeeded, f"{result.summary()}\n" + "\n".join(lines[-20:])
     return out
 
 
-def _predict(docker, model_file: Path, trained: Path, data_dir: Path, predictions_dir: Path, kind: str,
-             lines: list[str]):
+def _predict(
+    docker,
+    model_file: Path,
+    trained: Path,
+    data_dir: Path,
+    predictions_dir: Path,
+    kind: str,
+    lines: list[str],
+):
     """The evaluation container as the pipeline runs it: a blind view in, predictions.json out."""
     from docker.types import Mount
 
     prepare_output_dir(predictions_dir)
     run_key = f"blind-{predictions_dir.parent.name}"[:60]
     spec = ContainerSpec(
-        name=f"pushtrain-{run_key}-predict", image=images.image_for_kind(kind),
-        command=["predict", "--model-dir", contract.EVALUATED_MODEL_MOUNT, "--data", contract.DATA_MOUNT,
-                 "--out", contract.EVALUATION_OUT_MOUNT, "--model", f"{contract.MODEL_MOUNT}/{model_file.name}"],
-        mounts=[Mount(contract.MODEL_MOUNT, str(model_file.parent), type="bind", read_only=True),
-                Mount(contract.EVALUATED_MODEL_MOUNT, str(trained / contract.MODEL_DIR), type="bind", read_only=True),
-                Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True),
-                Mount(contract.EVALUATION_OUT_MOUNT, str(predictions_dir), type="bind")],
-        labels=supervision.labels("local", run_key, predictions_dir.parent,
-                                  predictions_dir / "predictions.json"))
+        name=f"pushtrain-{run_key}-predict",
+        image=images.image_for_kind(kind),
+        command=[
+            "predict",
+            "--model-dir",
+            contract.EVALUATED_MODEL_MOUNT,
+            "--data",
+            contract.DATA_MOUNT,
+            "--out",
+            contract.EVALUATION_OUT_MOUNT,
+            "--model",
+            f"{contract.MODEL_MOUNT}/{model_file.name}",
+        ],
+        mounts=[
+            Mount(contract.MODEL_MOUNT, str(model_file.parent), type="bind", read_only=True),
+            Mount(
+                contract.EVALUATED_MODEL_MOUNT, str(trained / contract.MODEL_DIR), type="bind", read_only=True
+            ),
+            Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True),
+            Mount(contract.EVALUATION_OUT_MOUNT, str(predictions_dir), type="bind"),
+        ],
+        labels=supervision.labels(
+            "local", run_key, predictions_dir.parent, predictions_dir / "predictions.json"
+        ),
+    )
     return run_container(docker, spec, Sandbox(), lines.append)
 
 
@@ -91,13 +121,22 @@ def _labelled_evaluation(docker, model_file: Path, trained: Path, data_dir: Path
     """The scores the old evaluation computed inside the container, from a folder with labels in its paths."""
     from docker.types import Mount
 
-    mounts = [Mount(contract.MODEL_MOUNT, str(model_file.parent), type="bind", read_only=True),
-              Mount(contract.EVALUATED_MODEL_MOUNT, str(trained / contract.MODEL_DIR), type="bind", read_only=True),
-              Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True)]
+    mounts = [
+        Mount(contract.MODEL_MOUNT, str(model_file.parent), type="bind", read_only=True),
+        Mount(contract.EVALUATED_MODEL_MOUNT, str(trained / contract.MODEL_DIR), type="bind", read_only=True),
+        Mount(contract.DATA_MOUNT, str(data_dir), type="bind", read_only=True),
+    ]
     container = docker.create_container(
-        image=images.image_for_kind(kind), entrypoint=["/opt/venv/bin/python", "-c", LABELLED_EVALUATION],
-        command=[contract.EVALUATED_MODEL_MOUNT, contract.DATA_MOUNT, f"{contract.MODEL_MOUNT}/{model_file.name}"],
-        user=container_user(), host_config=docker.create_host_config(**Sandbox().host_config_kwargs(mounts)))
+        image=images.image_for_kind(kind),
+        entrypoint=["/opt/venv/bin/python", "-c", LABELLED_EVALUATION],
+        command=[
+            contract.EVALUATED_MODEL_MOUNT,
+            contract.DATA_MOUNT,
+            f"{contract.MODEL_MOUNT}/{model_file.name}",
+        ],
+        user=container_user(),
+        host_config=docker.create_host_config(**Sandbox().host_config_kwargs(mounts)),
+    )
     try:
         docker.start(container["Id"])
         status = docker.wait(container["Id"])
@@ -131,7 +170,9 @@ def _careless_flat_copy(test_dir: Path, work: Path) -> blind.BlindEvaluation:
     images_dir = work / "careless" / blind.DATA_DIR
     images_dir.mkdir(parents=True)
     answers = []
-    for position, path in enumerate(sorted(test_dir.glob("*/*.png"), key=lambda p: (int(p.parent.name), p.name))):
+    for position, path in enumerate(
+        sorted(test_dir.glob("*/*.png"), key=lambda p: (int(p.parent.name), p.name))
+    ):
         image_id = hashlib.sha256(str(path).encode()).hexdigest()[:32]
         shutil.copyfile(path, images_dir / f"{image_id}.png")
         os.utime(images_dir / f"{image_id}.png", (1_700_000_000 + position, 1_700_000_000 + position))
@@ -149,22 +190,27 @@ CHEATS = {  # fixture -> a layout its route leaks through
 
 
 @pytest.mark.parametrize("cheat", CHEATS)
-def test_a_cheat_that_scores_on_a_leaky_layout_scores_at_chance_on_the_blind_view(docker, digits, tmp_path,
-                                                                                    cheat: str):
+def test_a_cheat_that_scores_on_a_leaky_layout_scores_at_chance_on_the_blind_view(
+    docker, digits, tmp_path, cheat: str
+):
     model_file = FIXTURES / f"{cheat}.py"
     trained = _train(model_file, digits.train_dir, tmp_path / "train", "knn")
 
     leaky = CHEATS[cheat](digits.test_dir, tmp_path)
     if isinstance(leaky, blind.BlindEvaluation):  # a flat layout: the same predict container, then score
         lines: list[str] = []
-        assert _predict(docker, model_file, trained, leaky.data_dir, tmp_path / "leaky", "knn", lines).succeeded
+        assert _predict(
+            docker, model_file, trained, leaky.data_dir, tmp_path / "leaky", "knn", lines
+        ).succeeded
         leaked = blind.score(leaky, tmp_path / "leaky", trained / contract.MODEL_DIR)
     else:
         leaked = _labelled_evaluation(docker, model_file, trained, leaky, "knn")
     assert leaked["accuracy"] >= LEAKED_AT_LEAST, f"{cheat} does not exploit its route: {leaked['accuracy']}"
 
     evaluation = _blind_evaluation(docker, model_file, trained, digits.test_dir, tmp_path / "blind", "knn")
-    print(f"{cheat}: {leaked['accuracy']:.4f} on the leaky layout, {evaluation['accuracy']:.4f} on the blind view")
+    print(
+        f"{cheat}: {leaked['accuracy']:.4f} on the leaky layout, {evaluation['accuracy']:.4f} on the blind view"
+    )
     assert evaluation["accuracy"] <= CHANCE_AT_MOST, f"{cheat} beat the blind view: {evaluation['accuracy']}"
     assert evaluation["n_evaluated"] == digits.counts["test"]
     assert evaluation["dataset_sha256"] == digits.test_sha256
@@ -175,33 +221,44 @@ def test_the_container_sees_nothing_but_same_sized_images(docker, digits, tmp_pa
     trained = _train(model_file, digits.train_dir, tmp_path / "train", "knn")
     view = blind.prepare_blind_evaluation(digits.test_dir, tmp_path / "view")
     lines: list[str] = []
-    assert _predict(docker, model_file, trained, view.data_dir, tmp_path / "predictions", "knn", lines).succeeded
+    assert _predict(
+        docker, model_file, trained, view.data_dir, tmp_path / "predictions", "knn", lines
+    ).succeeded
     assert f"metadata cheat: {digits.counts['test']} files, 1 distinct sizes, 1 distinct mtimes" in lines
     assert os.listdir(tmp_path / "predictions") == ["predictions.json"]
 
 
-@pytest.mark.parametrize("tamper, reason", [
-    ("forge", "wrote evaluation.json besides predictions.json"),
-    ("drop", "misses 180 of the 359 images"),
-    ("unknown", "1 ids the view does not have"),
-])
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        ("forge", "wrote evaluation.json besides predictions.json"),
+        ("drop", "misses 180 of the 359 images"),
+        ("unknown", "1 ids the view does not have"),
+    ],
+)
 def test_a_model_that_tampers_with_the_output_fails_with_the_reason(docker, digits, tmp_path, tamper, reason):
     model_file = FIXTURES / "cheat_tamper.py"
     trained = _train(model_file, digits.train_dir, tmp_path / "train", "knn", {"tamper": tamper})
     view = blind.prepare_blind_evaluation(digits.test_dir, tmp_path / "view")
     lines: list[str] = []
-    assert _predict(docker, model_file, trained, view.data_dir, tmp_path / "predictions", "knn", lines).succeeded
+    assert _predict(
+        docker, model_file, trained, view.data_dir, tmp_path / "predictions", "knn", lines
+    ).succeeded
     with pytest.raises(blind.ScoringError, match=reason):
         blind.score(view, tmp_path / "predictions", trained / contract.MODEL_DIR)
 
 
-@pytest.mark.parametrize("template, kind, dataset, hparams", [
-    ("knn_sklearn.py", "knn", "digits", {"n_neighbors": 3, "weights": "distance", "p": 2}),
-    ("linear_sklearn.py", "linear", "digits", {"epochs": 3}),
-    ("cnn_keras.py", "cnn", "mnist5k", {}),
-])
+@pytest.mark.parametrize(
+    "template, kind, dataset, hparams",
+    [
+        ("knn_sklearn.py", "knn", "digits", {"n_neighbors": 3, "weights": "distance", "p": 2}),
+        ("linear_sklearn.py", "linear", "digits", {"epochs": 3}),
+        ("cnn_keras.py", "cnn", "mnist5k", {}),
+    ],
+)
 def test_honest_models_keep_the_labelled_evaluations_figures_to_the_last_digit(
-        docker, request, tmp_path, template: str, kind: str, dataset: str, hparams: dict):
+    docker, request, tmp_path, template: str, kind: str, dataset: str, hparams: dict
+):
     manifest = request.getfixturevalue(dataset)
     code = tmp_path / "code"
     code.mkdir()
@@ -211,8 +268,10 @@ def test_honest_models_keep_the_labelled_evaluations_figures_to_the_last_digit(
     before = _labelled_evaluation(docker, model_file, trained, manifest.test_dir, kind)
     after = _blind_evaluation(docker, model_file, trained, manifest.test_dir, tmp_path / "blind", kind)
 
-    print(f"{template}: accuracy {before['accuracy']!r} labelled, {after['accuracy']!r} blind; "
-          f"loss {before['loss']!r} labelled, {after['loss']!r} blind")
+    print(
+        f"{template}: accuracy {before['accuracy']!r} labelled, {after['accuracy']!r} blind; "
+        f"loss {before['loss']!r} labelled, {after['loss']!r} blind"
+    )
     assert {name: after[name] for name in before} == before
     assert after["loss"] is not None  # every template's model gives probabilities
     assert after["dataset_sha256"] == manifest.test_sha256

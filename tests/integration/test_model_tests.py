@@ -14,7 +14,7 @@ from pushtrain.runner import contract
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "include" / "model_templates" / "knn_sklearn.py"
 
-TESTS = '''
+TESTS = """
 import numpy as np
 
 
@@ -42,16 +42,21 @@ def test_bare_assert(model):
 
 def test_raises(model):
     raise RuntimeError("boom")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def trained(digits, tmp_path_factory) -> Path:
     images.ensure_all_images(("sklearn",))
     out = tmp_path_factory.mktemp("model-tests") / "attempt"
-    result = localrun.train(model=TEMPLATE, data=digits.train_dir, out=out, kind="knn",
-                            hparams={"n_neighbors": 3, "weights": "distance", "p": 2},
-                            name=f"pushtrain-test-model-tests-{out.parent.name}")
+    result = localrun.train(
+        model=TEMPLATE,
+        data=digits.train_dir,
+        out=out,
+        kind="knn",
+        hparams={"n_neighbors": 3, "weights": "distance", "p": 2},
+        name=f"pushtrain-test-model-tests-{out.parent.name}",
+    )
     assert result.succeeded, result.summary()
     return out / contract.MODEL_DIR
 
@@ -61,9 +66,15 @@ def run(tests: str | None, model_dir: Path, digits, tmp_path: Path):
     tests_file.parent.mkdir()
     if tests is not None:
         tests_file.write_text(tests)
-    return run_model_tests(tests_file=tests_file, model_dir=model_dir, held_out_dir=digits.test_dir,
-                           out_dir=tmp_path / "out", kind="knn", container_name=f"pushtrain-test-mt-{tmp_path.name}",
-                           log=lambda line: None)
+    return run_model_tests(
+        tests_file=tests_file,
+        model_dir=model_dir,
+        held_out_dir=digits.test_dir,
+        out_dir=tmp_path / "out",
+        kind="knn",
+        container_name=f"pushtrain-test-mt-{tmp_path.name}",
+        log=lambda line: None,
+    )
 
 
 def test_passing_and_failing_tests_each_with_their_message(trained, digits, tmp_path) -> None:

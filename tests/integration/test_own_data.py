@@ -80,13 +80,21 @@ def table(data_dir) -> datasets.Manifest:
     for i in range(600):
         species = ("alpha", "beta", "gamma")[i % 3]
         length, width = rng.normal(centres[species], 0.5)
-        rows.append([f"{length:.3f}", f"{width:.3f}", f"{rng.normal(0, 1):.3f}",
-                     str(rng.choice(habitats[species])), species])
+        rows.append(
+            [
+                f"{length:.3f}",
+                f"{width:.3f}",
+                f"{rng.normal(0, 1):.3f}",
+                str(rng.choice(habitats[species])),
+                species,
+            ]
+        )
     path = data_dir / "species.csv"
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
-    return datasets.add_path("species", path, datasets.ImportOptions(label_column="species",
-                                                                     categorical=("habitat",))).manifest
+    return datasets.add_path(
+        "species", path, datasets.ImportOptions(label_column="species", categorical=("habitat",))
+    ).manifest
 
 
 def test_the_shape_set_was_imported_as_one_colour_shape(shapes):
@@ -95,10 +103,16 @@ def test_the_shape_set_was_imported_as_one_colour_shape(shapes):
     assert shapes.counts == {"train": 288, "test": 72}
 
 
-def test_cnn_template_learns_the_colour_shapes_from_the_train_split(training_images, shapes, templates_dir,
-                                                                     tmp_path):
-    result = localrun.train(model=templates_dir / "cnn_keras.py", data=shapes.train_dir, out=tmp_path / "cnn",
-                            hparams=CNN_HPARAMS, log=lambda line: None)
+def test_cnn_template_learns_the_colour_shapes_from_the_train_split(
+    training_images, shapes, templates_dir, tmp_path
+):
+    result = localrun.train(
+        model=templates_dir / "cnn_keras.py",
+        data=shapes.train_dir,
+        out=tmp_path / "cnn",
+        hparams=CNN_HPARAMS,
+        log=lambda line: None,
+    )
     assert result.succeeded, result.summary()
     metrics = contract.read_metrics(tmp_path / "cnn")
     assert metrics["dataset_sha256"] == shapes.train_sha256  # it saw the train split, nothing else
@@ -108,16 +122,32 @@ def test_cnn_template_learns_the_colour_shapes_from_the_train_split(training_ima
     assert metrics["accuracy"] >= CNN_TARGET, metrics["history"][-1]
 
 
-@pytest.mark.parametrize(("template", "kind", "hparams"), [
-    ("linear_sklearn.py", "linear", {"epochs": 30, "alpha": 1e-4, "eta0": 0.05, "average": True}),
-    ("knn_sklearn.py", "knn", {"n_neighbors": 5, "weights": "distance", "p": 2}),
-])
-def test_sklearn_templates_learn_the_table(training_images, table, templates_dir, tmp_path, template, kind,
-                                           hparams):
-    assert table.table["feature_columns"] == ["length", "width", "noise", "habitat=desert", "habitat=forest",
-                                              "habitat=marsh"]
-    result = localrun.train(model=templates_dir / template, data=table.train_dir, out=tmp_path / kind, kind=kind,
-                            hparams=hparams, log=lambda line: None)
+@pytest.mark.parametrize(
+    ("template", "kind", "hparams"),
+    [
+        ("linear_sklearn.py", "linear", {"epochs": 30, "alpha": 1e-4, "eta0": 0.05, "average": True}),
+        ("knn_sklearn.py", "knn", {"n_neighbors": 5, "weights": "distance", "p": 2}),
+    ],
+)
+def test_sklearn_templates_learn_the_table(
+    training_images, table, templates_dir, tmp_path, template, kind, hparams
+):
+    assert table.table["feature_columns"] == [
+        "length",
+        "width",
+        "noise",
+        "habitat=desert",
+        "habitat=forest",
+        "habitat=marsh",
+    ]
+    result = localrun.train(
+        model=templates_dir / template,
+        data=table.train_dir,
+        out=tmp_path / kind,
+        kind=kind,
+        hparams=hparams,
+        log=lambda line: None,
+    )
     assert result.succeeded, result.summary()
     metrics = contract.read_metrics(tmp_path / kind)
     assert metrics["dataset_sha256"] == table.train_sha256

@@ -112,12 +112,18 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     monkeypatch_module.setenv("PUSHTRAIN_DATA_DIR", str(data_dir))
     datasets.ensure_dataset("digits")
 
-    watched = Scenario(root, "watched", "cnn_keras.py", {"dataset": "digits", "target": 0.90, "max_attempts": 5})
-    knn = Scenario(root, "knn-repo", "knn_sklearn.py", {"dataset": "digits", "target": 0.80, "max_attempts": 3})
+    watched = Scenario(
+        root, "watched", "cnn_keras.py", {"dataset": "digits", "target": 0.90, "max_attempts": 5}
+    )
+    knn = Scenario(
+        root, "knn-repo", "knn_sklearn.py", {"dataset": "digits", "target": 0.80, "max_attempts": 3}
+    )
     unreachable = Scenario(root, "linear-repo", "linear_sklearn.py", {"dataset": "digits"})
     unknown = Scenario(root, "unknown-repo", "knn_sklearn.py", {"dataset": "digits"})
     (unknown.work / "model.py").write_text(NO_KIND_MODEL)
-    healing = Scenario(root, "healing-repo", "cnn_keras.py", {"dataset": "mnist5k", "target": 0.5, "max_attempts": 1})
+    healing = Scenario(
+        root, "healing-repo", "cnn_keras.py", {"dataset": "mnist5k", "target": 0.5, "max_attempts": 1}
+    )
     model = healing.work / "model.py"
     model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
     datasets.ensure_dataset("mnist5k")
@@ -132,21 +138,35 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     model.write_text(apply_hparams(model.read_text(), MEDIUM_TRAINING))
     crashing = Scenario(root, "crash-repo", "linear_sklearn.py", {"dataset": "digits"})
     shutil.copyfile(FIXTURES / "crashes_in_training.py", crashing.work / "model.py")
-    exhausted = Scenario(root, "exhausted-repo", "knn_sklearn.py",
-                         {"dataset": "digits", "target": 0.999, "max_attempts": 5, "patience": 10})
+    exhausted = Scenario(
+        root,
+        "exhausted-repo",
+        "knn_sklearn.py",
+        {"dataset": "digits", "target": 0.999, "max_attempts": 5, "patience": 10},
+    )
     (exhausted.work / "model.py").write_text(KNN_ONE_KNOB)
     # Three unpadded poolings take 8x8 digits to 1x1; the default strategy's first jump adds a fourth.
-    unbuildable = Scenario(root, "unbuildable-repo", "cnn_keras.py",
-                           {"dataset": "digits", "target": 0.999, "max_attempts": 3})
+    unbuildable = Scenario(
+        root, "unbuildable-repo", "cnn_keras.py", {"dataset": "digits", "target": 0.999, "max_attempts": 3}
+    )
     (unbuildable.work / "model.py").write_text(
-        apply_hparams((FIXTURES / "cnn_valid_pooling.py").read_text(), {"conv_blocks": 3}))
+        apply_hparams((FIXTURES / "cnn_valid_pooling.py").read_text(), {"conv_blocks": 3})
+    )
 
     smtp_port = free_port()
     sink = MailSink(root / "mail", port=smtp_port)
-    airflow = EmbeddedAirflow(home=root / "airflow", data_dir=data_dir, repo_url=str(watched.bare),
-                              smtp_port=smtp_port, port=free_port(), watch_interval_minutes=1,
-                              extra_env={"PUSHTRAIN_HEALTH_INTERVAL_SECONDS": str(HEALTH_INTERVAL_S),
-                                         "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS": str(TRAINING_TIMEOUT_S)})
+    airflow = EmbeddedAirflow(
+        home=root / "airflow",
+        data_dir=data_dir,
+        repo_url=str(watched.bare),
+        smtp_port=smtp_port,
+        port=free_port(),
+        watch_interval_minutes=1,
+        extra_env={
+            "PUSHTRAIN_HEALTH_INTERVAL_SECONDS": str(HEALTH_INTERVAL_S),
+            "PUSHTRAIN_TRAINING_TIMEOUT_SECONDS": str(TRAINING_TIMEOUT_S),
+        },
+    )
     with sink:
         airflow.start(root / "standalone.log")
         try:
@@ -156,20 +176,53 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
             history = make_backdated_history(watched)
             watched.push("Weak CNN")
             # Replays the minutes in which the two backdated commits were the branch head.
-            backfill = ("backfill", "create", "--dag-id", "train_on_push", "--from-date",
-                        history["from"].isoformat(), "--to-date", history["to"].isoformat())
+            backfill = (
+                "backfill",
+                "create",
+                "--dag-id",
+                "train_on_push",
+                "--from-date",
+                history["from"].isoformat(),
+                "--to-date",
+                history["to"].isoformat(),
+            )
             # Right after start-up the CLI has been seen to fail once; a real failure repeats and is raised.
-            if not wait_until(lambda: airflow.airflow(*backfill, check=False).returncode == 0, 60,
-                              "backfill create", poll=5.0, raise_on_timeout=False):
+            if not wait_until(
+                lambda: airflow.airflow(*backfill, check=False).returncode == 0,
+                60,
+                "backfill create",
+                poll=5.0,
+                raise_on_timeout=False,
+            ):
                 airflow.airflow(*backfill)
             # Scenarios that inject a fault at a moment of their training start in their own test instead.
-            for scenario, conf in ((knn, {}), (unreachable, {"target": 0.999, "max_attempts": 3}), (unknown, {}),
-                                   (crashing, {}), (exhausted, {}), (unbuildable, {})):
+            for scenario, conf in (
+                (knn, {}),
+                (unreachable, {"target": 0.999, "max_attempts": 3}),
+                (unknown, {}),
+                (crashing, {}),
+                (exhausted, {}),
+                (unbuildable, {}),
+            ):
                 trigger(airflow, scenario, conf)
-            yield {"history": history, "airflow": airflow, "sink": sink, "root": root, "data_dir": data_dir, "watched": watched,
-                   "knn": knn, "unreachable": unreachable, "unknown": unknown, "healing": healing,
-                   "stopped": stopped, "timed_out": timed_out, "adopted": adopted, "crashing": crashing,
-                   "exhausted": exhausted, "unbuildable": unbuildable}
+            yield {
+                "history": history,
+                "airflow": airflow,
+                "sink": sink,
+                "root": root,
+                "data_dir": data_dir,
+                "watched": watched,
+                "knn": knn,
+                "unreachable": unreachable,
+                "unknown": unknown,
+                "healing": healing,
+                "stopped": stopped,
+                "timed_out": timed_out,
+                "adopted": adopted,
+                "crashing": crashing,
+                "exhausted": exhausted,
+                "unbuildable": unbuildable,
+            }
         finally:
             airflow.stop()
 
@@ -177,18 +230,27 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
 def trigger(airflow: EmbeddedAirflow, scenario: Scenario, conf: dict | None = None) -> None:
     """Push the scenario's repo and trigger train_on_push for it by hand (its head, with these Params)."""
     scenario.push(f"{scenario.name} model")
-    airflow.airflow("dags", "trigger", "train_on_push", "--conf",
-                    json.dumps({"repo_url": str(scenario.bare), "commit": "main", **(conf or {})}))
+    airflow.airflow(
+        "dags",
+        "trigger",
+        "train_on_push",
+        "--conf",
+        json.dumps({"repo_url": str(scenario.bare), "commit": "main", **(conf or {})}),
+    )
 
 
 def make_backdated_history(watched: Scenario) -> dict:
     """Two commits of a fast KNN model made 9.5 and 8.5 minutes ago, under the CNN commit pushed now."""
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     first_interval = minute - timedelta(minutes=10)
-    cnn_model, cnn_config = (watched.work / "model.py").read_text(), (watched.work / "pushtrain.toml").read_text()
+    cnn_model, cnn_config = (
+        (watched.work / "model.py").read_text(),
+        (watched.work / "pushtrain.toml").read_text(),
+    )
     shutil.copyfile(TEMPLATES / "knn_sklearn.py", watched.work / "model.py")
     (watched.work / "pushtrain.toml").write_text(
-        '[pushtrain]\ndataset = "digits"\ntarget = 0.05\nmax_attempts = 1\nmodel_name = "watched-history"\n')
+        '[pushtrain]\ndataset = "digits"\ntarget = 0.05\nmax_attempts = 1\nmodel_name = "watched-history"\n'
+    )
     shas = []
     for n in (0, 1):
         with (watched.work / "CHANGES.md").open("a") as changes:
@@ -244,8 +306,11 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     if len(records) >= 3:
         assert any(r.warm_start_from for r in records), [r.hparams for r in records]
 
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], watched.commit) if "target met" in m["subject"]],
-                       60, "the success mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], watched.commit) if "target met" in m["subject"]],
+        60,
+        "the success mail",
+    )
     assert len(mails) == 1
     text = body(mails[0])
     assert mails[0]["to"] == "dana@example.com"
@@ -254,8 +319,12 @@ def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
     assert str(production.path) in text
     assert "+    &quot;epochs&quot;" in text  # the winning diff
 
-    branch = subprocess.run(["git", "-C", str(watched.bare), "branch", "--list", f"pushtrain/{watched.commit[:8]}"],
-                            capture_output=True, text=True, check=True).stdout
+    branch = subprocess.run(
+        ["git", "-C", str(watched.bare), "branch", "--list", f"pushtrain/{watched.commit[:8]}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert branch.strip() == f"pushtrain/{watched.commit[:8]}"
     assert not pipeline.workspace_dir(summary.pipeline_id).exists()
     assert not list(pipeline.pipeline_dir(summary.pipeline_id).glob("attempt-*/output/checkpoints"))
@@ -283,8 +352,11 @@ def test_unreachable_target_stops_after_exactly_max_attempts_with_leaderboard(e2
     assert doubled.hparams == {**jump.hparams, "epochs": 2 * jump.hparams["epochs"]}
     assert doubled.warm_start_from == 2 and doubled.warm_start_epochs == jump.hparams["epochs"]
     assert doubled.training_metrics.epochs_run == doubled.hparams["epochs"]
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unreachable.commit) if "not met" in m["subject"]],
-                       60, "the budget-spent mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], unreachable.commit) if "not met" in m["subject"]],
+        60,
+        "the budget-spent mail",
+    )
     assert len(mails) == 1
     text = body(mails[0])
     assert "budget spent" in text and "Leaderboard" in text
@@ -308,8 +380,11 @@ def test_a_strategy_with_nothing_left_to_try_ends_the_loop_normally_with_a_mail(
         state = task_instance(e2e["airflow"], "tweak_and_retrain", run_id, task_id)
         assert (state["state"], state["try_number"]) == ("success", 1), (task_id, state)
     assert task_instance(e2e["airflow"], "tweak_and_retrain", run_id, "train_knn")["state"] == "skipped"
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], exhausted.commit) if "not met" in m["subject"]],
-                       60, "the budget-spent mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], exhausted.commit) if "not met" in m["subject"]],
+        60,
+        "the budget-spent mail",
+    )
     assert len(mails) == 1
     assert "exhausted" in body(mails[0]) and body(mails[0]).count("<tr><td>") == 2
     assert not [m for m in mails_about(e2e["sink"], exhausted.commit) if "failed" in m["subject"]]
@@ -327,11 +402,15 @@ def test_an_unbuildable_tweak_is_a_failed_attempt_and_the_loop_goes_on(e2e):
     assert failed.reason.startswith("the model could not be built: ") and len(failed.reason) > 40
     # The loop went on from the best attempt with another move, never the failed one again.
     assert records[2].based_on_attempt == 1 and records[2].hparams != failed.hparams
-    state = task_instance(e2e["airflow"], "tweak_and_retrain", pipeline.trigger_run_id(summary.pipeline_id, 2),
-                          "train_cnn")
+    state = task_instance(
+        e2e["airflow"], "tweak_and_retrain", pipeline.trigger_run_id(summary.pipeline_id, 2), "train_cnn"
+    )
     assert state["state"] == "success"  # a failed attempt, not a failed task
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unbuildable.commit) if "not met" in m["subject"]],
-                       60, "the budget-spent mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], unbuildable.commit) if "not met" in m["subject"]],
+        60,
+        "the budget-spent mail",
+    )
     text = body(mails[0])
     assert text.count("<tr><td>") == 3 and "failed: the model could not be built" in text
     assert not [m for m in mails_about(e2e["sink"], unbuildable.commit) if "failed" in m["subject"]]
@@ -341,8 +420,11 @@ def test_unknown_kind_fails_with_a_clear_message_and_a_mail(e2e):
     unknown = e2e["unknown"]
     summary = wait_for_pipeline(unknown.commit, PIPELINE_TIMEOUT, report=lambda _: None)
     assert summary.outcome == "failed"
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], unknown.commit) if "failed" in m["subject"]],
-                       60, "the failure mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], unknown.commit) if "failed" in m["subject"]],
+        60,
+        "the failure mail",
+    )
     assert "detect_kind" in mails[0]["subject"]
     text = body(mails[0])
     assert "no" in text.lower() and "kind" in text
@@ -365,7 +447,9 @@ def test_two_quick_pushes_are_each_trained_exactly_once(e2e):
     watched = e2e["watched"]
     repo_url = str(watched.bare)
     wait_until(lambda: ledger.is_taken(repo_url, watched.commit), PIPELINE_TIMEOUT, "the first push's claim")
-    (watched.work / "pushtrain.toml").write_text('[pushtrain]\ndataset = "digits"\ntarget = 0.05\nmax_attempts = 1\n')
+    (watched.work / "pushtrain.toml").write_text(
+        '[pushtrain]\ndataset = "digits"\ntarget = 0.05\nmax_attempts = 1\n'
+    )
     first = watched.push("Quick push 1")
     wait_until(lambda: ledger.is_taken(repo_url, first), PIPELINE_TIMEOUT, "the claim of quick push 1")
     second = watched.push("Quick push 2")  # arrives while the first one trains: it queues
@@ -421,14 +505,20 @@ def container_exists(docker, name: str) -> bool:
 
 def task_instance(airflow: EmbeddedAirflow, dag_id: str, run_id: str, task_id: str, **patch) -> dict:
     token_request = urllib.request.Request(
-        f"{airflow.url}/auth/token", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"username": "admin", "password": airflow.admin_password()}).encode())
+        f"{airflow.url}/auth/token",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"username": "admin", "password": airflow.admin_password()}).encode(),
+    )
     with urllib.request.urlopen(token_request, timeout=30) as response:
         token = json.load(response)["access_token"]
     url = f"{airflow.url}/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}"
-    request = urllib.request.Request(url, method="PATCH" if patch else "GET",
-                                     data=json.dumps(patch).encode() if patch else None,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method="PATCH" if patch else "GET",
+        data=json.dumps(patch).encode() if patch else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -437,16 +527,24 @@ def holder_parts(lease: dict) -> dict:
     """The task holding a lease: ``<dag_id>/<run_id>/<task_id>/try-<n>/pid-<pid>`` (run ids may hold '/')."""
     head, task_id, attempt_try, pid = lease["holder"].rsplit("/", 3)
     dag_id, run_id = head.split("/", 1)
-    return {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "try": attempt_try,
-            "pid": int(pid.removeprefix("pid-"))}
+    return {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "task_id": task_id,
+        "try": attempt_try,
+        "pid": int(pid.removeprefix("pid-")),
+    }
 
 
 def test_marking_the_task_failed_removes_a_sigterm_trapping_container_within_15s(e2e, docker):
     stopped = e2e["stopped"]
     trigger(e2e["airflow"], stopped)
     first_epoch = f"epoch 1/{LONG_TRAINING['epochs']} "
-    lease = wait_until(lambda: progress_reached(stopped, first_epoch) and lease_of(stopped), PIPELINE_TIMEOUT,
-                       "the long training to start")
+    lease = wait_until(
+        lambda: progress_reached(stopped, first_epoch) and lease_of(stopped),
+        PIPELINE_TIMEOUT,
+        "the long training to start",
+    )
     task = holder_parts(lease)
     name = lease["container"]
     task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"], new_state="failed")
@@ -462,13 +560,21 @@ def test_marking_the_task_failed_removes_a_sigterm_trapping_container_within_15s
 def test_execution_timeout_removes_the_container_within_15s_and_fails_without_retry(e2e, docker):
     timed_out = e2e["timed_out"]
     trigger(e2e["airflow"], timed_out)
-    lease = wait_until(lambda: lease_of(timed_out), PIPELINE_TIMEOUT + TRAINING_TIMEOUT_S, "the long training")
+    lease = wait_until(
+        lambda: lease_of(timed_out), PIPELINE_TIMEOUT + TRAINING_TIMEOUT_S, "the long training"
+    )
     task, name = holder_parts(lease), lease["container"]
     wait_until(lambda: not container_exists(docker, name), TRAINING_TIMEOUT_S + 60, f"{name} to be removed")
     gone = datetime.now(UTC)
-    state = wait_until(lambda: (ti := task_instance(e2e["airflow"], task["dag_id"], task["run_id"],
-                                                     task["task_id"]))["state"] == "failed" and ti,
-                       60, "the timed-out task to fail")
+    state = wait_until(
+        lambda: (
+            (ti := task_instance(e2e["airflow"], task["dag_id"], task["run_id"], task["task_id"]))["state"]
+            == "failed"
+            and ti
+        ),
+        60,
+        "the timed-out task to fail",
+    )
     started = datetime.fromisoformat(state["start_date"].replace("Z", "+00:00"))
     assert (gone - started).total_seconds() <= TRAINING_TIMEOUT_S + 15 + 3  # 3 s of polling slack
     assert state["try_number"] == 1  # a timeout is not retried
@@ -479,8 +585,12 @@ def test_execution_timeout_removes_the_container_within_15s_and_fails_without_re
 def test_killed_task_process_is_retried_and_adopts_or_reuses_its_container(e2e, docker):
     adopted = e2e["adopted"]
     trigger(e2e["airflow"], adopted)
-    lease = wait_until(lambda: progress_reached(adopted, "epoch 2/12 ") and lease_of(adopted), PIPELINE_TIMEOUT,
-                       "epoch 2 of the adoption scenario", poll=0.2)
+    lease = wait_until(
+        lambda: progress_reached(adopted, "epoch 2/12 ") and lease_of(adopted),
+        PIPELINE_TIMEOUT,
+        "epoch 2 of the adoption scenario",
+        poll=0.2,
+    )
     task = holder_parts(lease)
     os.kill(task["pid"], signal.SIGKILL)
     summary = wait_for_pipeline(adopted.commit, PIPELINE_TIMEOUT, report=lambda _: None)
@@ -501,8 +611,11 @@ def test_deterministic_crash_is_restarted_within_budget_then_fails_and_mails(e2e
     assert restarts["crashes"] == 2 and "crash budget" in restarts["gave_up"]
     error = json.loads((attempt / "output" / contract.ERROR_FILE).read_text())  # logs kept
     assert "RuntimeError: simulated crash in epoch 3" in error["message"]
-    mails = wait_until(lambda: [m for m in mails_about(e2e["sink"], crashing.commit) if "failed" in m["subject"]],
-                       60, "the failure mail")
+    mails = wait_until(
+        lambda: [m for m in mails_about(e2e["sink"], crashing.commit) if "failed" in m["subject"]],
+        60,
+        "the failure mail",
+    )
     assert "train_linear" in mails[0]["subject"]
     assert "simulated crash in epoch 3" in body(mails[0])
 

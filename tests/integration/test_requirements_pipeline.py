@@ -27,7 +27,9 @@ def prepared_attempt(root: Path, with_requirements: bool) -> dict:
     sha = commit_and_push(work, "a model that prints its knobs with tabulate")
     found = {"repo_url": str(bare), "branch": "main", "commit": sha, "superseded": []}
     params = {"target": None, "max_attempts": None, "kind": None, "strategy": None}
-    checked_out = steps.checkout_commit(found, params, f"manual__{root.name}", gitops.GitRemote(url=str(bare)))
+    checked_out = steps.checkout_commit(
+        found, params, f"manual__{root.name}", gitops.GitRemote(url=str(bare))
+    )
     steps.detect_model_kind(checked_out["pipeline_id"])
     return steps.prepare_first_attempt(checked_out["pipeline_id"])
 
@@ -38,8 +40,11 @@ def train(prepared: dict) -> dict:
     return operator.execute({"ti": TaskInstance({"prepare_attempt": prepared}, "train_knn")})
 
 
-def test_an_attempt_trains_in_the_image_with_the_declared_packages(training_images, data_dir,  # noqa: F811
-                                                                   tmp_path):
+def test_an_attempt_trains_in_the_image_with_the_declared_packages(
+    training_images,
+    data_dir,  # noqa: F811
+    tmp_path,
+):
     prepared = prepared_attempt(tmp_path / "declared", with_requirements=True)
 
     run = pipeline.Pipeline.load(prepared["pipeline_id"])
@@ -52,8 +57,11 @@ def test_an_attempt_trains_in_the_image_with_the_declared_packages(training_imag
     assert trained["image_id"] == run.training_image["image_id"]
 
 
-def test_an_undeclared_package_fails_the_attempt_at_once_naming_it(training_images, data_dir,  # noqa: F811
-                                                                  tmp_path):
+def test_an_undeclared_package_fails_the_attempt_at_once_naming_it(
+    training_images,
+    data_dir,  # noqa: F811
+    tmp_path,
+):
     prepared = prepared_attempt(tmp_path / "undeclared", with_requirements=False)
 
     assert pipeline.Pipeline.load(prepared["pipeline_id"]).training_image == {}

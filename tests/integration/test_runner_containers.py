@@ -36,8 +36,9 @@ def test_image_labels_and_user(training_images, docker):
         assert config["Entrypoint"][-2:] == ["-m", "pushtrain.runner"]
 
 
-def test_keras_attempt_on_digits_meets_the_templates_stated_figure(training_images, digits, templates_dir,
-                                                                   tmp_path):
+def test_keras_attempt_on_digits_meets_the_templates_stated_figure(
+    training_images, digits, templates_dir, tmp_path
+):
     result = train(templates_dir / "cnn_keras.py", digits.train_dir, tmp_path / "a1", hparams=STRONG_CNN)
     assert result.succeeded, result.summary()
     metrics = contract.read_metrics(tmp_path / "a1")
@@ -63,15 +64,23 @@ def test_weak_cnn_template_is_weak(training_images, digits, templates_dir, tmp_p
 @pytest.mark.parametrize(
     ("template", "kind", "strong", "strong_floor", "weak_ceiling"),
     [
-        ("linear_sklearn.py", "linear", {"epochs": 30, "alpha": 1e-4, "eta0": 0.05, "average": True}, 0.93, 0.93),
+        (
+            "linear_sklearn.py",
+            "linear",
+            {"epochs": 30, "alpha": 1e-4, "eta0": 0.05, "average": True},
+            0.93,
+            0.93,
+        ),
         ("knn_sklearn.py", "knn", {"n_neighbors": 3, "weights": "distance", "p": 2}, 0.97, 0.93),
     ],
 )
-def test_sklearn_templates_meet_their_stated_figures(training_images, digits, templates_dir, tmp_path,
-                                                     template, kind, strong, strong_floor, weak_ceiling):
+def test_sklearn_templates_meet_their_stated_figures(
+    training_images, digits, templates_dir, tmp_path, template, kind, strong, strong_floor, weak_ceiling
+):
     weak = train(templates_dir / template, digits.train_dir, tmp_path / "weak", kind=kind)
-    strong_run = train(templates_dir / template, digits.train_dir, tmp_path / "strong", kind=kind,
-                       hparams=strong)
+    strong_run = train(
+        templates_dir / template, digits.train_dir, tmp_path / "strong", kind=kind, hparams=strong
+    )
     assert weak.succeeded and strong_run.succeeded, (weak.summary(), strong_run.summary())
     assert weak.metrics["kind"] == kind
     assert weak.metrics["accuracy"] < weak_ceiling
@@ -81,8 +90,18 @@ def test_sklearn_templates_meet_their_stated_figures(training_images, digits, te
 
 
 def _spec(name: str, model: Path, data: Path, out: Path, hparams: dict, kind: str) -> ContainerSpec:
-    return container_spec(LOCAL, name=name, run_key=name, kind=kind, code_dir=model.parent, entry=model.name,
-                          data_dir=data, output_dir=out, state_dir=out, hparams=hparams)
+    return container_spec(
+        LOCAL,
+        name=name,
+        run_key=name,
+        kind=kind,
+        code_dir=model.parent,
+        entry=model.name,
+        data_dir=data,
+        output_dir=out,
+        state_dir=out,
+        hparams=hparams,
+    )
 
 
 def _wait_for_line(name: str, pattern: str, timeout: float = 240) -> str:
@@ -100,8 +119,9 @@ def _wait_exit(docker, name: str, timeout: float = 300) -> int:
     return int(docker.wait(name, timeout=timeout)["StatusCode"])
 
 
-def test_killed_container_resumes_from_last_completed_epoch(training_images, docker, mnist5k, templates_dir,
-                                                            tmp_path):
+def test_killed_container_resumes_from_last_completed_epoch(
+    training_images, docker, mnist5k, templates_dir, tmp_path
+):
     name = "pushtrain-test-resume"
     out = tmp_path / "resume"
     prepare_output_dir(out)
@@ -144,7 +164,9 @@ def test_sigterm_during_training_exits_non_zero(training_images, docker, mnist5k
     name = "pushtrain-test-sigterm"
     out = tmp_path / "sigterm"
     prepare_output_dir(out)
-    spec = _spec(name, templates_dir / "cnn_keras.py", mnist5k.train_dir, out, {"epochs": 20, "filters": 8}, "cnn")
+    spec = _spec(
+        name, templates_dir / "cnn_keras.py", mnist5k.train_dir, out, {"epochs": 20, "filters": 8}, "cnn"
+    )
     container_id, _ = start_or_adopt(docker, spec, Sandbox())
     try:
         _wait_for_line(name, r"epoch 1/20 ")
@@ -160,23 +182,49 @@ def test_sigterm_during_training_exits_non_zero(training_images, docker, mnist5k
 @pytest.mark.parametrize(
     ("fixture", "kind", "category", "expected", "fix"),
     [
-        ("syntax_error.py", "knn", "syntax", r"^syntax_error\.py, line 4: SyntaxError: .*\n.*\n {27}\^$",
-         "fix the syntax error in syntax_error.py at line 4"),
-        ("missing_module.py", "knn", "import", r"missing_module\.py, line 2: ModuleNotFoundError: No module named "
-         r"'xgboost'", "add `xgboost` to requirements.txt next to your model file (missing_module.py)"),
-        ("missing_name.py", "knn", "import", r"cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'",
-         "`sklearn.neighbors` (scikit-learn "),
-        ("builder_raises.py", "knn", "build",
-         r"builder_raises\.py, line 6: KeyError: 'n_neigbors' \(while calling build_estimator\(\)\)",
-         "fix the error below (raised while calling build_estimator())"),
+        (
+            "syntax_error.py",
+            "knn",
+            "syntax",
+            r"^syntax_error\.py, line 4: SyntaxError: .*\n.*\n {27}\^$",
+            "fix the syntax error in syntax_error.py at line 4",
+        ),
+        (
+            "missing_module.py",
+            "knn",
+            "import",
+            r"missing_module\.py, line 2: ModuleNotFoundError: No module named "
+            r"'xgboost'",
+            "add `xgboost` to requirements.txt next to your model file (missing_module.py)",
+        ),
+        (
+            "missing_name.py",
+            "knn",
+            "import",
+            r"cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'",
+            "`sklearn.neighbors` (scikit-learn ",
+        ),
+        (
+            "builder_raises.py",
+            "knn",
+            "build",
+            r"builder_raises\.py, line 6: KeyError: 'n_neigbors' \(while calling build_estimator\(\)\)",
+            "fix the error below (raised while calling build_estimator())",
+        ),
         ("no_builder.py", "knn", "contract", r"defines no function build_estimator\(\)", None),
-        ("crashes_in_training.py", "linear", "runtime",
-         r"crashes_in_training\.py, line 15: RuntimeError: simulated crash in epoch 3 \(while training "
-         r"\(partial_fit\)\)", None),
+        (
+            "crashes_in_training.py",
+            "linear",
+            "runtime",
+            r"crashes_in_training\.py, line 15: RuntimeError: simulated crash in epoch 3 \(while training "
+            r"\(partial_fit\)\)",
+            None,
+        ),
     ],
 )
-def test_user_code_errors_say_what_to_do_and_whether_a_restart_can_help(training_images, digits, tmp_path,
-                                                                         fixture, kind, category, expected, fix):
+def test_user_code_errors_say_what_to_do_and_whether_a_restart_can_help(
+    training_images, digits, tmp_path, fixture, kind, category, expected, fix
+):
     result = train(FIXTURES / fixture, digits.train_dir, tmp_path / "err", kind=kind)
     assert not result.succeeded
     summary = result.summary()
@@ -193,8 +241,9 @@ def test_user_code_errors_say_what_to_do_and_whether_a_restart_can_help(training
 
 def test_sandbox_seen_from_inside(training_images, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__CORE__FERNET_KEY", "must-not-leak")
-    result = train(FIXTURES / "sandbox_probe.py", digits.train_dir, tmp_path / "probe", kind="knn",
-                   memory="512m")
+    result = train(
+        FIXTURES / "sandbox_probe.py", digits.train_dir, tmp_path / "probe", kind="knn", memory="512m"
+    )
     assert result.succeeded, result.summary()
     line = next(line for line in result.lines if line.startswith("SANDBOX-PROBE "))
     report = json.loads(line.removeprefix("SANDBOX-PROBE "))
@@ -217,10 +266,13 @@ def test_memory_limit_is_enforced_and_reported_as_oom(training_images, digits, t
     assert "256m" in result.summary()["reason"]
 
 
-def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(training_images, digits,
-                                                                               templates_dir, tmp_path):
+def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(
+    training_images, digits, templates_dir, tmp_path
+):
     out = tmp_path / "after-fit"
-    first = train(templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit")
+    first = train(
+        templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit"
+    )
     assert first.succeeded, first.summary()
     # The state on disk after a kill between fit's last epoch and the writing of the outputs: the final
     # checkpoint is there, the saved model and metrics.json are not.
@@ -228,7 +280,9 @@ def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(
     shutil.rmtree(out / contract.MODEL_DIR)
     progress_lines = (out / contract.PROGRESS_FILE).read_text().count("] epoch ")
 
-    again = train(templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit")
+    again = train(
+        templates_dir / "cnn_keras.py", digits.train_dir, out, hparams={"epochs": 3}, name="after-fit"
+    )
     assert again.succeeded, again.summary()
     assert "[pushtrain] resuming from checkpoint at epoch 3/3" in again.lines
     assert not any(re.search(r"\] epoch \d+/3 ", line) for line in again.lines)  # nothing retrained
@@ -243,36 +297,50 @@ def test_kill_after_fit_before_outputs_does_not_retrain_and_writes_outputs_once(
     ("template", "kind", "short", "longer", "artifact"),
     [
         ("cnn_keras.py", "cnn", {**STRONG_CNN, "epochs": 3}, {**STRONG_CNN, "epochs": 6}, "model.keras"),
-        ("linear_sklearn.py", "linear", {"epochs": 3, "alpha": 1e-4, "eta0": 0.05, "average": True},
-         {"epochs": 8, "alpha": 1e-4, "eta0": 0.05, "average": True}, "model.joblib"),
+        (
+            "linear_sklearn.py",
+            "linear",
+            {"epochs": 3, "alpha": 1e-4, "eta0": 0.05, "average": True},
+            {"epochs": 8, "alpha": 1e-4, "eta0": 0.05, "average": True},
+            "model.joblib",
+        ),
     ],
 )
-def test_warm_start_continues_an_attempt_that_differs_only_in_epochs(training_images, digits, templates_dir,
-                                                                     tmp_path, template, kind, short, longer,
-                                                                     artifact):
+def test_warm_start_continues_an_attempt_that_differs_only_in_epochs(
+    training_images, digits, templates_dir, tmp_path, template, kind, short, longer, artifact
+):
     model = templates_dir / template
     first = train(model, digits.train_dir, tmp_path / "a1", kind=kind, hparams=short)
     assert first.succeeded, first.summary()
-    continued = train(model, digits.train_dir, tmp_path / "a2", kind=kind, hparams=longer,
-                      warm_start=tmp_path / "a1")
+    continued = train(
+        model, digits.train_dir, tmp_path / "a2", kind=kind, hparams=longer, warm_start=tmp_path / "a1"
+    )
     assert continued.succeeded, continued.summary()
     metrics = contract.read_metrics(tmp_path / "a2")
     assert metrics["warm_start_epochs"] == short["epochs"]
     assert metrics["epochs_run"] == longer["epochs"]
     # Only the new epochs were trained here; the history still tells the whole model's story.
     assert [record["epoch"] for record in metrics["history"]] == list(range(1, longer["epochs"] + 1))
-    new_epoch_seconds = sum(record["seconds"] for record in metrics["history"][short["epochs"]:])
+    new_epoch_seconds = sum(record["seconds"] for record in metrics["history"][short["epochs"] :])
     assert metrics["train_seconds"] == pytest.approx(new_epoch_seconds, abs=0.05)
     assert any("warm start: continuing the" in line for line in continued.lines)
     assert (tmp_path / "a1" / "model" / artifact).exists()  # the earlier attempt's model is left alone
 
 
-def test_warm_start_is_refused_when_more_than_epochs_changed(training_images, digits, templates_dir, tmp_path):
+def test_warm_start_is_refused_when_more_than_epochs_changed(
+    training_images, digits, templates_dir, tmp_path
+):
     model = templates_dir / "linear_sklearn.py"
     base = {"epochs": 3, "alpha": 1e-4, "eta0": 0.05, "average": True}
     assert train(model, digits.train_dir, tmp_path / "a1", kind="linear", hparams=base).succeeded
-    other = train(model, digits.train_dir, tmp_path / "a2", kind="linear",
-                  hparams={**base, "epochs": 6, "alpha": 1e-3}, warm_start=tmp_path / "a1")
+    other = train(
+        model,
+        digits.train_dir,
+        tmp_path / "a2",
+        kind="linear",
+        hparams={**base, "epochs": 6, "alpha": 1e-3},
+        warm_start=tmp_path / "a1",
+    )
     assert other.succeeded, other.summary()
     metrics = contract.read_metrics(tmp_path / "a2")
     assert metrics["warm_start_epochs"] == 0 and len(metrics["history"]) == 6

@@ -41,8 +41,14 @@ def served(digits, docker, tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("PUSHTRAIN_DATA_DIR", str(data))
     patch.setenv("PUSHTRAIN_SERVING_FIRST_PORT", "18501")
-    result = localrun.train(model=TEMPLATE, data=digits.train_dir, out=root / "attempt", hparams=STRONG_KNN,
-                            kind="knn", name=f"pushtrain-test-serving-{root.name}")
+    result = localrun.train(
+        model=TEMPLATE,
+        data=digits.train_dir,
+        out=root / "attempt",
+        hparams=STRONG_KNN,
+        kind="knn",
+        name=f"pushtrain-test-serving-{root.name}",
+    )
     assert result.succeeded, result.summary()
     registry = ModelRegistry(data / "registry")
     artifact = root / "attempt" / contract.MODEL_DIR
@@ -50,8 +56,14 @@ def served(digits, docker, tmp_path_factory):
     registry.promote_if_not_worse(MODEL, first)
     deployed = serving.deploy(MODEL, by="user:test")
     try:
-        yield {"registry": registry, "artifact": artifact, "root": root, "deployed": deployed,
-               "port": serving.endpoint(MODEL).port, "digits": digits}
+        yield {
+            "registry": registry,
+            "artifact": artifact,
+            "root": root,
+            "deployed": deployed,
+            "port": serving.endpoint(MODEL).port,
+            "digits": digits,
+        }
     finally:
         serving.undeploy(MODEL, docker)
         patch.undo()
@@ -89,8 +101,12 @@ def test_the_champion_is_served_and_answers_every_payload_form(served) -> None:
         "instances of b64 objects": {"instances": [{"b64": png_of(path)} for path, _ in examples]},
         "inputs": {"inputs": grids},
         "named inputs": {"inputs": {"image": grids}},
-        "dataframe_split": {"dataframe_split": {"columns": [f"p{i}" for i in range(64)],
-                                                "data": [np.ravel(g).tolist() for g in grids]}},
+        "dataframe_split": {
+            "dataframe_split": {
+                "columns": [f"p{i}" for i in range(64)],
+                "data": [np.ravel(g).tolist() for g in grids],
+            }
+        },
     }
     for form, body in forms.items():
         status, answer = serving.request(port, "POST", "/invocations", body)
@@ -103,8 +119,9 @@ def test_the_champion_is_served_and_answers_every_payload_form(served) -> None:
     with Image.open(examples[0][0]) as image:
         buffer = io.BytesIO()
         image.convert("RGB").resize((64, 64)).save(buffer, format="JPEG", quality=95)
-    status, answer = serving.request(port, "POST", "/invocations",
-                                     {"instances": [base64.b64encode(buffer.getvalue()).decode()]})
+    status, answer = serving.request(
+        port, "POST", "/invocations", {"instances": [base64.b64encode(buffer.getvalue()).decode()]}
+    )
     assert status == 200 and answer["predictions"] == [examples[0][1]]
 
 
@@ -115,29 +132,55 @@ def raw_exchange(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict]:
         while b"\r\n\r\n" not in received:
             received += connection.recv(65536)
         header, _, rest = received.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in header.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in header.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         while len(rest) < length:
             rest += connection.recv(65536)
     return int(header.split()[1]), json.loads(rest[:length])
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    ({"instances": [[0.5] * 63]}, 400, "has shape [63]; this model takes [8, 8, 1] or [8, 8] or [64]"),
-    ({"instances": [["a"] * 64]}, 400, "non-numbers"),
-    ({"instances": [[True] * 64]}, 400, "booleans"),
-    ({"instances": [[255.0] * 64]}, 400, "pixels outside [0, 1]"),
-    ({"instances": [[[0.1, 0.2], [0.3]]]}, 400, "not a rectangular array"),
-    ({"instances": [base64.b64encode(b"just some text, not a picture").decode()]}, 400, "not a readable PNG"),
-    ({"instances": ["%%% not base64 %%%"]}, 400, "not base64"),
-    ({"instances": []}, 400, "holds no inputs"),
-    ({"instances": [[0.5] * 64] * 257}, 413, "the limit is 256"),
-    ({"instances": [[0.5] * 64], "inputs": [[0.5] * 64]}, 400, "send exactly one of"),
-    ({"rows": [[0.5] * 64]}, 400, "send exactly one of"),
-    ([[0.5] * 64], 400, "must be a JSON object"),
-    ({"dataframe_split": {"columns": ["a"]}}, 400, "dataframe_split must be"),
-], ids=["wrong-shape", "strings", "booleans", "0-255-pixels", "ragged", "non-image", "not-base64", "empty",
-        "batch-over-limit", "two-keys", "no-key", "a-list", "split-without-data"])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"instances": [[0.5] * 63]}, 400, "has shape [63]; this model takes [8, 8, 1] or [8, 8] or [64]"),
+        ({"instances": [["a"] * 64]}, 400, "non-numbers"),
+        ({"instances": [[True] * 64]}, 400, "booleans"),
+        ({"instances": [[255.0] * 64]}, 400, "pixels outside [0, 1]"),
+        ({"instances": [[[0.1, 0.2], [0.3]]]}, 400, "not a rectangular array"),
+        (
+            {"instances": [base64.b64encode(b"just some text, not a picture").decode()]},
+            400,
+            "not a readable PNG",
+        ),
+        ({"instances": ["%%% not base64 %%%"]}, 400, "not base64"),
+        ({"instances": []}, 400, "holds no inputs"),
+        ({"instances": [[0.5] * 64] * 257}, 413, "the limit is 256"),
+        ({"instances": [[0.5] * 64], "inputs": [[0.5] * 64]}, 400, "send exactly one of"),
+        ({"rows": [[0.5] * 64]}, 400, "send exactly one of"),
+        ([[0.5] * 64], 400, "must be a JSON object"),
+        ({"dataframe_split": {"columns": ["a"]}}, 400, "dataframe_split must be"),
+    ],
+    ids=[
+        "wrong-shape",
+        "strings",
+        "booleans",
+        "0-255-pixels",
+        "ragged",
+        "non-image",
+        "not-base64",
+        "empty",
+        "batch-over-limit",
+        "two-keys",
+        "no-key",
+        "a-list",
+        "split-without-data",
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_lives_on(served, body, status, message) -> None:
     for port in (served["port"], serving.upstream(MODEL)["port"]):  # the stable endpoint and the container
         answered, answer = serving.request(port, "POST", "/invocations", body)
@@ -147,16 +190,25 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_lives_on(served, b
 
 def test_transport_level_bad_requests(served) -> None:
     port = served["port"]
-    huge = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 104857600\r\n\r\n")
+    huge = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 104857600\r\n\r\n"
+    )
     for target in (port, serving.upstream(MODEL)["port"]):
         status, answer = raw_exchange(target, huge, b'{"instances": [')
         assert status == 413 and "104857600 bytes; the limit is" in answer["message"]
-    status, answer = raw_exchange(port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
-                                        b"Content-Length: 3\r\n\r\n", b"1,2")
+    status, answer = raw_exchange(
+        port,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 3\r\n\r\n",
+        b"1,2",
+    )
     assert status == 415 and "send application/json" in answer["message"]
-    status, answer = raw_exchange(port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                                        b"application/json\r\nContent-Length: 9\r\n\r\n", b"{not json")
+    status, answer = raw_exchange(
+        port,
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        b"application/json\r\nContent-Length: 9\r\n\r\n",
+        b"{not json",
+    )
     assert status == 400 and "not JSON" in answer["message"]
     assert serving.request(port, "GET", "/nowhere")[0] == 404
     assert serving.request(port, "GET", "/health")[0] == 200
@@ -199,7 +251,9 @@ def test_blue_green_switch_under_load_fails_no_request_and_a_bad_candidate_never
     served, docker
 ) -> None:
     registry, port = served["registry"], served["port"]
-    second = registry.register(MODEL, served["artifact"], {"accuracy": 0.97}, lineage(), pipeline_run_id="run-2")
+    second = registry.register(
+        MODEL, served["artifact"], {"accuracy": 0.97}, lineage(), pipeline_run_id="run-2"
+    )
     assert registry.promote_if_not_worse(MODEL, second).moved  # a tie promotes
     example, label = held_out(served["digits"], 1)[0]
     body = {"instances": [png_of(example)]}

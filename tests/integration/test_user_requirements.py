@@ -42,8 +42,19 @@ def repository(tmp_path: Path, fixture: str, requirements: str | None = None) ->
 
 
 def user_images() -> set[str]:
-    listed = subprocess.run([*images.docker_cli(), "images", "--format", "{{.Repository}}:{{.Tag}}",
-                             "--filter", "reference=pushtrain/user-*"], capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [
+            *images.docker_cli(),
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "--filter",
+            "reference=pushtrain/user-*",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(listed.stdout.split())
 
 
@@ -51,9 +62,18 @@ def train_in(docker, image: str, model_file: Path, data: Path, out: Path, kind: 
     """One training through the runner in ``image``, described and sandboxed as every local run is."""
     run_key = f"test-userreqs-{uuid.uuid4().hex[:8]}"
     prepare_output_dir(out)
-    spec = container_spec(LOCAL, name=f"pushtrain-{run_key}", run_key=run_key, kind=kind,
-                          code_dir=model_file.parent, entry=model_file.name, data_dir=data, output_dir=out,
-                          state_dir=out, image=image)
+    spec = container_spec(
+        LOCAL,
+        name=f"pushtrain-{run_key}",
+        run_key=run_key,
+        kind=kind,
+        code_dir=model_file.parent,
+        entry=model_file.name,
+        data_dir=data,
+        output_dir=out,
+        state_dir=out,
+        image=image,
+    )
     lines: list[str] = []
     outcome = run_container(docker, spec, Sandbox(), lines.append)
     return outcome, lines
@@ -84,7 +104,9 @@ def test_declared_package_gets_a_derived_image_built_once_that_trains(docker, di
     assert derived["Labels"][userreqs.DERIVED_FROM_ID_LABEL] == first.base_image_id
     assert json.loads(derived["Labels"][userreqs.USER_REQUIREMENTS_LABEL]) == first.resolved
     assert len(docker.history(first.tag)) == len(docker.history(first.base_tag)) + 1  # one layer added
-    assert not docker.containers(all=True, filters={"name": "pushtrain-build-"})  # the build container is gone
+    assert not docker.containers(
+        all=True, filters={"name": "pushtrain-build-"}
+    )  # the build container is gone
     assert first.lineage()["user_requirements"]["resolved"] == first.resolved
     assert first.lineage()["image_id"] == first.image_id
 
@@ -113,10 +135,21 @@ def test_common_companions_are_built_in(docker, digits, tmp_path, training_image
     assert outcome.succeeded, "\n".join(lines[-30:])
     assert any(line.startswith("companions: pandas 3.") and "backend agg" in line.lower() for line in lines)
     imports = subprocess.run(
-        [*images.docker_cli(), "run", "--rm", "--network", "none", "--entrypoint", userreqs.VENV_PYTHON,
-         training_images["tensorflow"], "-c",
-         "import matplotlib, pandas, PIL; print(pandas.__version__, PIL.__version__, matplotlib.get_backend())"],
-        capture_output=True, text=True)
+        [
+            *images.docker_cli(),
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            userreqs.VENV_PYTHON,
+            training_images["tensorflow"],
+            "-c",
+            "import matplotlib, pandas, PIL; print(pandas.__version__, PIL.__version__, matplotlib.get_backend())",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert imports.returncode == 0, imports.stderr
     assert imports.stdout.split()[2].lower() == "agg"
 
@@ -145,7 +178,9 @@ def test_a_package_without_a_wheel_is_refused(tmp_path):
     # docopt 0.6.2 is published as a source distribution only.
     model = repository(tmp_path, "needs_tabulate", requirements="docopt==0.6.2\n")
     before = user_images()
-    with pytest.raises(UserRequirementsError, match="docopt has no wheel for CPython 3.11 on Linux .*only a source"):
+    with pytest.raises(
+        UserRequirementsError, match="docopt has no wheel for CPython 3.11 on Linux .*only a source"
+    ):
         image_for_repository("knn", model)
     assert user_images() == before
 
@@ -153,5 +188,7 @@ def test_a_package_without_a_wheel_is_refused(tmp_path):
 def test_the_size_cap_refuses(tmp_path, monkeypatch):
     monkeypatch.setenv("PUSHTRAIN_USER_REQUIREMENTS_MAX_MB", "0.01")  # 10 kB: tabulate's wheel is bigger
     model = repository(tmp_path, "needs_tabulate")
-    with pytest.raises(UserRequirementsError, match=r"MB of wheels, over the cap of 0\.01 MB \(largest: tabulate-"):
+    with pytest.raises(
+        UserRequirementsError, match=r"MB of wheels, over the cap of 0\.01 MB \(largest: tabulate-"
+    ):
         image_for_repository("knn", model)

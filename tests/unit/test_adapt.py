@@ -69,14 +69,15 @@ def with_side_effects(text: str, marker: Path, statement: str) -> str:
         f"{line}\n"
         f"def _helper(value=({line}, 1)[1]):\n    return value\n"
         f"@(lambda function: ({line}, function)[1])\ndef _decorated():\n    pass\n"
-        f"class _Settings:\n    EFFECT = {line}\n"
-        + text
+        f"class _Settings:\n    EFFECT = {line}\n" + text
     )
 
 
 # Every corpus script, each with one of the statements in turn (all of them on every script adds little).
-CORPUS_WITH_EFFECTS = [(path.name, MARKER_STATEMENTS[position % len(MARKER_STATEMENTS)])
-                       for position, path in enumerate(sorted(SCRIPTS.glob("*.py")))]
+CORPUS_WITH_EFFECTS = [
+    (path.name, MARKER_STATEMENTS[position % len(MARKER_STATEMENTS)])
+    for position, path in enumerate(sorted(SCRIPTS.glob("*.py")))
+]
 
 
 @pytest.mark.parametrize(("script", "statement"), CORPUS_WITH_EFFECTS)
@@ -97,12 +98,16 @@ def test_adapt_and_check_never_run_the_script(tmp_path, script, statement):
 def test_the_command_never_runs_the_script_either(tmp_path):
     marker = tmp_path / "imported"
     script = tmp_path / "train.py"
-    script.write_text(with_side_effects((SCRIPTS / "mnist_cnn_module_level.py").read_text(), marker,
-                                        MARKER_STATEMENTS[1]))
+    script.write_text(
+        with_side_effects((SCRIPTS / "mnist_cnn_module_level.py").read_text(), marker, MARKER_STATEMENTS[1])
+    )
     completed = subprocess.run(
         [sys.executable, "-m", "pushtrain", "adapt", str(script), "-o", str(tmp_path / "model.py")],
-        cwd=tmp_path, env={"PYTHONPATH": str(PROJECT_ROOT / "plugins"), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(PROJECT_ROOT / "plugins"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert not marker.exists()
@@ -113,18 +118,24 @@ def test_a_layer_argument_with_a_call_in_it_is_read_never_evaluated(tmp_path):
     marker = tmp_path / "imported"
     touch = f'__import__("pathlib").Path({str(marker)!r}).touch()'
     # `call() or 64`: the literal is the default, so it becomes the knob and the call goes.
-    result = adapted(KERAS_HEAD + f"""
+    result = adapted(
+        KERAS_HEAD
+        + f"""
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense({touch} or 64),
                               layers.Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=2)
-    """)
+    """
+    )
     assert result.hparams["dense_units"] == 64 and "touch" not in result.adapted
     # The call alone has no value without running it: refused, at its line.
-    problem = refused(KERAS_HEAD + f"""
+    problem = refused(
+        KERAS_HEAD
+        + f"""
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(len({touch})),
                               layers.Dense(10, activation="softmax")])
-    """)
+    """
+    )
     assert any(item.line == 5 and "units of the hidden Dense" in item.message for item in problem.problems)
     assert not marker.exists()
 
@@ -135,14 +146,17 @@ def test_a_layer_argument_with_a_call_in_it_is_read_never_evaluated(tmp_path):
 
 
 def test_module_level_sequential_moves_into_build_model_with_its_compile():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential()
     model.add(layers.Flatten(input_shape=(28, 28)))
     model.add(layers.Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.summary()
     model.fit(x_train, y_train, epochs=2)
-    """)
+    """
+    )
     body = builder_source(result)
     assert body.startswith("def build_model(hp, input_shape, num_classes):")
     assert "model.compile(" in body and "summary" not in body and "fit" not in body
@@ -152,7 +166,9 @@ def test_module_level_sequential_moves_into_build_model_with_its_compile():
 
 
 def test_a_builder_function_is_renamed_and_gets_the_contracts_parameters():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     def make_net(units=32):
         '''The network.'''
         net = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(units),
@@ -162,9 +178,10 @@ def test_a_builder_function_is_renamed_and_gets_the_contracts_parameters():
     net = make_net(units=48)
     net.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     net.fit(x_train, y_train, epochs=2)
-    """)
+    """
+    )
     body = builder_source(result)
-    assert body.startswith("def build_model(hp, input_shape, num_classes):\n    \"\"\"The network.\"\"\"")
+    assert body.startswith('def build_model(hp, input_shape, num_classes):\n    """The network."""')
     # The call's argument wins over the default; the compile made at the call site moves into the builder.
     assert result.hparams["dense_units"] == 48
     assert "net.compile(" in body
@@ -172,14 +189,17 @@ def test_a_builder_function_is_renamed_and_gets_the_contracts_parameters():
 
 
 def test_the_functional_api_is_kept_and_a_flat_input_gets_a_flatten():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     inputs = keras.Input(shape=(784,))
     hidden = layers.Dense(64, activation="relu")(inputs)
     outputs = layers.Dense(10, activation="softmax")(hidden)
     model = keras.Model(inputs=inputs, outputs=outputs)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     model.fit(x_train.reshape(-1, 784), y_train, epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
     assert "keras.Input(shape=input_shape)" in body
     assert "layers.Dense(hp['dense_units'], activation='relu')(layers.Flatten()(inputs))" in body
@@ -187,24 +207,33 @@ def test_the_functional_api_is_kept_and_a_flat_input_gets_a_flatten():
 
 
 def test_input_dim_of_a_first_dense_becomes_a_flatten_with_the_input_shape():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential()
     model.add(layers.Dense(32, input_dim=784, activation="relu"))
     model.add(layers.Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
-    assert "model.add(layers.Flatten(input_shape=input_shape))\n    model.add(layers.Dense(hp['dense_units']" in body
+    assert (
+        "model.add(layers.Flatten(input_shape=input_shape))\n    model.add(layers.Dense(hp['dense_units']"
+        in body
+    )
     assert "input_dim" not in body
 
 
 def test_a_binary_head_becomes_a_softmax_over_the_classes():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["binary_accuracy", "AUC"])
     model.fit(x_train, y_train, epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
     assert "layers.Dense(num_classes, activation='softmax')" in body
     assert "loss='sparse_categorical_crossentropy'" in body
@@ -212,13 +241,16 @@ def test_a_binary_head_becomes_a_softmax_over_the_classes():
 
 
 def test_one_hot_losses_and_metrics_become_sparse_and_loss_objects_keep_their_arguments():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     from tensorflow.keras.losses import CategoricalCrossentropy
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28)), layers.Dense(10)])
     model.compile(optimizer="adam", loss=CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
                   metrics=["categorical_accuracy"])
     model.fit(x_train, keras.utils.to_categorical(y_train), epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
     assert "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)" in body
     assert "'sparse_categorical_accuracy'" in body
@@ -226,7 +258,9 @@ def test_one_hot_losses_and_metrics_become_sparse_and_loss_objects_keep_their_ar
 
 
 def test_rescaling_by_1_over_255_goes_and_augmentation_layers_stay():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential([
         layers.RandomFlip("horizontal", input_shape=(28, 28, 1)),
         layers.Rescaling(1.0 / 255),
@@ -236,7 +270,8 @@ def test_rescaling_by_1_over_255_goes_and_augmentation_layers_stay():
     ])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
     assert "RandomFlip('horizontal', input_shape=input_shape)" in body
     assert "Rescaling" not in body
@@ -283,7 +318,9 @@ def test_a_scaler_fitted_outside_the_model_joins_it_in_a_pipeline():
 
 
 def test_knobs_come_through_constants_config_dicts_environment_and_argparse_defaults():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     import argparse
     import os
     parser = argparse.ArgumentParser()
@@ -296,7 +333,8 @@ def test_knobs_come_through_constants_config_dicts_environment_and_argparse_defa
                               layers.Dense(10, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(lr=3e-4), loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=EPOCHS, batch_size=args.batch_size)
-    """)
+    """
+    )
     assert result.hparams == {"epochs": 7, "batch_size": 64, "learning_rate": 0.0003, "dense_units": 256}
     notes = " ".join(change.message for change in result.changes)
     assert "the default of the environment variable" in notes
@@ -306,20 +344,28 @@ def test_knobs_come_through_constants_config_dicts_environment_and_argparse_defa
 
 
 def test_comments_of_a_constant_that_becomes_a_knob_move_to_its_entry():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     # more epochs overfit on this data
     EPOCHS = 4  # measured on 2024-03-01
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28)),  # images come as 28x28
                               layers.Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=EPOCHS)
-    """)
-    assert '    # more epochs overfit on this data\n    "epochs": 4,  # measured on 2024-03-01\n' in result.adapted
+    """
+    )
+    assert (
+        '    # more epochs overfit on this data\n    "epochs": 4,  # measured on 2024-03-01\n'
+        in result.adapted
+    )
     assert "# images come as 28x28" in result.adapted
 
 
 def test_repeated_conv_blocks_become_a_loop_and_later_layers_scale_with_the_first():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential()
     model.add(layers.Conv2D(16, (3, 3), activation="relu", input_shape=(28, 28, 1)))
     model.add(layers.MaxPooling2D())
@@ -332,7 +378,8 @@ def test_repeated_conv_blocks_become_a_loop_and_later_layers_scale_with_the_firs
     model.add(layers.Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1)
-    """)
+    """
+    )
     body = builder_source(result)
     assert "model.add(keras.Input(shape=input_shape))\n    for block in range(hp['conv_blocks']):" in body
     assert "layers.Conv2D(hp['filters'] * 2 ** block, hp['kernel_size'], activation='relu')" in body
@@ -342,7 +389,9 @@ def test_repeated_conv_blocks_become_a_loop_and_later_layers_scale_with_the_firs
 
 
 def test_differing_dropouts_get_their_own_knobs_and_a_loop_variable_is_left_alone():
-    result = adapted(KERAS_HEAD + """
+    result = adapted(
+        KERAS_HEAD
+        + """
     model = keras.Sequential([layers.Flatten(input_shape=(28, 28))])
     for width in [128, 64]:
         model.add(layers.Dense(width, activation="relu"))
@@ -351,7 +400,8 @@ def test_differing_dropouts_get_their_own_knobs_and_a_loop_variable_is_left_alon
     model.add(layers.Dense(10, activation="softmax"))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1)
-    """)
+    """
+    )
     assert result.hparams["dropout"] == 0.25 and result.hparams["dropout_2"] == 0.5
     assert "dense_units" not in result.hparams
     assert "layers.Dense(width, activation='relu')" in builder_source(result)
@@ -400,15 +450,34 @@ def test_keras_2_imports_are_modernised():
     [
         ("import torch\nmodel = torch.nn.Linear(784, 10)\n", 1, "uses PyTorch"),
         ("import xgboost as xgb\nclf = xgb.XGBClassifier()\n", 1, "uses XGBoost"),
-        ("from sklearn.svm import SVC\nfrom sklearn.tree import DecisionTreeClassifier\n"
-         "a = SVC()\nb = DecisionTreeClassifier()\na.fit(X, y)\nb.fit(X, y)\n", 4, "builds 2 models"),
-        ("import random\nfrom sklearn.neighbors import KNeighborsClassifier\n"
-         "knn = KNeighborsClassifier(n_neighbors=random.randint(1, 9))\n", 3, "a random draw"),
-        ("import os\nfrom sklearn.svm import SVC\nclf = SVC(C=float(os.environ['C']))\n", 3, "the environment"),
-        ("import sys\nfrom sklearn.svm import SVC\nC = float(sys.argv[1])\nclf = SVC(C=C)\n", 4,
-         "the command line"),
-        ("import json\nfrom sklearn.svm import SVC\nsettings = json.load(open('settings.json'))\n"
-         "clf = SVC(C=settings['C'])\n", 4, "a file"),
+        (
+            "from sklearn.svm import SVC\nfrom sklearn.tree import DecisionTreeClassifier\n"
+            "a = SVC()\nb = DecisionTreeClassifier()\na.fit(X, y)\nb.fit(X, y)\n",
+            4,
+            "builds 2 models",
+        ),
+        (
+            "import random\nfrom sklearn.neighbors import KNeighborsClassifier\n"
+            "knn = KNeighborsClassifier(n_neighbors=random.randint(1, 9))\n",
+            3,
+            "a random draw",
+        ),
+        (
+            "import os\nfrom sklearn.svm import SVC\nclf = SVC(C=float(os.environ['C']))\n",
+            3,
+            "the environment",
+        ),
+        (
+            "import sys\nfrom sklearn.svm import SVC\nC = float(sys.argv[1])\nclf = SVC(C=C)\n",
+            4,
+            "the command line",
+        ),
+        (
+            "import json\nfrom sklearn.svm import SVC\nsettings = json.load(open('settings.json'))\n"
+            "clf = SVC(C=settings['C'])\n",
+            4,
+            "a file",
+        ),
         ("print('no model here')\n", None, "adapt found no model"),
     ],
 )
@@ -452,10 +521,12 @@ def test_the_data_set_goes_into_pushtrain_toml_without_overriding_a_choice():
     text, message = adapt.config_with_dataset(None, "digits")
     assert text == 'dataset = "digits"  # set by pushtrain adapt\n' and "digits" in message
 
-    table = '# team settings\n[pushtrain]\ntarget = 0.9\n\n[other]\nx = 1\n'
+    table = "# team settings\n[pushtrain]\ntarget = 0.9\n\n[other]\nx = 1\n"
     text, _ = adapt.config_with_dataset(table, "mnist5k")
-    assert text == '# team settings\n[pushtrain]\ndataset = "mnist5k"  # set by pushtrain adapt\ntarget = 0.9\n' \
-                   '\n[other]\nx = 1\n'
+    assert (
+        text == '# team settings\n[pushtrain]\ndataset = "mnist5k"  # set by pushtrain adapt\ntarget = 0.9\n'
+        "\n[other]\nx = 1\n"
+    )
 
     chosen = 'dataset = "digits"\n'
     text, message = adapt.config_with_dataset(chosen, "mnist5k")
@@ -469,9 +540,14 @@ def test_the_data_set_goes_into_pushtrain_toml_without_overriding_a_choice():
 
 
 def run_command(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pushtrain", *arguments], cwd=cwd, capture_output=True,
-                          text=True, check=False, env={"PYTHONPATH": str(PROJECT_ROOT / "plugins"),
-                                                       "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "pushtrain", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PYTHONPATH": str(PROJECT_ROOT / "plugins"), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_adapt_prints_the_file_and_one_line_per_change_and_writes_the_data_set(tmp_path):
@@ -491,8 +567,9 @@ def test_adapt_prints_the_file_and_one_line_per_change_and_writes_the_data_set(t
 def test_adapt_writes_the_output_file_and_json(tmp_path):
     script = tmp_path / "train.py"
     script.write_text((SCRIPTS / "knn_k_loop.py").read_text())
-    completed = run_command("adapt", str(script), "-o", str(tmp_path / "out" / "model.py"), "--json",
-                            "--no-config", cwd=tmp_path)
+    completed = run_command(
+        "adapt", str(script), "-o", str(tmp_path / "out" / "model.py"), "--json", "--no-config", cwd=tmp_path
+    )
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
     assert result["kind"] == "knn" and result["hparams"]["n_neighbors"] == 1 and result["changed"]
@@ -528,8 +605,10 @@ def test_adapt_bounded_answers_like_adapt_file_from_a_child_process():
     assert [(problem.line, "PyTorch" in problem.message) for problem in caught.value.problems] == [(1, True)]
 
 
-@pytest.mark.parametrize(("limits", "words"), [({"timeout_s": 0.01}, "took longer than 0.01 s"),
-                                               ({"memory_mb": 8}, "could not finish")])
+@pytest.mark.parametrize(
+    ("limits", "words"),
+    [({"timeout_s": 0.01}, "took longer than 0.01 s"), ({"memory_mb": 8}, "could not finish")],
+)
 def test_adapt_bounded_turns_a_blown_limit_into_a_refusal(limits, words):
     with pytest.raises(adapt.AdaptRefused) as caught:
         adapt.adapt_bounded(SCRIPTS / "svc_digits.py", **limits)

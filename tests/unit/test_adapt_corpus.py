@@ -18,15 +18,35 @@ import pytest
 from pushtrain import adapt, contract_check
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
-EXPECTED = {name: outcome for name, outcome in json.loads((SCRIPTS / "expected.json").read_text()).items()
-            if not name.startswith("_")}
+EXPECTED = {
+    name: outcome
+    for name, outcome in json.loads((SCRIPTS / "expected.json").read_text()).items()
+    if not name.startswith("_")
+}
 ADAPTED = sorted(name for name, outcome in EXPECTED.items() if outcome["outcome"] == "adapted")
 REFUSED = sorted(name for name, outcome in EXPECTED.items() if outcome["outcome"] == "refused")
 
 # Calls an adapted file must not make anywhere: the platform loads, trains, evaluates, saves and mails.
-GONE = ("load_data", "load_digits", "fetch_openml", "read_csv", "image_dataset_from_directory", "fit",
-        "fit_generator", "evaluate", "predict", "save", "print", "system", "run", "send_message", "dump",
-        "train_test_split", "to_categorical", "parse_args")
+GONE = (
+    "load_data",
+    "load_digits",
+    "fetch_openml",
+    "read_csv",
+    "image_dataset_from_directory",
+    "fit",
+    "fit_generator",
+    "evaluate",
+    "predict",
+    "save",
+    "print",
+    "system",
+    "run",
+    "send_message",
+    "dump",
+    "train_test_split",
+    "to_categorical",
+    "parse_args",
+)
 
 
 @functools.cache
@@ -79,7 +99,8 @@ def test_adapted_script_meets_the_contract_and_keeps_nothing_that_runs_at_import
     module = ast.parse(result.adapted)
     for statement in module.body:
         assert isinstance(statement, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.Assign | ast.Expr), (
-            ast.dump(statement))
+            ast.dump(statement)
+        )
         if isinstance(statement, ast.Assign | ast.Expr):
             ast.literal_eval(statement.value)
 
@@ -117,6 +138,7 @@ def test_refused_script_says_why_at_the_line(name):
     with pytest.raises(adapt.AdaptRefused) as refused:
         adapt.adapt_file(SCRIPTS / name)
     problems = refused.value.problems
-    assert any(problem.line == expected["line"] and expected["reason"] in problem.message
-               for problem in problems), refused.value.report()
+    assert any(
+        problem.line == expected["line"] and expected["reason"] in problem.message for problem in problems
+    ), refused.value.report()
     assert f"line {expected['line']}" in refused.value.report()

@@ -30,8 +30,14 @@ def _paeth(left: int, up: int, up_left: int) -> int:
     return (left, up, up_left)[distances.index(min(distances))]
 
 
-def encode_png(pixels: np.ndarray, colour_type: int, filter_type: int, *, level: int = 9,
-               extra: list[tuple[bytes, bytes]] = ()) -> bytes:
+def encode_png(
+    pixels: np.ndarray,
+    colour_type: int,
+    filter_type: int,
+    *,
+    level: int = 9,
+    extra: list[tuple[bytes, bytes]] = (),
+) -> bytes:
     """A PNG of ``pixels`` (height, width, channels) with every row filtered by ``filter_type``."""
     height, width, channels = pixels.shape
     rows = pixels.reshape(height, width * channels).astype(np.int64)
@@ -43,14 +49,20 @@ def encode_png(pixels: np.ndarray, colour_type: int, filter_type: int, *, level:
         for i, value in enumerate(current):
             left = current[i - channels] if i >= channels else 0
             up_left = previous[i - channels] if i >= channels else 0
-            predictor = [0, left, previous[i], (left + previous[i]) // 2,
-                         _paeth(left, previous[i], up_left)][filter_type]
+            predictor = [0, left, previous[i], (left + previous[i]) // 2, _paeth(left, previous[i], up_left)][
+                filter_type
+            ]
             filtered.append((value - predictor) % 256)
         lines.append(bytes([filter_type, *filtered]))
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     ancillary = b"".join(_chunk(kind, data) for kind, data in extra)
-    return (blind.PNG_SIGNATURE + _chunk(b"IHDR", header) + ancillary
-            + _chunk(b"IDAT", zlib.compress(b"".join(lines), level)) + _chunk(b"IEND", b""))
+    return (
+        blind.PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + ancillary
+        + _chunk(b"IDAT", zlib.compress(b"".join(lines), level))
+        + _chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -65,8 +77,13 @@ def split(tmp_path: Path) -> Path:
         (root / label).mkdir(parents=True)
         for n in range(PER_CLASS):
             pixels = rng.integers(0, 256, (6, 5, 1), dtype=np.uint8)
-            data = encode_png(pixels, 0, filter_type=index + 1, level=index * 4 + 1,
-                              extra=[(b"tEXt", f"class\0{label}".encode())])
+            data = encode_png(
+                pixels,
+                0,
+                filter_type=index + 1,
+                level=index * 4 + 1,
+                extra=[(b"tEXt", f"class\0{label}".encode())],
+            )
             (root / label / f"{n:03d}.png").write_bytes(data)
     return root
 
@@ -105,10 +122,13 @@ def test_view_keeps_the_pixels_and_the_answers_stay_outside(split: Path, tmp_pat
 def test_no_order_of_the_files_follows_the_classes(split: Path, tmp_path: Path):
     view = blind.prepare_blind_evaluation(split, tmp_path / "work")
     label_of = {a.id: a.label for a in view.answers}
-    orders = {"sorted names": sorted(os.listdir(view.data_dir)),
-              "directory listing": os.listdir(view.data_dir),
-              "inode numbers": sorted(os.listdir(view.data_dir),
-                                      key=lambda name: (view.data_dir / name).stat().st_ino)}
+    orders = {
+        "sorted names": sorted(os.listdir(view.data_dir)),
+        "directory listing": os.listdir(view.data_dir),
+        "inode numbers": sorted(
+            os.listdir(view.data_dir), key=lambda name: (view.data_dir / name).stat().st_ino
+        ),
+    }
     for order, names in orders.items():
         labels = [label_of[Path(name).stem] for name in names]
         changes = sum(a != b for a, b in zip(labels, labels[1:], strict=False))
@@ -141,15 +161,28 @@ def test_canonical_png_keeps_every_pixel(colour_type: int, channels: int, filter
     assert blind.canonical_png(encode_png(pixels, colour_type, 0, level=0), Path("y.png")) == canonical
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"\xff\xd8\xff\xe0 a JPEG", "not a PNG"),
-    (blind.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 0, 0, 0, 0)) + _chunk(b"IEND", b""),
-     "bit depth 16"),
-    (blind.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 3, 0, 0, 0)) + _chunk(b"IEND", b""),
-     "colour type 3"),
-    (blind.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))[:-1] + b"\0",
-     "damaged IHDR"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"\xff\xd8\xff\xe0 a JPEG", "not a PNG"),
+        (
+            blind.PNG_SIGNATURE
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 0, 0, 0, 0))
+            + _chunk(b"IEND", b""),
+            "bit depth 16",
+        ),
+        (
+            blind.PNG_SIGNATURE
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 3, 0, 0, 0))
+            + _chunk(b"IEND", b""),
+            "colour type 3",
+        ),
+        (
+            blind.PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 0, 0, 0, 0))[:-1] + b"\0",
+            "damaged IHDR",
+        ),
+    ],
+)
 def test_refuses_images_it_cannot_reencode(tmp_path: Path, content: bytes, reason: str):
     (tmp_path / "test" / "a").mkdir(parents=True)
     (tmp_path / "test" / "a" / "1.png").write_bytes(content)
@@ -170,9 +203,17 @@ def model_dir(tmp_path: Path) -> Path:
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.joblib").write_bytes(b"a pickle the platform never loads")
-    (model / "signature.json").write_text(json.dumps({
-        "kind": "knn", "format": "joblib", "file": "model.joblib", "class_names": list(CLASSES),
-        "input_shape": [6, 5, 1]}))
+    (model / "signature.json").write_text(
+        json.dumps(
+            {
+                "kind": "knn",
+                "format": "joblib",
+                "file": "model.joblib",
+                "class_names": list(CLASSES),
+                "input_shape": [6, 5, 1],
+            }
+        )
+    )
     return model
 
 
@@ -181,12 +222,17 @@ def _honest_answers(view: blind.BlindEvaluation, dtype: str | None):
     rng = np.random.default_rng(3)
     y_true = np.array([CLASSES.index(a.label) for a in view.answers])
     y_pred = np.where(rng.random(len(y_true)) < 0.7, y_true, rng.integers(0, len(CLASSES), len(y_true)))
-    document = {"schema_version": 1, "predicted": {a.id: int(p) for a, p in zip(view.answers, y_pred, strict=True)}}
+    document = {
+        "schema_version": 1,
+        "predicted": {a.id: int(p) for a, p in zip(view.answers, y_pred, strict=True)},
+    }
     probabilities = None
     if dtype:
         logits = rng.normal(size=(len(y_true), len(CLASSES))).astype(dtype)
         probabilities = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(dtype)
-        document["probabilities"] = {a.id: row for a, row in zip(view.answers, probabilities.tolist(), strict=True)}
+        document["probabilities"] = {
+            a.id: row for a, row in zip(view.answers, probabilities.tolist(), strict=True)
+        }
         document["probabilities_dtype"] = dtype
     return document, y_true, y_pred, probabilities
 
@@ -199,8 +245,9 @@ def _write(directory: Path, document: dict | str) -> Path:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", None])
-def test_scores_are_the_labelled_evaluations_to_the_last_digit(view, model_dir: Path, tmp_path: Path,
-                                                               dtype: str | None):
+def test_scores_are_the_labelled_evaluations_to_the_last_digit(
+    view, model_dir: Path, tmp_path: Path, dtype: str | None
+):
     from pushtrain.runner.metrics import classification_scores
 
     document, y_true, y_pred, probabilities = _honest_answers(view, dtype)
@@ -217,8 +264,10 @@ def test_scores_are_the_labelled_evaluations_to_the_last_digit(view, model_dir: 
     assert matrix.sum() == len(view.answers) and np.trace(matrix) == int((y_true == y_pred).sum())
     assert matrix.sum(axis=1).tolist() == [PER_CLASS] * len(CLASSES)
     assert evaluation["model_sha256"] == hashlib.sha256((model_dir / "model.joblib").read_bytes()).hexdigest()
-    assert evaluation["predictions_sha256"] == hashlib.sha256(
-        (tmp_path / "out" / "predictions.json").read_bytes()).hexdigest()
+    assert (
+        evaluation["predictions_sha256"]
+        == hashlib.sha256((tmp_path / "out" / "predictions.json").read_bytes()).hexdigest()
+    )
 
 
 def _drop_half(document: dict) -> None:
@@ -233,19 +282,27 @@ def _first(document: dict, field: str = "predicted") -> str:
 TAMPERED = {
     "too few ids": (_drop_half, "misses 18 of the 36 images"),
     "unknown id": (lambda d: d["predicted"].__setitem__("0" * 32, 1), "1 ids the view does not have"),
-    "class index out of range": (lambda d: d["predicted"].__setitem__(_first(d), 3), "not class indices 0..2"),
+    "class index out of range": (
+        lambda d: d["predicted"].__setitem__(_first(d), 3),
+        "not class indices 0..2",
+    ),
     "negative class index": (lambda d: d["predicted"].__setitem__(_first(d), -1), "not class indices"),
     "class as a bool": (lambda d: d["predicted"].__setitem__(_first(d), True), "not class indices"),
     "class as a float": (lambda d: d["predicted"].__setitem__(_first(d), 1.0), "not class indices"),
     "class as a name": (lambda d: d["predicted"].__setitem__(_first(d), "dog"), "not class indices"),
-    "probabilities too short": (lambda d: d["probabilities"].__setitem__(_first(d), [1.0, 0.0]),
-                                "must be a list of 3 numbers"),
-    "probabilities not summing to 1": (lambda d: d["probabilities"].__setitem__(_first(d), [0.5, 0.5, 0.5]),
-                                       "do not sum to 1"),
-    "probability above 1": (lambda d: d["probabilities"].__setitem__(_first(d), [1.5, -0.5, 0.0]),
-                            "outside"),
-    "probabilities for too few ids": (lambda d: d["probabilities"].pop(_first(d)),
-                                      "probabilities misses 1 of the 36"),
+    "probabilities too short": (
+        lambda d: d["probabilities"].__setitem__(_first(d), [1.0, 0.0]),
+        "must be a list of 3 numbers",
+    ),
+    "probabilities not summing to 1": (
+        lambda d: d["probabilities"].__setitem__(_first(d), [0.5, 0.5, 0.5]),
+        "do not sum to 1",
+    ),
+    "probability above 1": (lambda d: d["probabilities"].__setitem__(_first(d), [1.5, -0.5, 0.0]), "outside"),
+    "probabilities for too few ids": (
+        lambda d: d["probabilities"].pop(_first(d)),
+        "probabilities misses 1 of the 36",
+    ),
     "probabilities without dtype": (lambda d: d.pop("probabilities_dtype"), "together"),
     "unknown dtype": (lambda d: d.__setitem__("probabilities_dtype", "float16"), "not one of"),
     "unknown field": (lambda d: d.__setitem__("accuracy", 1.0), "unknown fields: ['accuracy']"),
@@ -263,11 +320,17 @@ def test_tampered_predictions_fail_with_the_reason(view, model_dir: Path, tmp_pa
         blind.score(view, _write(tmp_path / "out", document), model_dir)
 
 
-@pytest.mark.parametrize("text_of, reason", [
-    (lambda text, key: text.replace('"predicted": {', f'"predicted": {{"{key}": 0, ', 1), "appears more than once"),
-    (lambda text, key: text.replace(f'"{key}": ', f'"{key}": NaN, "x{key}": ', 1), "NaN is not a number"),
-    (lambda text, key: text[:-3], "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text_of, reason",
+    [
+        (
+            lambda text, key: text.replace('"predicted": {', f'"predicted": {{"{key}": 0, ', 1),
+            "appears more than once",
+        ),
+        (lambda text, key: text.replace(f'"{key}": ', f'"{key}": NaN, "x{key}": ', 1), "NaN is not a number"),
+        (lambda text, key: text[:-3], "not valid JSON"),
+    ],
+)
 def test_malformed_json_fails_with_the_reason(view, model_dir: Path, tmp_path: Path, text_of, reason: str):
     document, *_ = _honest_answers(view, None)
     text = text_of(json.dumps(document, sort_keys=True), _first(document))
@@ -304,13 +367,18 @@ def test_missing_oversized_or_linked_predictions_fail(view, model_dir: Path, tmp
         blind.score(view, tmp_path / "folder", model_dir)
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"file": "../model.joblib"}, "file must name the artifact"),
-    ({"class_names": ["cat", "dog"]}, "classes the model does not know: ['owl']"),
-    ({"class_names": ["cat", "cat", "owl"]}, "distinct strings"),
-    ({"kind": None}, "kind must be a string"),
-])
-def test_a_signature_that_does_not_fit_fails(view, model_dir: Path, tmp_path: Path, change: dict, reason: str):
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"file": "../model.joblib"}, "file must name the artifact"),
+        ({"class_names": ["cat", "dog"]}, "classes the model does not know: ['owl']"),
+        ({"class_names": ["cat", "cat", "owl"]}, "distinct strings"),
+        ({"kind": None}, "kind must be a string"),
+    ],
+)
+def test_a_signature_that_does_not_fit_fails(
+    view, model_dir: Path, tmp_path: Path, change: dict, reason: str
+):
     signature = json.loads((model_dir / "signature.json").read_text())
     (model_dir / "signature.json").write_text(json.dumps({**signature, **change}))
     document, *_ = _honest_answers(view, None)
@@ -331,10 +399,21 @@ def table_split(tmp_path: Path) -> Path:
     lines = [",".join([*features, "species"])]
     for label in CLASSES:
         for _ in range(PER_CLASS):
-            lines.append(",".join([repr(float(rng.normal())), repr(float(rng.uniform())), str(rng.integers(2)), label]))
+            lines.append(
+                ",".join([repr(float(rng.normal())), repr(float(rng.uniform())), str(rng.integers(2)), label])
+            )
     (root / "table.csv").write_text("\n".join(lines) + "\n")
-    (root / "schema.json").write_text(json.dumps({"format": 1, "feature_columns": features, "label_column": "species",
-                                                  "class_names": list(CLASSES), "rows": len(lines) - 1}))
+    (root / "schema.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "feature_columns": features,
+                "label_column": "species",
+                "class_names": list(CLASSES),
+                "rows": len(lines) - 1,
+            }
+        )
+    )
     return root
 
 

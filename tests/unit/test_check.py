@@ -16,7 +16,7 @@ from pushtrain.contract_check import canonical_name, check_source
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_KINDS = {"cnn_keras.py": "cnn", "knn_sklearn.py": "knn", "linear_sklearn.py": "linear"}
 
-GOOD_KERAS = '''
+GOOD_KERAS = """
 HPARAMS = {"epochs": 2}
 
 
@@ -24,7 +24,7 @@ def build_model(hp, input_shape, num_classes):
     import keras
 
     return keras.Sequential([keras.layers.Flatten(input_shape=input_shape), keras.layers.Dense(num_classes)])
-'''
+"""
 
 
 def source(text: str) -> str:
@@ -49,8 +49,10 @@ def test_kinds_beyond_the_table_are_named_from_the_builder():
     assert check_source(source(GOOD_KERAS)).kind == "keras"  # Keras without convolutions
     for estimator, kind in (("SVC", "svm"), ("RandomForestClassifier", "forest"), ("GaussianNB", "sklearn")):
         module = {"SVC": "svm", "RandomForestClassifier": "ensemble", "GaussianNB": "naive_bayes"}[estimator]
-        text = f"HPARAMS = {{}}\n\ndef build_estimator(hp):\n    from sklearn.{module} import {estimator}\n" \
-               f"    return {estimator}()\n"
+        text = (
+            f"HPARAMS = {{}}\n\ndef build_estimator(hp):\n    from sklearn.{module} import {estimator}\n"
+            f"    return {estimator}()\n"
+        )
         assert check_source(text).kind == kind
 
 
@@ -90,7 +92,9 @@ def test_every_problem_is_listed_with_its_line():
     assert "network" in messages[14] and "network" in messages[15]
     assert "runs another program" in messages[16] and "runs another program" in messages[17]
     assert "sys.argv" in messages[18]
-    assert "build_model() must be build_model(hp, input_shape, num_classes), but it takes only 2" in messages[20]
+    assert (
+        "build_model() must be build_model(hp, input_shape, num_classes), but it takes only 2" in messages[20]
+    )
     assert "trains when the file is imported" in messages[24]
 
 
@@ -134,8 +138,10 @@ def test_keras_2_names_are_problems_wherever_they_are():
     def later(model, data):
         model.fit_generator(data)
     """)
-    assert (1, "`keras.layers.convolutional` is Keras 2; the training image has Keras 3, where it is "
-               "`keras.layers`") in found
+    assert (
+        1,
+        "`keras.layers.convolutional` is Keras 2; the training image has Keras 3, where it is `keras.layers`",
+    ) in found
     assert any(line == 2 and "np_utils" in message for line, message in found)
     assert any(line == 11 and "`lr=` of Adam" in message for line, message in found)
     assert any(line == 16 and "fit_generator" in message for line, message in found)
@@ -150,8 +156,13 @@ def test_a_builder_that_builds_the_other_frameworks_model_is_a_problem():
         import keras
         return keras.Sequential([keras.layers.Dense(10)])
     """)
-    assert found == [(4, "build_estimator() builds a keras model, whose builder is "
-                         "build_model(hp, input_shape, num_classes)")]
+    assert found == [
+        (
+            4,
+            "build_estimator() builds a keras model, whose builder is "
+            "build_model(hp, input_shape, num_classes)",
+        )
+    ]
 
 
 def test_a_syntax_error_is_one_problem_with_its_line():
@@ -176,20 +187,37 @@ def test_library_names_have_one_spelling(written, canonical):
 
 def test_the_command_prints_the_kind_or_the_problems_and_the_advice(tmp_path, templates_dir):
     env = {"PYTHONPATH": str(PROJECT_ROOT / "plugins"), "PATH": "/usr/bin:/bin"}
-    good = subprocess.run([sys.executable, "-m", "pushtrain", "check", str(templates_dir / "knn_sklearn.py")],
-                          capture_output=True, text=True, env=env, check=False)
+    good = subprocess.run(
+        [sys.executable, "-m", "pushtrain", "check", str(templates_dir / "knn_sklearn.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert (good.returncode, good.stdout) == (0, "knn\n")
 
     script = tmp_path / "train.py"
     script.write_text("from sklearn.svm import SVC\nclf = SVC()\nclf.fit([[0]], [0])\n")
-    bad = subprocess.run([sys.executable, "-m", "pushtrain", "check", str(script)], capture_output=True,
-                         text=True, env=env, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pushtrain", "check", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert bad.returncode == 1 and bad.stdout == ""
     assert f"{script}, line 3: `clf.fit([[0]], [0])` trains when the file is imported" in bad.stderr
     assert f"run `python -m pushtrain adapt {script}`" in bad.stderr
 
-    as_json = subprocess.run([sys.executable, "-m", "pushtrain", "check", "--json", str(script)],
-                             capture_output=True, text=True, env=env, check=False)
+    as_json = subprocess.run(
+        [sys.executable, "-m", "pushtrain", "check", "--json", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     document = json.loads(as_json.stdout)
-    assert document["ok"] is False and {"line": 3, "message": document["problems"][-1]["message"]} in (
-        document["problems"])
+    assert (
+        document["ok"] is False
+        and {"line": 3, "message": document["problems"][-1]["message"]} in (document["problems"])
+    )

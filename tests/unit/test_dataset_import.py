@@ -31,8 +31,14 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     return tmp_path / "data"
 
 
-def save(path: Path, size: tuple[int, int] = (12, 10), colour=(128, 128, 128), mode: str = "RGB",
-         fmt: str | None = None, seed: int = 0) -> Path:
+def save(
+    path: Path,
+    size: tuple[int, int] = (12, 10),
+    colour=(128, 128, 128),
+    mode: str = "RGB",
+    fmt: str | None = None,
+    seed: int = 0,
+) -> Path:
     """An image of ``size`` (width, height): the colour plus a little seeded noise, so files differ."""
     rng = np.random.default_rng(seed)
     pixels = np.clip(rng.normal(colour, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
@@ -50,7 +56,11 @@ def colour_folder(root: Path, per_class: int = 6, size=(12, 10)) -> Path:
 
 
 def snapshot(version_root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(version_root)): p.read_bytes() for p in sorted(version_root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(version_root)): p.read_bytes()
+        for p in sorted(version_root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_folder_becomes_v1_with_a_manifest_the_runner_agrees_with(tmp_path):
@@ -63,8 +73,12 @@ def test_a_folder_becomes_v1_with_a_manifest_the_runner_agrees_with(tmp_path):
     assert manifest.class_names == ["blue", "green", "red"]
     assert manifest.counts == {"train": 24, "test": 6}
     assert manifest.class_counts["test"] == {"blue": 2, "green": 2, "red": 2}
-    assert manifest.split == {"method": "stratified per class", "premade": False, "seed": datasets.SPLIT_SEED,
-                              "test_fraction": 0.2}
+    assert manifest.split == {
+        "method": "stratified per class",
+        "premade": False,
+        "seed": datasets.SPLIT_SEED,
+        "test_fraction": 0.2,
+    }
     assert manifest.source["type"] == "path" and manifest.source["sha256"] == manifest.source_sha256
     assert manifest.ignored == [["NOTES.txt", "not an image (by its suffix)"]]
     assert manifest.images["copied"] == 30 and manifest.images["resized"] == 0
@@ -74,14 +88,18 @@ def test_a_folder_becomes_v1_with_a_manifest_the_runner_agrees_with(tmp_path):
     train = load_data(manifest.train_dir)
     assert train.images.shape == (24, 10, 12, 3) and train.class_names == manifest.class_names
     held_out = {str(p.relative_to(manifest.test_dir)) for p in manifest.test_dir.rglob("*.png")}
-    assert held_out and not held_out & {str(p.relative_to(manifest.train_dir)) for p in manifest.train_dir.rglob("*.png")}
+    assert held_out and not held_out & {
+        str(p.relative_to(manifest.train_dir)) for p in manifest.train_dir.rglob("*.png")
+    }
 
 
 def test_same_content_is_a_no_op_and_one_changed_byte_is_the_next_version(tmp_path, capsys):
     source = tmp_path / "bmp"
     for label, colour in COLOURS.items():
         for i in range(5):
-            save(source / label / f"{i}.bmp", colour=colour, seed=i, fmt="BMP")  # uncompressed: a byte is a pixel
+            save(
+                source / label / f"{i}.bmp", colour=colour, seed=i, fmt="BMP"
+            )  # uncompressed: a byte is a pixel
     first = datasets.add_path("shades", source)
     before = snapshot(first.manifest.train_dir.parent)
     again = datasets.add_path("shades", source)
@@ -162,10 +180,16 @@ def test_an_archive_with_a_top_folder_is_the_same_data_as_the_folder(tmp_path, s
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@x"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def test_a_repository_folder_gives_one_version_per_content_whatever_the_commit(tmp_path):
@@ -178,8 +202,12 @@ def test_a_repository_folder_gives_one_version_per_content_whatever_the_commit(t
     first_commit = git(repo, "rev-parse", "HEAD")
     name = datasets.repo_dataset_name(str(repo), "data/colours")
     first = datasets.import_repo_folder(name, repo, "data/colours", first_commit)
-    assert first.created and first.manifest.source == {**first.manifest.source, "type": "repo",
-                                                       "folder": "data/colours", "commit": first_commit}
+    assert first.created and first.manifest.source == {
+        **first.manifest.source,
+        "type": "repo",
+        "folder": "data/colours",
+        "commit": first_commit,
+    }
     assert first.manifest.source_label == f"repo:data/colours@{first_commit[:12]}"
 
     (repo / "model.py").write_text("HPARAMS = {'epochs': 2}\n")  # a commit that leaves the data alone
@@ -196,8 +224,12 @@ def test_a_repository_folder_gives_one_version_per_content_whatever_the_commit(t
     git(repo, "checkout", "-q", first_commit)  # back to the first data: its version, not a third
     back = datasets.import_repo_folder(name, repo, "data/colours", first_commit)
     assert not back.created and back.manifest.version == 1
-    assert datasets.resolve("repo:data/colours", checkout=repo, commit=first_commit,
-                            repository=str(repo)).version == 1
+    assert (
+        datasets.resolve(
+            "repo:data/colours", checkout=repo, commit=first_commit, repository=str(repo)
+        ).version
+        == 1
+    )
 
 
 def test_repo_dataset_names_are_valid_and_distinct_per_repository():
@@ -218,7 +250,9 @@ def png_bytes(size=(12, 10), colour=(10, 20, 30)) -> bytes:
 
 def jpeg_bytes() -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()
 
 
@@ -228,7 +262,7 @@ def zip_with(path: Path, members: dict[str, bytes], symlink: str | None = None) 
             bundle.writestr(name, content)
         if symlink:
             info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             bundle.writestr(info, "/etc/passwd")
     return path
 
@@ -247,8 +281,11 @@ def tar_with(path: Path, members: dict[str, bytes], link: tuple[str, str] | None
 
 
 def good_members(per_class: int = 4) -> dict[str, bytes]:
-    return {f"{label}/{i}.png": png_bytes(colour=(i * 20, len(label) * 10, 50)) for label in COLOURS
-            for i in range(per_class)}
+    return {
+        f"{label}/{i}.png": png_bytes(colour=(i * 20, len(label) * 10, 50))
+        for label in COLOURS
+        for i in range(per_class)
+    }
 
 
 def bad_one_class(tmp):
@@ -331,40 +368,61 @@ def bad_symlinked_folder_outside(tmp):
 
 
 def bad_zip_slip_dotdot(tmp):
-    return zip_with(tmp / "a.zip", {**good_members(), "../../evil.png": png_bytes()}), ImportOptions(), \
-        "'../../evil.png' escapes the data folder"
+    return (
+        zip_with(tmp / "a.zip", {**good_members(), "../../evil.png": png_bytes()}),
+        ImportOptions(),
+        "'../../evil.png' escapes the data folder",
+    )
 
 
 def bad_zip_absolute(tmp):
-    return zip_with(tmp / "a.zip", {**good_members(), "/tmp/evil.png": png_bytes()}), ImportOptions(), \
-        "'/tmp/evil.png' is an absolute path"
+    return (
+        zip_with(tmp / "a.zip", {**good_members(), "/tmp/evil.png": png_bytes()}),
+        ImportOptions(),
+        "'/tmp/evil.png' is an absolute path",
+    )
 
 
 def bad_tar_slip(tmp):
-    return tar_with(tmp / "a.tar.gz", {**good_members(), "red/../../evil.png": png_bytes()}), ImportOptions(), \
-        "escapes the data folder"
+    return (
+        tar_with(tmp / "a.tar.gz", {**good_members(), "red/../../evil.png": png_bytes()}),
+        ImportOptions(),
+        "escapes the data folder",
+    )
 
 
 def bad_tar_symlink(tmp):
-    return tar_with(tmp / "a.tar.gz", good_members(), link=("red/x.png", "/etc/passwd")), ImportOptions(), \
-        "red/x.png is a link"
+    return (
+        tar_with(tmp / "a.tar.gz", good_members(), link=("red/x.png", "/etc/passwd")),
+        ImportOptions(),
+        "red/x.png is a link",
+    )
 
 
 def bad_zip_symlink(tmp):
-    return zip_with(tmp / "a.zip", good_members(), symlink="red/x.png"), ImportOptions(), \
-        "red/x.png is a symbolic link"
+    return (
+        zip_with(tmp / "a.zip", good_members(), symlink="red/x.png"),
+        ImportOptions(),
+        "red/x.png is a symbolic link",
+    )
 
 
 def bad_zip_bomb(tmp, monkeypatch):
     monkeypatch.setenv("PUSHTRAIN_ARCHIVE_MAX_UNPACKED_BYTES", str(1 << 20))
-    return zip_with(tmp / "bomb.zip", {**good_members(), "red/zeros.png": bytes(8 << 20)}), ImportOptions(), \
-        "decompression bomb"
+    return (
+        zip_with(tmp / "bomb.zip", {**good_members(), "red/zeros.png": bytes(8 << 20)}),
+        ImportOptions(),
+        "decompression bomb",
+    )
 
 
 def bad_tar_bomb(tmp, monkeypatch):
     monkeypatch.setenv("PUSHTRAIN_ARCHIVE_MAX_UNPACKED_BYTES", str(1 << 20))
-    return tar_with(tmp / "bomb.tar.gz", {**good_members(), "red/zeros.png": bytes(8 << 20)}), ImportOptions(), \
-        "decompression bomb"
+    return (
+        tar_with(tmp / "bomb.tar.gz", {**good_members(), "red/zeros.png": bytes(8 << 20)}),
+        ImportOptions(),
+        "decompression bomb",
+    )
 
 
 def bad_too_many_members(tmp, monkeypatch):
@@ -388,12 +446,17 @@ def bad_pixel_bomb(tmp):
 def bad_lfs_pointer(tmp):
     colour_folder(tmp / "d")
     (tmp / "d" / "red" / "lfs.png").write_text(
-        "version https://example.invalid/spec/v1\noid sha256:" + "a" * 64 + "\nsize 12345\n")
+        "version https://example.invalid/spec/v1\noid sha256:" + "a" * 64 + "\nsize 12345\n"
+    )
     return tmp / "d", ImportOptions(), "red/lfs.png is a Git LFS pointer"
 
 
 def bad_table_options_on_images(tmp):
-    return colour_folder(tmp / "d"), ImportOptions(label_column="x"), "label_column and categorical apply to tables"
+    return (
+        colour_folder(tmp / "d"),
+        ImportOptions(label_column="x"),
+        "label_column and categorical apply to tables",
+    )
 
 
 def bad_premade_classes_differ(tmp):
@@ -404,20 +467,44 @@ def bad_premade_classes_differ(tmp):
     return tmp / "d", ImportOptions(), "only in train: ['blue']"
 
 
-BAD_INPUTS = [bad_one_class, bad_single_image, bad_too_few_for_the_test_split, bad_corrupt_image,
-              bad_truncated_png, bad_truncated_jpeg, bad_image_suffix_on_text, bad_empty_folder,
-              bad_only_hidden_files, bad_loose_images, bad_symlink_outside, bad_symlinked_folder_outside,
-              bad_zip_slip_dotdot, bad_zip_absolute, bad_tar_slip, bad_tar_symlink, bad_zip_symlink, bad_zip_bomb,
-              bad_tar_bomb, bad_too_many_members, bad_too_large, bad_pixel_bomb, bad_lfs_pointer,
-              bad_table_options_on_images, bad_premade_classes_differ]
+BAD_INPUTS = [
+    bad_one_class,
+    bad_single_image,
+    bad_too_few_for_the_test_split,
+    bad_corrupt_image,
+    bad_truncated_png,
+    bad_truncated_jpeg,
+    bad_image_suffix_on_text,
+    bad_empty_folder,
+    bad_only_hidden_files,
+    bad_loose_images,
+    bad_symlink_outside,
+    bad_symlinked_folder_outside,
+    bad_zip_slip_dotdot,
+    bad_zip_absolute,
+    bad_tar_slip,
+    bad_tar_symlink,
+    bad_zip_symlink,
+    bad_zip_bomb,
+    bad_tar_bomb,
+    bad_too_many_members,
+    bad_too_large,
+    bad_pixel_bomb,
+    bad_lfs_pointer,
+    bad_table_options_on_images,
+    bad_premade_classes_differ,
+]
 
 
 @pytest.mark.parametrize("make_bad", BAD_INPUTS, ids=lambda f: f.__name__.removeprefix("bad_"))
 def test_bad_input_fails_with_a_message_and_loses_nothing(tmp_path, monkeypatch, make_bad):
     good = datasets.add_path("photos", colour_folder(tmp_path / "good")).manifest
     before = snapshot(Path(good.root))
-    arguments = (tmp_path / "bad", monkeypatch) if "monkeypatch" in make_bad.__code__.co_varnames else \
-        (tmp_path / "bad",)
+    arguments = (
+        (tmp_path / "bad", monkeypatch)
+        if "monkeypatch" in make_bad.__code__.co_varnames
+        else (tmp_path / "bad",)
+    )
     (tmp_path / "bad").mkdir()
     path, options, expected = make_bad(*arguments)
     with pytest.raises(DatasetError) as failure:

@@ -34,8 +34,14 @@ def wine_like(rows: int = 60) -> list[list]:
     table = [["alcohol", "acidity", "colour", "quality"]]
     for i in range(rows):
         grade = ("3", "10", "5")[i % 3]
-        table.append([f"{9 + int(grade) * 0.3 + rng.normal(0, 0.2):.3f}", f"{rng.normal(3, 0.1):.3f}",
-                      ("red", "white")[i % 2], grade])
+        table.append(
+            [
+                f"{9 + int(grade) * 0.3 + rng.normal(0, 0.2):.3f}",
+                f"{rng.normal(3, 0.1):.3f}",
+                ("red", "white")[i % 2],
+                grade,
+            ]
+        )
     return table
 
 
@@ -48,7 +54,10 @@ def test_a_csv_becomes_a_table_with_one_hot_columns_and_natural_class_order(tmp_
     assert manifest.counts == {"train": 48, "test": 12}
     assert manifest.table["delimiter"] == ";" and manifest.table["label_column"] == "quality"
     assert manifest.table["feature_columns"] == ["alcohol", "acidity", "colour=red", "colour=white"]
-    assert manifest.table["categorical"] == {"encoding": "one-hot", "categories": {"colour": ["red", "white"]}}
+    assert manifest.table["categorical"] == {
+        "encoding": "one-hot",
+        "categories": {"colour": ["red", "white"]},
+    }
     assert folder_sha256(manifest.train_dir) == manifest.train_sha256
 
     train = load_data(manifest.train_dir)
@@ -80,29 +89,60 @@ def test_train_csv_and_test_csv_are_a_split_of_the_users_own(tmp_path):
     assert manifest.split["premade"] is True and manifest.counts == {"train": 10, "test": 2}
 
 
-@pytest.mark.parametrize(("rows", "options", "expected"), [
-    ([["x", "y"], ["1", "a"], ["2", "b"]], ImportOptions(),
-     "has no label column 'label' (none was named, and there is no column called 'label'): its columns are x, y"),
-    ([["x", "kind"], *[[str(i), "a"] for i in range(9)]], ImportOptions(label_column="kind"),
-     "the label column 'kind' has a single value ('a')"),
-    ([["x", "label"], ["1", "a"], ["", "b"], ["3", "a"]], ImportOptions(),
-     "data.csv line 3: column 'x' has a missing or infinite value ('')"),
-    ([["x", "label"], ["1", "a"], ["NaN", "b"]], ImportOptions(), "line 3: column 'x' has a missing"),
-    ([["x", "colour", "label"], ["1", "red", "a"]], ImportOptions(),
-     "line 2: column 'colour' is not numeric ('red'): list it in categorical (--categorical colour)"),
-    ([["x", "colour", "label"], ["1", "", "a"]], ImportOptions(categorical=("colour",)),
-     "line 2: column 'colour' has a missing"),
-    ([["x", "label"], ["1", "a"]], ImportOptions(categorical=("shade",)), "categorical column 'shade' is not in"),
-    ([["x", "label"], ["1", "a", "9"]], ImportOptions(), "line 2: 3 values, the header has 2 columns"),
-    ([["x", "label"], ["1", ""]], ImportOptions(), "line 2: the label ('label') is empty"),
-    ([["x", "x", "label"], ["1", "2", "a"]], ImportOptions(), "the header repeats 'x'"),
-    ([["label"], ["a"], ["b"]], ImportOptions(), "has no feature columns"),
-    ([["x", "label"], *[[str(i), "a"] for i in range(9)], ["1", "b"], ["2", "b"]], ImportOptions(),
-     "class 'b' has 2 rows (e.g. data.csv data row 10); with test_fraction 0.2 a class needs at least 3"),
-    ([["x", "label"], ["1", "a"]], ImportOptions(image_size=(8, 8)), "image_size and channels apply to images"),
-])
+@pytest.mark.parametrize(
+    ("rows", "options", "expected"),
+    [
+        (
+            [["x", "y"], ["1", "a"], ["2", "b"]],
+            ImportOptions(),
+            "has no label column 'label' (none was named, and there is no column called 'label'): its columns are x, y",
+        ),
+        (
+            [["x", "kind"], *[[str(i), "a"] for i in range(9)]],
+            ImportOptions(label_column="kind"),
+            "the label column 'kind' has a single value ('a')",
+        ),
+        (
+            [["x", "label"], ["1", "a"], ["", "b"], ["3", "a"]],
+            ImportOptions(),
+            "data.csv line 3: column 'x' has a missing or infinite value ('')",
+        ),
+        ([["x", "label"], ["1", "a"], ["NaN", "b"]], ImportOptions(), "line 3: column 'x' has a missing"),
+        (
+            [["x", "colour", "label"], ["1", "red", "a"]],
+            ImportOptions(),
+            "line 2: column 'colour' is not numeric ('red'): list it in categorical (--categorical colour)",
+        ),
+        (
+            [["x", "colour", "label"], ["1", "", "a"]],
+            ImportOptions(categorical=("colour",)),
+            "line 2: column 'colour' has a missing",
+        ),
+        (
+            [["x", "label"], ["1", "a"]],
+            ImportOptions(categorical=("shade",)),
+            "categorical column 'shade' is not in",
+        ),
+        ([["x", "label"], ["1", "a", "9"]], ImportOptions(), "line 2: 3 values, the header has 2 columns"),
+        ([["x", "label"], ["1", ""]], ImportOptions(), "line 2: the label ('label') is empty"),
+        ([["x", "x", "label"], ["1", "2", "a"]], ImportOptions(), "the header repeats 'x'"),
+        ([["label"], ["a"], ["b"]], ImportOptions(), "has no feature columns"),
+        (
+            [["x", "label"], *[[str(i), "a"] for i in range(9)], ["1", "b"], ["2", "b"]],
+            ImportOptions(),
+            "class 'b' has 2 rows (e.g. data.csv data row 10); with test_fraction 0.2 a class needs at least 3",
+        ),
+        (
+            [["x", "label"], ["1", "a"]],
+            ImportOptions(image_size=(8, 8)),
+            "image_size and channels apply to images",
+        ),
+    ],
+)
 def test_bad_tables_fail_with_file_line_and_column_and_lose_nothing(tmp_path, rows, options, expected):
-    good = write_csv(tmp_path / "good" / "data.csv", [["x", "label"], *[[str(i), "ab"[i % 2]] for i in range(20)]])
+    good = write_csv(
+        tmp_path / "good" / "data.csv", [["x", "label"], *[[str(i), "ab"[i % 2]] for i in range(20)]]
+    )
     datasets.add_path("table", good)
     before = (datasets.version_root("table", 1) / "manifest.json").read_bytes()
     with pytest.raises(DatasetError) as failure:
@@ -119,7 +159,9 @@ def test_a_csv_that_is_not_utf8_or_has_two_candidates_is_refused(tmp_path):
         datasets.add_path("latin", tmp_path / "latin")
     write_csv(tmp_path / "two" / "a.csv", [["x", "label"]])
     write_csv(tmp_path / "two" / "b.csv", [["x", "label"]])
-    with pytest.raises(DatasetError, match=r"found 2 CSV files \(a.csv, b.csv\): keep one, or name them train.csv"):
+    with pytest.raises(
+        DatasetError, match=r"found 2 CSV files \(a.csv, b.csv\): keep one, or name them train.csv"
+    ):
         datasets.add_path("two", tmp_path / "two")
 
 

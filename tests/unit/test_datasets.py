@@ -18,8 +18,8 @@ def decode_grey_png(data: bytes) -> tuple[int, int, bytes]:
     width, height = struct.unpack(">II", data[16:24])
     idat_length = struct.unpack(">I", data[33:37])[0]
     assert data[37:41] == b"IDAT"
-    raw = zlib.decompress(data[41:41 + idat_length])
-    rows = [raw[r * (width + 1) + 1:(r + 1) * (width + 1)] for r in range(height)]
+    raw = zlib.decompress(data[41 : 41 + idat_length])
+    rows = [raw[r * (width + 1) + 1 : (r + 1) * (width + 1)] for r in range(height)]
     return width, height, b"".join(rows)
 
 
@@ -59,8 +59,10 @@ def test_exported_dataset_is_real_and_split(tmp_path, monkeypatch, name, rows, s
 
 # The figures in the README and in benchmarks/results were measured on these exact splits: a change to the
 # export (names, pixels, split, rounding) would silently move them, so the hashes are pinned here.
-RECORDED_SHA256 = {"digits": "e8eef55688bacd7f20316749b368101c01347051d88d11dbd92e185caa729c01",
-                   "mnist5k": "e4d08a4b5bce8a1e29ff1f5ade184179b0687d014b41ee1ce8a3a5cd759406a1"}
+RECORDED_SHA256 = {
+    "digits": "e8eef55688bacd7f20316749b368101c01347051d88d11dbd92e185caa729c01",
+    "mnist5k": "e4d08a4b5bce8a1e29ff1f5ade184179b0687d014b41ee1ce8a3a5cd759406a1",
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED_SHA256))
@@ -83,11 +85,19 @@ def test_a_manifest_from_before_versions_still_loads_and_lists(tmp_path, monkeyp
             (root / split / label).mkdir(parents=True)
             for i in range(count):
                 (root / split / label / f"{i}.png").write_bytes(datasets.grey_png([i] * 64, 8))
-    old = {"name": "digits", "split_version": "v1", "root": "/elsewhere/digits/v1",
-           "source": {"requirement": "scikit-learn==1.9.1", "member": "m", "rows": 8},
-           "split": {"method": "stratified per class", "seed": 1, "test_fraction": 0.2},
-           "counts": {"train": 6, "test": 2}, "image_shape": [8, 8, 1], "class_names": ["0", "1"],
-           "train_sha256": "a", "test_sha256": "b", "dataset_sha256": "c"}
+    old = {
+        "name": "digits",
+        "split_version": "v1",
+        "root": "/elsewhere/digits/v1",
+        "source": {"requirement": "scikit-learn==1.9.1", "member": "m", "rows": 8},
+        "split": {"method": "stratified per class", "seed": 1, "test_fraction": 0.2},
+        "counts": {"train": 6, "test": 2},
+        "image_shape": [8, 8, 1],
+        "class_names": ["0", "1"],
+        "train_sha256": "a",
+        "test_sha256": "b",
+        "dataset_sha256": "c",
+    }
     (root / "manifest.json").write_text(json.dumps(old))
     manifest = datasets.ensure_dataset("digits")  # exists: not exported again
     assert manifest.version == 1 and manifest.root == str(root) and manifest.train_dir == root / "train"

@@ -23,10 +23,18 @@ from pushtrain import gitops
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           "GIT_AUTHOR_NAME": "Dana", "GIT_AUTHOR_EMAIL": "dana@example.com",
-           "GIT_COMMITTER_NAME": "Dana", "GIT_COMMITTER_EMAIL": "dana@example.com"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": "Dana",
+        "GIT_AUTHOR_EMAIL": "dana@example.com",
+        "GIT_COMMITTER_NAME": "Dana",
+        "GIT_COMMITTER_EMAIL": "dana@example.com",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +69,9 @@ def process_state(pid: int) -> str | None:
 
 def test_a_silent_call_is_stopped_with_every_process_it_started(tmp_path: Path) -> None:
     started = time.monotonic()
-    finished = gitops._run_silence_limited(["sh", "-c", "sleep 60 & echo $!; sleep 60"], tmp_path,
-                                           dict(os.environ), silence_s=1)
+    finished = gitops._run_silence_limited(
+        ["sh", "-c", "sleep 60 & echo $!; sleep 60"], tmp_path, dict(os.environ), silence_s=1
+    )
 
     assert finished.silent_for == 1
     assert time.monotonic() - started < 5
@@ -74,14 +83,20 @@ def test_a_silent_call_is_stopped_with_every_process_it_started(tmp_path: Path) 
 
 
 def test_a_call_that_keeps_printing_runs_past_the_limit(tmp_path: Path) -> None:
-    finished = gitops._run_silence_limited(["sh", "-c", "for i in 1 2 3 4 5; do echo tick; sleep 0.5; done"],
-                                           tmp_path, dict(os.environ), silence_s=1.5)
+    finished = gitops._run_silence_limited(
+        ["sh", "-c", "for i in 1 2 3 4 5; do echo tick; sleep 0.5; done"],
+        tmp_path,
+        dict(os.environ),
+        silence_s=1.5,
+    )
 
     assert (finished.silent_for, finished.returncode, finished.stdout.split()) == (None, 0, ["tick"] * 5)
 
 
 def test_fetch_from_a_port_nobody_listens_on_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(gitops.GitError, match="nothing accepts connections at 127.0.0.1:9: check the URL's host"):
+    with pytest.raises(
+        gitops.GitError, match="nothing accepts connections at 127.0.0.1:9: check the URL's host"
+    ):
         gitops.fetch(gitops.GitRemote("http://127.0.0.1:9/models.git", login="bob", password="hunter2"))
 
 
@@ -107,12 +122,37 @@ def https_with_private_ca(tmp_path: Path):
     ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
     key, request, cert = tmp_path / "server.key", tmp_path / "server.csr", tmp_path / "server.pem"
     openssl = ["openssl", "req", "-nodes", "-newkey", "rsa:2048", "-subj"]
-    subprocess.run([*openssl, "/CN=Test CA", "-x509", "-days", "2", "-keyout", ca_key, "-out", ca_cert],
-                   check=True, capture_output=True)
-    subprocess.run([*openssl, "/CN=127.0.0.1", "-keyout", key, "-out", request], check=True, capture_output=True)
+    subprocess.run(
+        [*openssl, "/CN=Test CA", "-x509", "-days", "2", "-keyout", ca_key, "-out", ca_cert],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*openssl, "/CN=127.0.0.1", "-keyout", key, "-out", request], check=True, capture_output=True
+    )
     (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", request, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
-                    "-days", "2", "-extfile", tmp_path / "san.ext", "-out", cert], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            ca_cert,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            tmp_path / "san.ext",
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAGitServer)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -126,8 +166,11 @@ def https_with_private_ca(tmp_path: Path):
 def test_a_private_ca_is_trusted_only_when_the_connection_names_it(https_with_private_ca) -> None:
     url, ca_file = https_with_private_ca
 
-    with pytest.raises(gitops.GitError, match="certificate of 127.0.0.1:.* is not trusted here: if a private CA "
-                                              "signed it, set the git_default connection's extra.ca_file"):
+    with pytest.raises(
+        gitops.GitError,
+        match="certificate of 127.0.0.1:.* is not trusted here: if a private CA "
+        "signed it, set the git_default connection's extra.ca_file",
+    ):
         gitops.fetch(gitops.GitRemote(url, login="bob", password="hunter2"))
     with pytest.raises(gitops.GitError) as trusted:  # TLS holds now; the server is no git host (404)
         gitops.fetch(gitops.GitRemote(url, login="bob", password="hunter2", ca_file=str(ca_file)))
@@ -139,14 +182,17 @@ def test_a_private_ca_is_trusted_only_when_the_connection_names_it(https_with_pr
 # ------------------------------------------------------------------------------------------ push, LFS
 
 
-def test_a_push_the_server_refuses_is_a_note_not_a_failure(origin: tuple[Path, Path],
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_a_push_the_server_refuses_is_a_note_not_a_failure(
+    origin: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     bare, _ = origin
     hook = bare / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'pushtrain/* branches are protected here' >&2\nexit 1\n")
     hook.chmod(0o755)
     remote = gitops.GitRemote(str(bare))
-    workspace = gitops.checkout(gitops.fetch(remote), git(bare, "rev-parse", "main"), bare.parent / "checkout")
+    workspace = gitops.checkout(
+        gitops.fetch(remote), git(bare, "rev-parse", "main"), bare.parent / "checkout"
+    )
     (workspace / "model.py").write_text('HPARAMS = {"epochs": 8}\n')
 
     assert gitops.push_model_branch(remote, workspace, "model.py", "pushtrain/0123abcd", "tuned") is None
@@ -158,13 +204,17 @@ def test_a_push_the_server_refuses_is_a_note_not_a_failure(origin: tuple[Path, P
 
 def test_a_push_to_an_unreachable_server_fails_so_the_task_retries(origin: tuple[Path, Path]) -> None:
     bare, _ = origin
-    workspace = gitops.checkout(gitops.fetch(gitops.GitRemote(str(bare))), git(bare, "rev-parse", "main"),
-                                bare.parent / "checkout")
+    workspace = gitops.checkout(
+        gitops.fetch(gitops.GitRemote(str(bare))), git(bare, "rev-parse", "main"), bare.parent / "checkout"
+    )
     (workspace / "model.py").write_text('HPARAMS = {"epochs": 8}\n')
 
-    with pytest.raises(gitops.GitError, match="cannot push pushtrain/0123abcd to http://127.0.0.1:9/m.git: nothing"):
-        gitops.push_model_branch(gitops.GitRemote("http://127.0.0.1:9/m.git"), workspace, "model.py",
-                                 "pushtrain/0123abcd", "tuned")
+    with pytest.raises(
+        gitops.GitError, match="cannot push pushtrain/0123abcd to http://127.0.0.1:9/m.git: nothing"
+    ):
+        gitops.push_model_branch(
+            gitops.GitRemote("http://127.0.0.1:9/m.git"), workspace, "model.py", "pushtrain/0123abcd", "tuned"
+        )
 
 
 @pytest.mark.skipif(not gitops.git_lfs_available(), reason="git-lfs is not installed (make test-deps)")
@@ -172,14 +222,19 @@ def test_lfs_pointers_whose_objects_exist_nowhere_are_an_error(origin: tuple[Pat
     bare, work = origin
     oid = "4" * 64
     (work / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
-    (work / "weights.bin").write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12\n")
+    (work / "weights.bin").write_text(
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12\n"
+    )
     git(work, "add", "-A")
     git(work, "commit", "--quiet", "-m", "a pointer without its object")
     git(work, "push", "--quiet", str(bare), "HEAD:main")
     mirror = gitops.fetch(gitops.GitRemote(str(bare)))
 
-    with pytest.raises(gitops.GitError, match="the server lacks the Git LFS content of files in this commit: "
-                                              "whoever committed them should run `git lfs push --all origin`"):
+    with pytest.raises(
+        gitops.GitError,
+        match="the server lacks the Git LFS content of files in this commit: "
+        "whoever committed them should run `git lfs push --all origin`",
+    ):
         gitops.checkout(mirror, gitops.branch_head(mirror, "main"), bare.parent / "checkout")
 
 

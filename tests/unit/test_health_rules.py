@@ -71,4 +71,6 @@ def test_restart_log_round_trips_and_widens_the_restart_window(tmp_path, monkeyp
     log.save(tmp_path, "train")
     loaded = supervision.RestartLog.load(tmp_path, "train")
     assert loaded == log and loaded.total == 3
-    assert supervision.restart_window_s(tmp_path, "train") == first_window + supervision.BACKOFF_BASE_S * (2**3 - 1)
+    assert supervision.restart_window_s(tmp_path, "train") == first_window + supervision.BACKOFF_BASE_S * (
+        2**3 - 1
+    )

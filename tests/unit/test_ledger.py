@@ -67,8 +67,9 @@ def test_a_claim_file_is_never_empty_or_half_written(data_dir: Path) -> None:
     assert json.loads(files[0].read_text())["run_id"] == RUN_A
 
 
-def _claim_when_told(data: str, run_id: str, go: multiprocessing.synchronize.Barrier,
-                     results: multiprocessing.Queue) -> None:
+def _claim_when_told(
+    data: str, run_id: str, go: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue
+) -> None:
     os.environ["PUSHTRAIN_DATA_DIR"] = data
     go.wait(timeout=30)
     results.put((run_id, ledger.claim(REPO, SHA, run_id)))
@@ -79,8 +80,10 @@ def test_concurrent_claims_from_many_processes_have_exactly_one_winner(data_dir:
     workers = 8
     go = context.Barrier(workers)
     results = context.Queue()
-    processes = [context.Process(target=_claim_when_told, args=(str(data_dir), f"run-{i}", go, results))
-                 for i in range(workers)]
+    processes = [
+        context.Process(target=_claim_when_told, args=(str(data_dir), f"run-{i}", go, results))
+        for i in range(workers)
+    ]
     for process in processes:
         process.start()
     outcomes = dict(results.get(timeout=30) for _ in processes)
@@ -100,8 +103,10 @@ def test_concurrent_claims_by_the_same_run_all_see_their_claim(data_dir: Path) -
     workers = 8
     go = context.Barrier(workers)
     results = context.Queue()
-    processes = [context.Process(target=_claim_when_told, args=(str(data_dir), RUN_A, go, results))
-                 for _ in range(workers)]
+    processes = [
+        context.Process(target=_claim_when_told, args=(str(data_dir), RUN_A, go, results))
+        for _ in range(workers)
+    ]
     for process in processes:
         process.start()
     outcomes = [results.get(timeout=30)[1] for _ in processes]

@@ -30,6 +30,8 @@ def test_without_a_connection_it_warns_once_how_to_set_one_and_sends_nothing(mon
     notifier.notify(NoContext())
     mail.PipelineMailNotifier(mail.SUCCESS).notify(NoContext())
 
-    assert log.warnings == ["no mail sent: there is no 'smtp_default' connection. Set AIRFLOW_CONN_SMTP_DEFAULT "
-                            "(see .env_example) or add the connection in the web UI (Admin > Connections) to get "
-                            "pushtrain's mails"]
+    assert log.warnings == [
+        "no mail sent: there is no 'smtp_default' connection. Set AIRFLOW_CONN_SMTP_DEFAULT "
+        "(see .env_example) or add the connection in the web UI (Admin > Connections) to get "
+        "pushtrain's mails"
+    ]

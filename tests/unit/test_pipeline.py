@@ -54,14 +54,24 @@ commit_back = false
 """
 
 
-@pytest.mark.parametrize("text", [FULL_TOML_BODY, "[pushtrain]\n" + FULL_TOML_BODY],
-                         ids=["top-level keys", "pushtrain table"])
+@pytest.mark.parametrize(
+    "text", [FULL_TOML_BODY, "[pushtrain]\n" + FULL_TOML_BODY], ids=["top-level keys", "pushtrain table"]
+)
 def test_pushtrain_toml_values_are_read(tmp_path: Path, text: str) -> None:
     config = load_config(write_toml(tmp_path / "repo", text))
 
-    assert config == PipelineConfig(target=0.9, max_attempts=7, dataset="digits", entry="src/net.py",
-                                    kind="cnn", strategy="escalate", patience=2, min_gain=0.01,
-                                    model_name="digits-net", commit_back=False)
+    assert config == PipelineConfig(
+        target=0.9,
+        max_attempts=7,
+        dataset="digits",
+        entry="src/net.py",
+        kind="cnn",
+        strategy="escalate",
+        patience=2,
+        min_gain=0.01,
+        model_name="digits-net",
+        commit_back=False,
+    )
 
 
 def test_integer_target_is_accepted_as_a_float(tmp_path: Path) -> None:
@@ -91,15 +101,21 @@ def test_empty_params_keep_what_the_repository_asked_for(tmp_path: Path) -> None
 
 
 def test_empty_params_without_toml_give_the_defaults(tmp_path: Path) -> None:
-    assert load_config(tmp_path, {"target": None, "max_attempts": None, "kind": "auto",
-                                  "strategy": None}) == PipelineConfig()
+    assert (
+        load_config(tmp_path, {"target": None, "max_attempts": None, "kind": "auto", "strategy": None})
+        == PipelineConfig()
+    )
 
 
-@pytest.mark.parametrize(("toml_text", "overrides", "key"), [
-    ("epochs = 3\n", None, "epochs"),
-    ("[pushtrain]\nlearning_rate = 0.1\n", None, "learning_rate"),
-    ("", {"colour": "blue"}, "colour"),
-], ids=["unknown toml key", "unknown key in table", "unknown param"])
+@pytest.mark.parametrize(
+    ("toml_text", "overrides", "key"),
+    [
+        ("epochs = 3\n", None, "epochs"),
+        ("[pushtrain]\nlearning_rate = 0.1\n", None, "learning_rate"),
+        ("", {"colour": "blue"}, "colour"),
+    ],
+    ids=["unknown toml key", "unknown key in table", "unknown param"],
+)
 def test_unknown_keys_are_an_error(tmp_path: Path, toml_text: str, overrides: dict | None, key: str) -> None:
     repo = write_toml(tmp_path / "repo", toml_text)
 
@@ -108,44 +124,61 @@ def test_unknown_keys_are_an_error(tmp_path: Path, toml_text: str, overrides: di
     assert key in str(caught.value)
 
 
-@pytest.mark.parametrize(("toml_text", "overrides", "key"), [
-    ("", {"target": "high"}, "target"),
-    ('target = "0.9"\n', None, "target"),
-    ("", {"max_attempts": True}, "max_attempts"),
-    ("max_attempts = 2.5\n", None, "max_attempts"),
-    ("patience = 1.0\n", None, "patience"),
-    ('commit_back = "yes"\n', None, "commit_back"),
-    ("entry = 3\n", None, "entry"),
-    ("", {"strategy": 1}, "strategy"),
-], ids=["target str param", "target str toml", "max_attempts bool", "max_attempts float", "patience float",
-        "commit_back str", "entry int", "strategy int"])
-def test_wrong_types_are_an_error_naming_the_key(tmp_path: Path, toml_text: str, overrides: dict | None,
-                                                 key: str) -> None:
+@pytest.mark.parametrize(
+    ("toml_text", "overrides", "key"),
+    [
+        ("", {"target": "high"}, "target"),
+        ('target = "0.9"\n', None, "target"),
+        ("", {"max_attempts": True}, "max_attempts"),
+        ("max_attempts = 2.5\n", None, "max_attempts"),
+        ("patience = 1.0\n", None, "patience"),
+        ('commit_back = "yes"\n', None, "commit_back"),
+        ("entry = 3\n", None, "entry"),
+        ("", {"strategy": 1}, "strategy"),
+    ],
+    ids=[
+        "target str param",
+        "target str toml",
+        "max_attempts bool",
+        "max_attempts float",
+        "patience float",
+        "commit_back str",
+        "entry int",
+        "strategy int",
+    ],
+)
+def test_wrong_types_are_an_error_naming_the_key(
+    tmp_path: Path, toml_text: str, overrides: dict | None, key: str
+) -> None:
     repo = write_toml(tmp_path / "repo", toml_text)
 
     with pytest.raises(ConfigError, match=rf"^{key} must be "):
         load_config(repo, overrides)
 
 
-@pytest.mark.parametrize(("toml_text", "key"), [
-    ("target = 0\n", "target"),
-    ("target = 1.5\n", "target"),
-    ("target = -0.2\n", "target"),
-    ("target = nan\n", "target"),
-    ("max_attempts = 0\n", "max_attempts"),
-    ("max_attempts = 51\n", "max_attempts"),
-    ("patience = 0\n", "patience"),
-    ("min_gain = -0.1\n", "min_gain"),
-    ("min_gain = 2.0\n", "min_gain"),
-    ('metric = "loss"\n', "metric"),
-    ('dataset = "imagenet"\n', "dataset"),
-    ('kind = "transformer"\n', "kind"),
-    ('strategy = "genetic"\n', "strategy"),
-    ('entry = "/etc/passwd"\n', "entry"),
-    ('entry = "../outside.py"\n', "entry"),
-    ('entry = "src/../../outside.py"\n', "entry"),
-    ('model_name = "my model!"\n', "model_name"),
-], ids=lambda value: value.strip() if isinstance(value, str) else value)
+@pytest.mark.parametrize(
+    ("toml_text", "key"),
+    [
+        ("target = 0\n", "target"),
+        ("target = 1.5\n", "target"),
+        ("target = -0.2\n", "target"),
+        ("target = nan\n", "target"),
+        ("max_attempts = 0\n", "max_attempts"),
+        ("max_attempts = 51\n", "max_attempts"),
+        ("patience = 0\n", "patience"),
+        ("min_gain = -0.1\n", "min_gain"),
+        ("min_gain = 2.0\n", "min_gain"),
+        ('metric = "loss"\n', "metric"),
+        ('dataset = "imagenet"\n', "dataset"),
+        ('kind = "transformer"\n', "kind"),
+        ('strategy = "genetic"\n', "strategy"),
+        ('entry = "/etc/passwd"\n', "entry"),
+        ('entry = "../outside.py"\n', "entry"),
+        ('entry = "src/../../outside.py"\n', "entry"),
+        ('model_name = "my model!"\n', "model_name"),
+    ],
+    ids=lambda value: value.strip() if isinstance(value, str) else value,
+)
 def test_invalid_values_are_an_error_naming_the_key(tmp_path: Path, toml_text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write_toml(tmp_path / "repo", toml_text))
@@ -207,12 +240,15 @@ def test_trigger_run_id_is_deterministic_per_pipeline_and_attempt() -> None:
 DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # the rule the Docker engine enforces
 
 
-@pytest.mark.parametrize("run_id", [
-    "scheduled__2026-11-23T01:46:43.967200+00:00",
-    "manual__2026-11-23T01:46:43+00:00",
-    "backfill__2026-01-01T00:05:00+00:00",
-    "odd run/id with spaces:and@symbols",
-])
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        "scheduled__2026-11-23T01:46:43.967200+00:00",
+        "manual__2026-11-23T01:46:43+00:00",
+        "backfill__2026-01-01T00:05:00+00:00",
+        "odd run/id with spaces:and@symbols",
+    ],
+)
 def test_container_name_is_docker_safe(run_id: str) -> None:
     name = pipeline.container_name(run_id, 3, "train")
 
@@ -235,11 +271,20 @@ def test_a_pipeline_id_cannot_escape_the_runs_dir(data_dir: Path) -> None:
 
 
 def a_pipeline(**changes) -> pipeline.Pipeline:
-    fields = {"pipeline_id": "01234567-89abcdef", "repo_url": "/srv/git/models.git", "branch": "main",
-              "commit": "0123456789abcdef0123456789abcdef01234567", "author_name": "Ada",
-              "author_email": "ada@example.com", "commit_message": "first", "kind": "cnn",
-              "config": PipelineConfig(target=0.9), "origin_dag_run_id": "manual__1", "model_name": "models",
-              "detection": ["keras.layers.Conv2D at line 3"]}
+    fields = {
+        "pipeline_id": "01234567-89abcdef",
+        "repo_url": "/srv/git/models.git",
+        "branch": "main",
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "author_name": "Ada",
+        "author_email": "ada@example.com",
+        "commit_message": "first",
+        "kind": "cnn",
+        "config": PipelineConfig(target=0.9),
+        "origin_dag_run_id": "manual__1",
+        "model_name": "models",
+        "detection": ["keras.layers.Conv2D at line 3"],
+    }
     return pipeline.Pipeline(**{**fields, **changes})
 
 
@@ -261,8 +306,12 @@ def test_attempt_records_are_the_judged_attempts_in_attempt_order(attempts) -> N
 
     records = pipeline.attempt_records(attempts.pipeline_id)
 
-    assert [(r.attempt, r.status) for r in records] == [(1, "evaluated"), (2, "evaluated"), (3, "failed"),
-                                                        (10, "evaluated")]
+    assert [(r.attempt, r.status) for r in records] == [
+        (1, "evaluated"),
+        (2, "evaluated"),
+        (3, "failed"),
+        (10, "evaluated"),
+    ]
     assert records[0] == pipeline.Attempt.load(attempts.pipeline_id, 1)
     assert pipeline.Attempt.load(attempts.pipeline_id, 11) == prepared
     assert pipeline.attempt_records("no-such-pipeline") == []
@@ -276,18 +325,30 @@ def attempt_json(attempts) -> Path:
     return pipeline.attempt_dir(attempts.pipeline_id, 2) / pipeline.ATTEMPT_FILE
 
 
-@pytest.mark.parametrize(("change", "field", "problem"), [
-    (lambda d: d["evaluation"].update(accuracy="0.7"), "evaluation.accuracy", "valid number"),
-    (lambda d: d["evaluation"].update(accuracy=1.5), "evaluation.accuracy", "less than or equal to 1"),
-    (lambda d: d.pop("commit"), "commit", "Field required"),
-    (lambda d: d.update(attempts=2), "attempts", "Extra inputs are not permitted"),
-    (lambda d: d.update(schema_version=2), "schema_version", "Input should be 1"),
-    (lambda d: d.update(status="lost"), "status", "'prepared', 'evaluated' or 'failed'"),
-    (lambda d: d["timings"].update(train_seconds=None), "timings.train_seconds", "valid number"),
-], ids=["string for a number", "accuracy above 1", "missing field", "unknown field", "newer schema",
-        "unknown status", "null for a number"])
-def test_an_attempt_json_that_does_not_fit_names_the_file_and_the_field(attempts, change, field: str,
-                                                                         problem: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        (lambda d: d["evaluation"].update(accuracy="0.7"), "evaluation.accuracy", "valid number"),
+        (lambda d: d["evaluation"].update(accuracy=1.5), "evaluation.accuracy", "less than or equal to 1"),
+        (lambda d: d.pop("commit"), "commit", "Field required"),
+        (lambda d: d.update(attempts=2), "attempts", "Extra inputs are not permitted"),
+        (lambda d: d.update(schema_version=2), "schema_version", "Input should be 1"),
+        (lambda d: d.update(status="lost"), "status", "'prepared', 'evaluated' or 'failed'"),
+        (lambda d: d["timings"].update(train_seconds=None), "timings.train_seconds", "valid number"),
+    ],
+    ids=[
+        "string for a number",
+        "accuracy above 1",
+        "missing field",
+        "unknown field",
+        "newer schema",
+        "unknown status",
+        "null for a number",
+    ],
+)
+def test_an_attempt_json_that_does_not_fit_names_the_file_and_the_field(
+    attempts, change, field: str, problem: str
+) -> None:
     path = attempt_json(attempts)
     document = json.loads(path.read_text())
     change(document)
@@ -308,12 +369,17 @@ def test_an_attempt_json_that_is_not_json_names_the_file(attempts) -> None:
         pipeline.attempt_records(attempts.pipeline_id)
 
 
-@pytest.mark.parametrize(("status", "remove", "problem"), [
-    ("evaluated", "evaluation", "an evaluated attempt needs evaluation"),
-    ("failed", "reason", "a failed attempt needs the reason it failed"),
-], ids=["evaluated without evaluation", "failed without reason"])
-def test_an_attempt_must_hold_what_its_status_promises(attempts, status: str, remove: str,
-                                                       problem: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "remove", "problem"),
+    [
+        ("evaluated", "evaluation", "an evaluated attempt needs evaluation"),
+        ("failed", "reason", "a failed attempt needs the reason it failed"),
+    ],
+    ids=["evaluated without evaluation", "failed without reason"],
+)
+def test_an_attempt_must_hold_what_its_status_promises(
+    attempts, status: str, remove: str, problem: str
+) -> None:
     path = attempt_json(attempts) if status == "evaluated" else None
     if path is None:
         attempts.failed(2, "cannot build").save()
@@ -352,8 +418,14 @@ def test_a_changed_record_is_validated_again(attempts) -> None:
 
 
 def test_a_decision_travels_through_xcom_and_carries_the_next_run_id() -> None:
-    decision = pipeline.Decision(pipeline_id="01234567-89abcdef", attempt=2, action=Action.RETRAIN,
-                                 reason="accuracy 0.5 < target 0.9", accuracy=0.5, target=0.9)
+    decision = pipeline.Decision(
+        pipeline_id="01234567-89abcdef",
+        attempt=2,
+        action=Action.RETRAIN,
+        reason="accuracy 0.5 < target 0.9",
+        accuracy=0.5,
+        target=0.9,
+    )
 
     value = json.loads(json.dumps(decision.to_xcom()))  # what XCom stores and hands back
 
@@ -364,8 +436,17 @@ def test_a_decision_travels_through_xcom_and_carries_the_next_run_id() -> None:
 
 def test_a_damaged_xcom_names_the_task_and_the_field() -> None:
     with pytest.raises(RecordError, match=r"^the XCom of judge_attempt: field action: .*'met', 'retrain'"):
-        pipeline.Decision.from_xcom({"pipeline_id": "p", "attempt": 2, "action": "maybe", "reason": "",
-                                     "accuracy": None, "target": 0.9}, "judge_attempt")
+        pipeline.Decision.from_xcom(
+            {
+                "pipeline_id": "p",
+                "attempt": 2,
+                "action": "maybe",
+                "reason": "",
+                "accuracy": None,
+                "target": 0.9,
+            },
+            "judge_attempt",
+        )
     with pytest.raises(RecordError, match=r"^the XCom of prepare_attempt: field attempt: Field required"):
         pipeline.PreparedAttempt.from_xcom({"pipeline_id": "p", "kind": "cnn"}, "prepare_attempt")
 
@@ -450,14 +531,22 @@ def test_a_failed_attempt_counts_against_max_attempts(attempts) -> None:
 
 def test_failed_attempts_count_as_no_gain_for_patience(attempts) -> None:
     config = PipelineConfig(target=0.9, max_attempts=10, patience=2)
-    records = [attempts.evaluated(1, 0.5), attempts.failed(2, "cannot build"), attempts.failed(3, "cannot build")]
+    records = [
+        attempts.evaluated(1, 0.5),
+        attempts.failed(2, "cannot build"),
+        attempts.failed(3, "cannot build"),
+    ]
 
     assert decide(config, records, 3).action == Action.STOP
 
 
 def test_best_record_prefers_the_earlier_attempt_on_a_tie_and_ignores_failed_ones(attempts) -> None:
-    records = [attempts.evaluated(1, 0.7), attempts.evaluated(2, 0.9), attempts.failed(3, "cannot build"),
-               attempts.evaluated(4, 0.9)]
+    records = [
+        attempts.evaluated(1, 0.7),
+        attempts.evaluated(2, 0.9),
+        attempts.failed(3, "cannot build"),
+        attempts.evaluated(4, 0.9),
+    ]
     assert pipeline.best_record(records).attempt == 2
     assert pipeline.best_record([attempts.failed(2, "cannot build")]) is None
 
@@ -489,8 +578,11 @@ def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results(attempt
         (out / "model" / "model.keras").write_bytes(b"weights")
         (out / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
         attempts.evaluated(attempt, 0.5).save()
-        kept += [out / "model" / "model.keras", out / "metrics.json",
-                 pipeline.attempt_dir(pipeline_id, attempt) / "attempt.json"]
+        kept += [
+            out / "model" / "model.keras",
+            out / "metrics.json",
+            pipeline.attempt_dir(pipeline_id, attempt) / "attempt.json",
+        ]
     other = pipeline.output_dir("ffffffff-00000000", 1) / "checkpoints"
     other.mkdir(parents=True)
 
@@ -500,7 +592,12 @@ def test_cleanup_removes_workspace_and_checkpoints_but_keeps_the_results(attempt
     assert not any(pipeline.pipeline_dir(pipeline_id).glob("attempt-*/output/checkpoints"))
     assert all(path.exists() for path in kept)
     assert other.exists()  # another pipeline's checkpoints are not ours to remove
-    assert sorted(removed) == sorted(str(p) for p in [pipeline.workspace_dir(pipeline_id),
-                                                       pipeline.output_dir(pipeline_id, 1) / "checkpoints",
-                                                       pipeline.output_dir(pipeline_id, 2) / "checkpoints"])
+    assert sorted(removed) == sorted(
+        str(p)
+        for p in [
+            pipeline.workspace_dir(pipeline_id),
+            pipeline.output_dir(pipeline_id, 1) / "checkpoints",
+            pipeline.output_dir(pipeline_id, 2) / "checkpoints",
+        ]
+    )
     assert pipeline.cleanup(pipeline_id) == []  # idempotent

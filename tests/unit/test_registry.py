@@ -187,7 +187,10 @@ def test_promotion_only_when_not_worse(
     expected = candidate if moves else production
     assert result.champion == expected
     assert registry.champion(MODEL) == expected
-    assert json.loads((registry.root / MODEL / "aliases.json").read_text())["aliases"]["champion"] == expected.number
+    assert (
+        json.loads((registry.root / MODEL / "aliases.json").read_text())["aliases"]["champion"]
+        == expected.number
+    )
 
 
 def test_promoting_the_champion_again_is_a_no_op(registry: ModelRegistry, artifact: Path) -> None:

@@ -27,7 +27,9 @@ def add_version(registry: ModelRegistry, tmp_path: Path, accuracy: float, tag: s
     artifact = tmp_path / "artifacts" / tag
     artifact.mkdir(parents=True)
     (artifact / "model.joblib").write_bytes(tag.encode())
-    return registry.register(MODEL, artifact, {"accuracy": accuracy}, {"tag": tag}, pipeline_run_id=tag).number
+    return registry.register(
+        MODEL, artifact, {"accuracy": accuracy}, {"tag": tag}, pipeline_run_id=tag
+    ).number
 
 
 @pytest.fixture
@@ -52,7 +54,9 @@ def test_better_becomes_champion_worse_becomes_challenger_and_ties_promote(
 
     history = registry.history(MODEL)
     assert [(m.alias, m.from_version, m.to_version, m.by) for m in history[:2]] == [
-        (CHAMPION, None, first, "dag_run:train/r1"), (CHALLENGER, None, worse, "dag_run:train/r2")]
+        (CHAMPION, None, first, "dag_run:train/r1"),
+        (CHALLENGER, None, worse, "dag_run:train/r2"),
+    ]
     assert "beats candidate v2" in history[1].reason and history[2].by.startswith("user:")
 
 
@@ -67,14 +71,20 @@ def test_promoting_the_challenger_clears_it(registry: ModelRegistry, tmp_path: P
     assert move.from_version == first and move.to_version == second
     assert registry.aliases(MODEL) == {CHAMPION: second}
     last = registry.history(MODEL)[-1]
-    assert (last.alias, last.from_version, last.to_version, last.reason) == (CHALLENGER, second, None,
-                                                                               "approved by alice")
+    assert (last.alias, last.from_version, last.to_version, last.reason) == (
+        CHALLENGER,
+        second,
+        None,
+        "approved by alice",
+    )
 
 
 def test_rollback_goes_back_to_the_previous_champion_and_keeps_it_in_history(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
-    numbers = [add_version(registry, tmp_path, accuracy, f"r{i}") for i, accuracy in enumerate((0.8, 0.85, 0.9))]
+    numbers = [
+        add_version(registry, tmp_path, accuracy, f"r{i}") for i, accuracy in enumerate((0.8, 0.85, 0.9))
+    ]
     for number in numbers:
         registry.promote_if_not_worse(MODEL, number)
 
@@ -125,17 +135,23 @@ def test_damaged_aliases_file_is_reported(registry: ModelRegistry, tmp_path: Pat
 def _move_alias_many_times(root: str, worker: int, count: int) -> None:
     registry = ModelRegistry(Path(root))
     for index in range(count):
-        registry.set_alias(MODEL, f"w{worker}", index % 2 + 1, reason=f"{worker}-{index}", by=f"user:w{worker}")
+        registry.set_alias(
+            MODEL, f"w{worker}", index % 2 + 1, reason=f"{worker}-{index}", by=f"user:w{worker}"
+        )
         registry.promote_if_not_worse(MODEL, (worker + index) % 3 + 1, by=f"user:w{worker}")
 
 
-def test_concurrent_alias_moves_in_parallel_processes_lose_none(registry: ModelRegistry, tmp_path: Path) -> None:
+def test_concurrent_alias_moves_in_parallel_processes_lose_none(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
     for index, accuracy in enumerate((0.7, 0.8, 0.9)):
         add_version(registry, tmp_path, accuracy, f"r{index}")
     workers, count = 4, 10
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_move_alias_many_times, args=(str(registry.root), w, count))
-                 for w in range(workers)]
+    processes = [
+        context.Process(target=_move_alias_many_times, args=(str(registry.root), w, count))
+        for w in range(workers)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -165,7 +181,9 @@ def test_cli_lists_shows_promotes_rolls_back_and_prints_history(
     assert "digits-knn  v1 champion, v2 challenger" in capsys.readouterr().out
     assert cli.main(["registry", "show", f"models:/{MODEL}@challenger", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["version"] == 2 and shown["aliases"] == [CHALLENGER] and shown["metrics"] == {"accuracy": 0.8}
+    assert (
+        shown["version"] == 2 and shown["aliases"] == [CHALLENGER] and shown["metrics"] == {"accuracy": 0.8}
+    )
     assert cli.main(["registry", "promote", MODEL, "2", "--reason", "better on 7s", "--by", "carol"]) == 0
     assert registry.champion(MODEL).number == 2
     assert cli.main(["registry", "rollback", MODEL]) == 0
@@ -173,6 +191,8 @@ def test_cli_lists_shows_promotes_rolls_back_and_prints_history(
     capsys.readouterr()
     assert cli.main(["registry", "history", MODEL]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any("champion  v1 -> v2" in line and "user:carol" in line and "better on 7s" in line for line in lines)
+    assert any(
+        "champion  v1 -> v2" in line and "user:carol" in line and "better on 7s" in line for line in lines
+    )
     assert "rollback from v2 to v1" in lines[-1]
     assert cli.main(["registry", "show", f"{MODEL}/9"]) == 1

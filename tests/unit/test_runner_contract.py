@@ -18,10 +18,26 @@ from pushtrain.runner.train import CheckpointStore
 
 def valid_metrics() -> dict:
     return {
-        "schema_version": 1, "kind": "cnn", "evaluated_on": "validation", "accuracy": 0.9, "precision": 0.9,
-        "recall": 0.9, "f1": 0.9, "loss": 0.3, "per_class": {}, "n_train": 10, "n_evaluated": 2,
-        "epochs_run": 3, "resumed_from_epoch": 0, "train_seconds": 1.5, "history": [], "hparams": {},
-        "code_sha256": "ab", "dataset_sha256": "cd", "versions": {}, "finished_at": "2026-11-23T00:00:00+00:00",
+        "schema_version": 1,
+        "kind": "cnn",
+        "evaluated_on": "validation",
+        "accuracy": 0.9,
+        "precision": 0.9,
+        "recall": 0.9,
+        "f1": 0.9,
+        "loss": 0.3,
+        "per_class": {},
+        "n_train": 10,
+        "n_evaluated": 2,
+        "epochs_run": 3,
+        "resumed_from_epoch": 0,
+        "train_seconds": 1.5,
+        "history": [],
+        "hparams": {},
+        "code_sha256": "ab",
+        "dataset_sha256": "cd",
+        "versions": {},
+        "finished_at": "2026-11-23T00:00:00+00:00",
     }
 
 
@@ -67,13 +83,20 @@ def test_checkpoint_store_keeps_only_the_latest_consistent_checkpoint(tmp_path):
     store = CheckpointStore.open(tmp_path, "key", ".bin")
     assert store.last_epoch == 0 and store.checkpoint_path is None
     for epoch in (1, 2, 3):
-        store.save(epoch, [{"epoch": e} for e in range(1, epoch + 1)], float(epoch),
-                   lambda path, e=epoch: path.write_bytes(f"weights {e}".encode()))
+        store.save(
+            epoch,
+            [{"epoch": e} for e in range(1, epoch + 1)],
+            float(epoch),
+            lambda path, e=epoch: path.write_bytes(f"weights {e}".encode()),
+        )
     reopened = CheckpointStore.open(tmp_path, "key", ".bin")
     assert reopened.last_epoch == 3
     assert reopened.checkpoint_path.read_bytes() == b"weights 3"
     assert reopened.train_seconds == 3.0
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / "key").iterdir()) == ["epoch-0003.bin", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "key").iterdir()) == [
+        "epoch-0003.bin",
+        "state.json",
+    ]
 
 
 def test_checkpoint_interrupted_mid_write_resumes_from_previous_epoch(tmp_path):
@@ -127,20 +150,35 @@ def run_runner(tmp_path, model_source: str) -> tuple[int, dict]:
     out.mkdir(exist_ok=True)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        exit_code = runner_main(["train", "--model", str(model), "--data", str(tmp_path / "no-data"),
-                                 "--out", str(out), "--kind", "knn"])
+        exit_code = runner_main(
+            [
+                "train",
+                "--model",
+                str(model),
+                "--data",
+                str(tmp_path / "no-data"),
+                "--out",
+                str(out),
+                "--kind",
+                "knn",
+            ]
+        )
     finally:
         signal.signal(signal.SIGTERM, sigterm)  # the runner installs its own handler, as in a container
     return exit_code, json.loads((out / contract.ERROR_FILE).read_text())
 
 
 def test_syntax_error_fails_for_good_with_file_line_and_caret(tmp_path, capsys):
-    exit_code, error = run_runner(tmp_path, 'HPARAMS = {"k": 3}\n\n\ndef build_estimator(hp)\n    return None\n')
+    exit_code, error = run_runner(
+        tmp_path, 'HPARAMS = {"k": 3}\n\n\ndef build_estimator(hp)\n    return None\n'
+    )
     assert exit_code == contract.EXIT_LOAD_ERROR
     assert (error["category"], error["healable"]) == ("syntax", False)
-    assert error["message"].endswith("model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
-                                     "    def build_estimator(hp)\n"
-                                     "                           ^")
+    assert error["message"].endswith(
+        "model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
+        "    def build_estimator(hp)\n"
+        "                           ^"
+    )
     assert "at line 4" in error["fix"]
     stderr = capsys.readouterr().err
     assert stderr.index("what to do:") < stderr.index("ERROR")  # the log leads with the fix
@@ -151,7 +189,9 @@ def test_missing_module_names_the_package_to_declare(tmp_path):
     assert exit_code == contract.EXIT_LOAD_ERROR
     assert (error["category"], error["healable"]) == ("import", False)
     assert "line 1: ModuleNotFoundError: No module named 'pushtrain_no_such_package'" in error["message"]
-    assert error["fix"].startswith("add `pushtrain_no_such_package` to requirements.txt next to your model file")
+    assert error["fix"].startswith(
+        "add `pushtrain_no_such_package` to requirements.txt next to your model file"
+    )
 
 
 def test_missing_name_in_an_existing_module_asks_to_check_the_spelling(tmp_path):
@@ -183,7 +223,11 @@ def test_exception_while_loading_fails_for_good(tmp_path):
 
 def test_contract_and_data_errors_fail_for_good(tmp_path):
     exit_code, error = run_runner(tmp_path, "KNOBS = {}\n")
-    assert (exit_code, error["category"], error["healable"]) == (contract.EXIT_CONTRACT_ERROR, "contract", False)
+    assert (exit_code, error["category"], error["healable"]) == (
+        contract.EXIT_CONTRACT_ERROR,
+        "contract",
+        False,
+    )
     assert "has no HPARAMS dict" in error["message"]
     exit_code, error = run_runner(tmp_path, "HPARAMS = {}\n\n\ndef build_estimator(hp):\n    return None\n")
     assert (exit_code, error["category"], error["healable"]) == (contract.EXIT_DATA_ERROR, "data", False)
@@ -193,13 +237,24 @@ def test_contract_and_data_errors_fail_for_good(tmp_path):
     ("stage", "exception", "category", "exit_code"),
     [
         (usercode.BUILD, ValueError("negative dimension"), "build", contract.EXIT_BUILD_ERROR),
-        (usercode.BUILD, ModuleNotFoundError("No module named 'x'", name="x"), "import", contract.EXIT_LOAD_ERROR),
+        (
+            usercode.BUILD,
+            ModuleNotFoundError("No module named 'x'", name="x"),
+            "import",
+            contract.EXIT_LOAD_ERROR,
+        ),
         (usercode.RUNTIME, RuntimeError("epoch 7"), "runtime", contract.EXIT_USER_CODE_ERROR),
-        (usercode.RUNTIME, ImportError("cannot import name 'y' from 'json'"), "import", contract.EXIT_LOAD_ERROR),
+        (
+            usercode.RUNTIME,
+            ImportError("cannot import name 'y' from 'json'"),
+            "import",
+            contract.EXIT_LOAD_ERROR,
+        ),
     ],
 )
-def test_the_stage_and_the_exception_decide_whether_a_restart_can_help(tmp_path, stage, exception, category,
-                                                                        exit_code):
+def test_the_stage_and_the_exception_decide_whether_a_restart_can_help(
+    tmp_path, stage, exception, category, exit_code
+):
     def user_code():
         raise exception
 

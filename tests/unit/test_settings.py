@@ -23,7 +23,8 @@ def test_the_deb822_sources_name_the_mirror_and_not_the_security_archive(apt_dir
     (apt_dir / "sources.list.d" / "debian.sources").write_text(
         "Types: deb\n# URIs: http://commented-out.example/debian\n"
         "URIs: http://apt-mirror.internal.example/debian-security\nSuites: bookworm-security\n\n"
-        f"Types: deb\nURIs: {MIRROR}\nSuites: bookworm bookworm-updates\nComponents: main\n")
+        f"Types: deb\nURIs: {MIRROR}\nSuites: bookworm bookworm-updates\nComponents: main\n"
+    )
 
     assert settings.debian_mirror(apt_dir) == MIRROR
 
@@ -31,7 +32,8 @@ def test_the_deb822_sources_name_the_mirror_and_not_the_security_archive(apt_dir
 def test_a_one_line_sources_list_names_the_mirror(apt_dir: Path) -> None:
     (apt_dir / "sources.list").write_text(
         "# deb http://commented-out.example/debian bookworm main\n"
-        f"deb [arch=amd64 signed-by=/usr/share/keyrings/debian.gpg] {MIRROR} bookworm main\n")
+        f"deb [arch=amd64 signed-by=/usr/share/keyrings/debian.gpg] {MIRROR} bookworm main\n"
+    )
 
     assert settings.debian_mirror(apt_dir) == MIRROR
 

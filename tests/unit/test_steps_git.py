@@ -39,9 +39,15 @@ CNN_TOML = 'target = 0.9\ndataset = "digits"\n'
 
 def git(cwd: Path, *args: str, when: datetime | None = None) -> str:
     """Run the git CLI with a fixed identity and no user or system configuration."""
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           "GIT_AUTHOR_NAME": AUTHOR[0], "GIT_AUTHOR_EMAIL": AUTHOR[1],
-           "GIT_COMMITTER_NAME": "CI Robot", "GIT_COMMITTER_EMAIL": "ci@example.com"}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_AUTHOR_NAME": AUTHOR[0],
+        "GIT_AUTHOR_EMAIL": AUTHOR[1],
+        "GIT_COMMITTER_NAME": "CI Robot",
+        "GIT_COMMITTER_EMAIL": "ci@example.com",
+    }
     if when is not None:
         env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = when.isoformat()
     done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
@@ -97,10 +103,21 @@ def origin(tmp_path: Path) -> Origin:
     return Origin(bare, work)
 
 
-def find(origin: Origin, run_id: str, run_type: str = "scheduled", when: datetime | None = None,
-         commit: str | None = None) -> dict | None:
-    return steps.find_commit_to_train(remote=origin.remote, branch=BRANCH, dag_run_id=run_id,
-                                      run_type=run_type, data_interval_end=when, explicit_commit=commit)
+def find(
+    origin: Origin,
+    run_id: str,
+    run_type: str = "scheduled",
+    when: datetime | None = None,
+    commit: str | None = None,
+) -> dict | None:
+    return steps.find_commit_to_train(
+        remote=origin.remote,
+        branch=BRANCH,
+        dag_run_id=run_id,
+        run_type=run_type,
+        data_interval_end=when,
+        explicit_commit=commit,
+    )
 
 
 def hours(n: float) -> timedelta:
@@ -137,8 +154,14 @@ def test_live_run_on_an_empty_repository_keeps_waiting(origin: Origin) -> None:
 def test_live_run_on_a_branch_that_does_not_exist_fails_naming_the_ones_that_do(origin: Origin) -> None:
     origin.commit({"model.py": MODEL}, "first model", T0)
     with pytest.raises(steps.UserFacingError, match=rf"branch 'no-such-branch' does not exist .*{BRANCH}"):
-        steps.find_commit_to_train(remote=origin.remote, branch="no-such-branch", dag_run_id=RUN_1,
-                                   run_type="scheduled", data_interval_end=None, explicit_commit=None)
+        steps.find_commit_to_train(
+            remote=origin.remote,
+            branch="no-such-branch",
+            dag_run_id=RUN_1,
+            run_type="scheduled",
+            data_interval_end=None,
+            explicit_commit=None,
+        )
 
 
 def test_newest_of_several_pushes_wins_and_the_older_are_superseded(origin: Origin) -> None:
@@ -183,8 +206,10 @@ def test_a_deleted_branch_is_pruned_from_the_mirror(origin: Origin) -> None:
 @pytest.fixture
 def history(origin: Origin) -> list[str]:
     """Three commits pushed one hour apart, from T0."""
-    return [origin.commit({"model.py": MODEL.replace("1", str(n + 1))}, f"commit {n}", T0 + hours(n))
-            for n in range(3)]
+    return [
+        origin.commit({"model.py": MODEL.replace("1", str(n + 1))}, f"commit {n}", T0 + hours(n))
+        for n in range(3)
+    ]
 
 
 # The DAG passes str(dag_run.run_type): in a task that is the Task SDK enum, whose str() is not its value.
@@ -192,8 +217,9 @@ BACKFILL_SPELLINGS = ["backfill", "DagRunType.BACKFILL"]
 
 
 @pytest.mark.parametrize("run_type", BACKFILL_SPELLINGS)
-def test_backfill_trains_the_head_as_of_its_logical_date(origin: Origin, history: list[str],
-                                                          run_type: str) -> None:
+def test_backfill_trains_the_head_as_of_its_logical_date(
+    origin: Origin, history: list[str], run_type: str
+) -> None:
     found = find(origin, "backfill__a", run_type, when=T0 + hours(1.5))
 
     assert found == {"repo_url": str(origin.bare), "branch": BRANCH, "commit": history[1], "superseded": []}
@@ -251,8 +277,15 @@ def test_unknown_explicit_commit_is_a_git_error(origin: Origin, history: list[st
 
 # ---------------------------------------------------------------------------------------- checkout_commit
 
-PARAMS = {"repo_url": "", "branch": BRANCH, "commit": "", "target": None, "max_attempts": 7, "kind": "auto",
-          "strategy": None}
+PARAMS = {
+    "repo_url": "",
+    "branch": BRANCH,
+    "commit": "",
+    "target": None,
+    "max_attempts": 7,
+    "kind": "auto",
+    "strategy": None,
+}
 
 
 def checkout(origin: Origin, sha: str, run_id: str = RUN_1, params: dict | None = None) -> dict:
@@ -261,8 +294,11 @@ def checkout(origin: Origin, sha: str, run_id: str = RUN_1, params: dict | None 
 
 
 def tree(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): p.read_text() for p in sorted(directory.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(directory).parts}
+    return {
+        p.relative_to(directory).as_posix(): p.read_text()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(directory).parts
+    }
 
 
 def test_checkout_commit_writes_pipeline_json_and_checks_out_exactly_that_commit(origin: Origin) -> None:
@@ -330,8 +366,10 @@ def test_detect_model_kind_of_the_cnn_template(origin: Origin, templates_dir: Pa
 
 
 def test_a_missing_entry_file_names_the_file_and_the_entry_key(origin: Origin, templates_dir: Path) -> None:
-    files = {"model.py": (templates_dir / "cnn_keras.py").read_text(),
-             "pushtrain.toml": 'entry = "src/net.py"\n'}
+    files = {
+        "model.py": (templates_dir / "cnn_keras.py").read_text(),
+        "pushtrain.toml": 'entry = "src/net.py"\n',
+    }
     pipeline_id = checkout(origin, origin.commit(files, "wrong entry", T0))["pipeline_id"]
 
     with pytest.raises(steps.UserFacingError, match=r"'src/net\.py'.*`entry`"):
@@ -349,8 +387,9 @@ def test_a_kind_set_in_pushtrain_toml_skips_detection(origin: Origin) -> None:
     assert run.detection == ["kind set to linear by configuration"]
 
 
-def test_an_entry_that_links_out_of_the_repository_is_refused(origin: Origin, tmp_path: Path,
-                                                              templates_dir: Path) -> None:
+def test_an_entry_that_links_out_of_the_repository_is_refused(
+    origin: Origin, tmp_path: Path, templates_dir: Path
+) -> None:
     outside = tmp_path / "host-file.py"
     outside.write_text((templates_dir / "cnn_keras.py").read_text())
     (origin.work / "model.py").symlink_to(outside)
@@ -360,8 +399,9 @@ def test_an_entry_that_links_out_of_the_repository_is_refused(origin: Origin, tm
         steps.detect_model_kind(pipeline_id)
 
 
-def test_links_in_the_repository_are_copied_as_links_not_as_host_files(origin: Origin, tmp_path: Path,
-                                                                       templates_dir: Path) -> None:
+def test_links_in_the_repository_are_copied_as_links_not_as_host_files(
+    origin: Origin, tmp_path: Path, templates_dir: Path
+) -> None:
     secret = tmp_path / "worker.netrc"
     secret.write_text("machine git.example.com password TOPSECRET\n")
     (origin.work / "netrc").symlink_to(secret)
@@ -414,43 +454,83 @@ def trained_and_evaluated(prepared: dict, accuracy: float) -> tuple[dict, dict]:
     manifest = datasets.load_manifest(run.config.dataset)
     model_file = pipeline.attempt_dir(plan.pipeline_id, plan.attempt) / "code" / run.config.entry
     hparams = tweak.read_hparams(model_file.read_text())
-    metrics = {"schema_version": contract.SCHEMA_VERSION, "kind": plan.kind, "evaluated_on": "validation",
-               "accuracy": accuracy, "precision": accuracy, "recall": accuracy, "f1": accuracy, "loss": 0.4,
-               "per_class": {}, "n_train": 48, "n_evaluated": 12, "epochs_run": hparams.get("epochs", 1),
-               "resumed_from_epoch": 0, "train_seconds": 5.0, "history": [], "hparams": hparams,
-               "code_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-               "dataset_sha256": manifest.train_sha256, "versions": {}, "finished_at": "2026-03-01T12:00:00Z"}
+    metrics = {
+        "schema_version": contract.SCHEMA_VERSION,
+        "kind": plan.kind,
+        "evaluated_on": "validation",
+        "accuracy": accuracy,
+        "precision": accuracy,
+        "recall": accuracy,
+        "f1": accuracy,
+        "loss": 0.4,
+        "per_class": {},
+        "n_train": 48,
+        "n_evaluated": 12,
+        "epochs_run": hparams.get("epochs", 1),
+        "resumed_from_epoch": 0,
+        "train_seconds": 5.0,
+        "history": [],
+        "hparams": hparams,
+        "code_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "dataset_sha256": manifest.train_sha256,
+        "versions": {},
+        "finished_at": "2026-03-01T12:00:00Z",
+    }
     assert contract.validate_metrics(metrics) == []
     out = pipeline.output_dir(plan.pipeline_id, plan.attempt)
     contract.write_json_atomic(out / contract.METRICS_FILE, metrics)
     (out / contract.MODEL_DIR).mkdir(parents=True, exist_ok=True)
     (out / contract.MODEL_DIR / "model.keras").write_bytes(f"weights of attempt {plan.attempt}".encode())
     (out / contract.CHECKPOINT_DIR).mkdir(exist_ok=True)
-    trained = {"status": "trained", "pipeline_id": plan.pipeline_id, "attempt": plan.attempt, "kind": plan.kind,
-               "image": f"pushtrain/{plan.kind}:unit", "image_id": "sha256:" + "1" * 64,
-               "container_wall_seconds": 7.0, "container_restarts": 0}
-    evaluation = pipeline.Evaluation(accuracy=accuracy, precision=accuracy, recall=accuracy, f1=accuracy,
-                                     loss=0.4, n_evaluated=12, dataset_sha256=manifest.test_sha256,
-                                     container_wall_seconds=2.0).model_dump()
+    trained = {
+        "status": "trained",
+        "pipeline_id": plan.pipeline_id,
+        "attempt": plan.attempt,
+        "kind": plan.kind,
+        "image": f"pushtrain/{plan.kind}:unit",
+        "image_id": "sha256:" + "1" * 64,
+        "container_wall_seconds": 7.0,
+        "container_restarts": 0,
+    }
+    evaluation = pipeline.Evaluation(
+        accuracy=accuracy,
+        precision=accuracy,
+        recall=accuracy,
+        f1=accuracy,
+        loss=0.4,
+        n_evaluated=12,
+        dataset_sha256=manifest.test_sha256,
+        container_wall_seconds=2.0,
+    ).model_dump()
     return trained, evaluation
 
 
 def judge(prepared: dict, accuracy: float) -> pipeline.Decision:
     trained, evaluation = trained_and_evaluated(prepared, accuracy)
     airflow_run = {"dag_id": "tweak_and_retrain", "run_id": f"run-{prepared['attempt']}"}
-    return pipeline.Decision.from_xcom(steps.judge_attempt(prepared, trained, evaluation, airflow_run),
-                                       "judge_attempt")
+    return pipeline.Decision.from_xcom(
+        steps.judge_attempt(prepared, trained, evaluation, airflow_run), "judge_attempt"
+    )
 
 
 def judge_unbuildable(prepared: dict, message: str) -> pipeline.Decision:
     """The XComs of a tweaked attempt whose model the runner could not build (the training task's contract)."""
-    trained = {"status": "unbuildable", "failure": message, "pipeline_id": prepared["pipeline_id"],
-               "attempt": prepared["attempt"], "kind": prepared["kind"], "image": "pushtrain/tensorflow:unit",
-               "image_id": "sha256:" + "1" * 64, "container_wall_seconds": 3.0, "container_restarts": 0}
+    trained = {
+        "status": "unbuildable",
+        "failure": message,
+        "pipeline_id": prepared["pipeline_id"],
+        "attempt": prepared["attempt"],
+        "kind": prepared["kind"],
+        "image": "pushtrain/tensorflow:unit",
+        "image_id": "sha256:" + "1" * 64,
+        "container_wall_seconds": 3.0,
+        "container_restarts": 0,
+    }
     evaluation = {"status": "not_evaluated", "reason": "the model could not be built"}
     airflow_run = {"dag_id": "tweak_and_retrain", "run_id": f"run-{prepared['attempt']}"}
-    return pipeline.Decision.from_xcom(steps.judge_attempt(prepared, trained, evaluation, airflow_run),
-                                       "judge_attempt")
+    return pipeline.Decision.from_xcom(
+        steps.judge_attempt(prepared, trained, evaluation, airflow_run), "judge_attempt"
+    )
 
 
 @pytest.fixture
@@ -460,16 +540,25 @@ def first_attempt(origin: Origin, templates_dir: Path, digits: datasets.Manifest
     pipeline_id = checkout(origin, origin.commit(files, "cnn", T0))["pipeline_id"]
     steps.detect_model_kind(pipeline_id)
     prepared = steps.prepare_first_attempt(pipeline_id)
-    assert prepared == {"pipeline_id": pipeline_id, "attempt": 1, "kind": "cnn", "action": "train", "reason": "",
-                        "warm_start_from": None}
+    assert prepared == {
+        "pipeline_id": pipeline_id,
+        "attempt": 1,
+        "kind": "cnn",
+        "action": "train",
+        "reason": "",
+        "warm_start_from": None,
+    }
     assert tree(pipeline.attempt_dir(pipeline_id, 1) / "code") == files
     judge(prepared, 0.3)
     return pipeline_id
 
 
 def changed_lines(old: str, new: str) -> list[str]:
-    return [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return [
+        line
+        for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
 
 
 def test_prepare_tweaked_attempt_changes_hparams_only(first_attempt: str) -> None:
@@ -512,8 +601,11 @@ def test_a_later_attempt_starts_from_the_best_attempt_so_far(first_attempt: str)
 
     third = pipeline.Attempt.load(pipeline_id, 3)
     assert third.based_on_attempt == 2
-    assert tweak.read_hparams((pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text()) == \
-        third.hparams == {**best.hparams, **third.tweak_updates}
+    assert (
+        tweak.read_hparams((pipeline.attempt_dir(pipeline_id, 3) / "code" / "model.py").read_text())
+        == third.hparams
+        == {**best.hparams, **third.tweak_updates}
+    )
     assert third.hparams != best.hparams
     # The recorded diff is against the code as committed (attempt 1), so it shows every change so far.
     original = (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text()
@@ -549,8 +641,12 @@ def test_judge_attempt_records_the_lineage_and_decides(first_attempt: str, digit
     run = pipeline.Pipeline.load(pipeline_id)
     metrics = contract.read_metrics(pipeline.output_dir(pipeline_id, 2))
     assert (decision.action, decision.attempt, decision.accuracy, decision.target) == ("met", 2, 0.95, 0.9)
-    assert (record.status, record.accuracy, record.commit, record.repo_url) == ("evaluated", 0.95, run.commit,
-                                                                                 run.repo_url)
+    assert (record.status, record.accuracy, record.commit, record.repo_url) == (
+        "evaluated",
+        0.95,
+        run.commit,
+        run.repo_url,
+    )
     assert record.hparams == metrics["hparams"] and record.model_file_sha256 == metrics["code_sha256"]
     assert record.dataset.test_sha256 == digits.test_sha256 and record.dataset.split_version == "v1"
     assert record.image_id == "sha256:" + "1" * 64
@@ -585,15 +681,21 @@ def test_an_unbuildable_tweak_is_a_failed_attempt_and_the_loop_moves_on(first_at
     third = pipeline.Attempt.load(pipeline_id, 3)
     assert third.based_on_attempt == 1
     assert third.hparams != failed_hparams
-    assert "failed: the model could not be built" in leaderboard_html(pipeline.attempt_records(pipeline_id), 0.9)
+    assert "failed: the model could not be built" in leaderboard_html(
+        pipeline.attempt_records(pipeline_id), 0.9
+    )
 
 
-def test_the_last_attempt_failing_stops_with_the_budget_spent(origin: Origin, templates_dir: Path,
-                                                              digits: datasets.Manifest) -> None:
-    files = {"model.py": (templates_dir / "cnn_keras.py").read_text(),
-             "pushtrain.toml": CNN_TOML + "max_attempts = 2\n"}
+def test_the_last_attempt_failing_stops_with_the_budget_spent(
+    origin: Origin, templates_dir: Path, digits: datasets.Manifest
+) -> None:
+    files = {
+        "model.py": (templates_dir / "cnn_keras.py").read_text(),
+        "pushtrain.toml": CNN_TOML + "max_attempts = 2\n",
+    }
     pipeline_id = checkout(origin, origin.commit(files, "cnn", T0), params={**PARAMS, "max_attempts": None})[
-        "pipeline_id"]
+        "pipeline_id"
+    ]
     steps.detect_model_kind(pipeline_id)
     judge(steps.prepare_first_attempt(pipeline_id), 0.3)
 
@@ -603,22 +705,26 @@ def test_the_last_attempt_failing_stops_with_the_budget_spent(origin: Origin, te
     assert "budget spent: 2 of 2 attempts, best accuracy 0.3000" in decision.reason
 
 
-KNN_TWO_COMBINATIONS = '''from sklearn.neighbors import KNeighborsClassifier
+KNN_TWO_COMBINATIONS = """from sklearn.neighbors import KNeighborsClassifier
 
 HPARAMS = {"weights": "uniform"}
 
 
 def build_estimator(hp):
     return KNeighborsClassifier(n_neighbors=5, weights=hp["weights"])
-'''
+"""
 
 
-def test_a_strategy_with_nothing_left_to_try_stops_the_loop_with_the_reason(origin: Origin,
-                                                                             digits: datasets.Manifest) -> None:
-    files = {"model.py": KNN_TWO_COMBINATIONS,
-             "pushtrain.toml": 'dataset = "digits"\ntarget = 0.999\nmax_attempts = 6\npatience = 10\n'}
-    pipeline_id = checkout(origin, origin.commit(files, "knn with one knob", T0),
-                           params={**PARAMS, "max_attempts": None})["pipeline_id"]
+def test_a_strategy_with_nothing_left_to_try_stops_the_loop_with_the_reason(
+    origin: Origin, digits: datasets.Manifest
+) -> None:
+    files = {
+        "model.py": KNN_TWO_COMBINATIONS,
+        "pushtrain.toml": 'dataset = "digits"\ntarget = 0.999\nmax_attempts = 6\npatience = 10\n',
+    }
+    pipeline_id = checkout(
+        origin, origin.commit(files, "knn with one knob", T0), params={**PARAMS, "max_attempts": None}
+    )["pipeline_id"]
     assert steps.detect_model_kind(pipeline_id) == "knn"
     judge(steps.prepare_first_attempt(pipeline_id), 0.8)
     assert judge(steps.prepare_tweaked_attempt(pipeline_id, 2), 0.85).action == "retrain"
@@ -640,8 +746,9 @@ def test_a_strategy_with_nothing_left_to_try_stops_the_loop_with_the_reason(orig
     assert f"Why it stopped: {html.escape(prepared['reason'])}" in body
 
 
-def test_register_model_registers_the_winner_with_its_record_as_lineage(first_attempt: str,
-                                                                         origin: Origin) -> None:
+def test_register_model_registers_the_winner_with_its_record_as_lineage(
+    first_attempt: str, origin: Origin
+) -> None:
     pipeline_id = first_attempt
     decision = judge(steps.prepare_tweaked_attempt(pipeline_id, 2), 0.95)
 
@@ -653,13 +760,17 @@ def test_register_model_registers_the_winner_with_its_record_as_lineage(first_at
     assert (registered["version"], registered["attempt"], registered["accuracy"]) == (1, 2, 0.95)
     assert registered["is_champion"] and version.number == 1 and registered["path"] == str(version.path)
     assert version.lineage == record.lineage(run)
-    assert version.lineage["tweak_diff"] == record.tweak_diff and version.lineage["pipeline"]["branch"] == BRANCH
+    assert (
+        version.lineage["tweak_diff"] == record.tweak_diff and version.lineage["pipeline"]["branch"] == BRANCH
+    )
     assert version.metrics == record.evaluation.model_dump()
     assert (version.artifact_dir / "model.keras").read_bytes() == b"weights of attempt 2"
     branch = f"pushtrain/{run.commit[:8]}"
     assert registered["pushed_branch"].startswith(branch)
-    assert git(origin.bare, "show", f"{branch}:model.py") + "\n" == \
-        (pipeline.attempt_dir(pipeline_id, 2) / "code" / "model.py").read_text()
+    assert (
+        git(origin.bare, "show", f"{branch}:model.py") + "\n"
+        == (pipeline.attempt_dir(pipeline_id, 2) / "code" / "model.py").read_text()
+    )
     # A retried task registers nothing new and pushes the same commit.
     assert steps.register_model(decision.to_xcom(), origin.remote)["version"] == 1
 
@@ -725,8 +836,9 @@ def test_push_model_branch_pushes_the_tuned_file_on_its_own_branch(origin: Origi
     sha, workspace = tuned_workspace(origin)
     branch = f"pushtrain/{sha[:8]}"
 
-    pushed = gitops.push_model_branch(origin.remote, workspace, "model.py", branch,
-                                      "pushtrain: tuned model.py")
+    pushed = gitops.push_model_branch(
+        origin.remote, workspace, "model.py", branch, "pushtrain: tuned model.py"
+    )
 
     assert origin.branches() == {BRANCH: sha, branch: pushed}
     assert git(origin.bare, "show", f"{branch}:model.py") + "\n" == 'HPARAMS = {"epochs": 12}\n'
@@ -770,20 +882,44 @@ def test_a_failed_push_does_not_reveal_the_password(origin: Origin) -> None:
 # ---------------------------------------------------------------------------------------------- GitRemote
 
 
-@pytest.mark.parametrize(("remote", "display", "fetch"), [
-    (gitops.GitRemote(url="https://user:secret@git.example.com/team/models.git"),
-     "https://git.example.com/team/models.git", "https://user:secret@git.example.com/team/models.git"),
-    (gitops.GitRemote(url="https://git.example.com:8443/models.git", login="bob", password="p@ss/word"),
-     "https://git.example.com:8443/models.git", "https://bob:p%40ss%2Fword@git.example.com:8443/models.git"),
-    (gitops.GitRemote(url="https://token@git.example.com/models.git"),
-     "https://git.example.com/models.git", "https://token@git.example.com/models.git"),
-    (gitops.GitRemote(url="https://u:pw@[::1]:8443/models.git"),
-     "https://[::1]:8443/models.git", "https://u:pw@[::1]:8443/models.git"),
-    (gitops.GitRemote(url="/srv/git/models.git", login="bob", password="pw"),
-     "/srv/git/models.git", "/srv/git/models.git"),
-    (gitops.GitRemote(url="git@github.com:team/models.git", key_file="/keys/id"),
-     "git@github.com:team/models.git", "git@github.com:team/models.git"),
-], ids=["creds in url", "login and password", "token only", "ipv6", "local path", "scp-style ssh"])
+@pytest.mark.parametrize(
+    ("remote", "display", "fetch"),
+    [
+        (
+            gitops.GitRemote(url="https://user:secret@git.example.com/team/models.git"),
+            "https://git.example.com/team/models.git",
+            "https://user:secret@git.example.com/team/models.git",
+        ),
+        (
+            gitops.GitRemote(
+                url="https://git.example.com:8443/models.git", login="bob", password="p@ss/word"
+            ),
+            "https://git.example.com:8443/models.git",
+            "https://bob:p%40ss%2Fword@git.example.com:8443/models.git",
+        ),
+        (
+            gitops.GitRemote(url="https://token@git.example.com/models.git"),
+            "https://git.example.com/models.git",
+            "https://token@git.example.com/models.git",
+        ),
+        (
+            gitops.GitRemote(url="https://u:pw@[::1]:8443/models.git"),
+            "https://[::1]:8443/models.git",
+            "https://u:pw@[::1]:8443/models.git",
+        ),
+        (
+            gitops.GitRemote(url="/srv/git/models.git", login="bob", password="pw"),
+            "/srv/git/models.git",
+            "/srv/git/models.git",
+        ),
+        (
+            gitops.GitRemote(url="git@github.com:team/models.git", key_file="/keys/id"),
+            "git@github.com:team/models.git",
+            "git@github.com:team/models.git",
+        ),
+    ],
+    ids=["creds in url", "login and password", "token only", "ipv6", "local path", "scp-style ssh"],
+)
 def test_credentials_appear_only_in_fetch_url(remote: gitops.GitRemote, display: str, fetch: str) -> None:
     assert remote.display_url == display
     assert remote.fetch_url() == fetch

@@ -18,10 +18,16 @@ from pushtrain import pipeline
 pytestmark = pytest.mark.slow  # Airflow's whole API server app is built once, about 20-30 s
 SECRET = "TOP-SECRET-CONTENT-91c2"
 PIPELINE_ID = "0123abcd-feedbeef"
-PAGES = ["/pushtrain/pipelines", "/pushtrain/api/pipelines", f"/pushtrain/pipelines/{PIPELINE_ID}",
-         f"/pushtrain/pipelines/{PIPELINE_ID}/live", f"/pushtrain/api/pipelines/{PIPELINE_ID}",
-         f"/pushtrain/runs/tweak_and_retrain/pushtrain__{PIPELINE_ID}__attempt-1", "/pushtrain/registry",
-         "/pushtrain/api/registry"]
+PAGES = [
+    "/pushtrain/pipelines",
+    "/pushtrain/api/pipelines",
+    f"/pushtrain/pipelines/{PIPELINE_ID}",
+    f"/pushtrain/pipelines/{PIPELINE_ID}/live",
+    f"/pushtrain/api/pipelines/{PIPELINE_ID}",
+    f"/pushtrain/runs/tweak_and_retrain/pushtrain__{PIPELINE_ID}__attempt-1",
+    "/pushtrain/registry",
+    "/pushtrain/api/registry",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +36,36 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ui-app")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PUSHTRAIN_DATA_DIR", str(root / "data"))
-        run = pipeline.Pipeline(pipeline_id=PIPELINE_ID, repo_url="/srv/git/models.git", branch="main",
-                                commit="0123abcd" * 5, author_name="Dana", author_email="dana@example.com",
-                                commit_message="CNN", kind="cnn", config=pipeline.PipelineConfig(),
-                                origin_dag_run_id="manual__2026-11-30T10:00:00+00:00", model_name="models")
+        run = pipeline.Pipeline(
+            pipeline_id=PIPELINE_ID,
+            repo_url="/srv/git/models.git",
+            branch="main",
+            commit="0123abcd" * 5,
+            author_name="Dana",
+            author_email="dana@example.com",
+            commit_message="CNN",
+            kind="cnn",
+            config=pipeline.PipelineConfig(),
+            origin_dag_run_id="manual__2026-11-30T10:00:00+00:00",
+            model_name="models",
+        )
         run.save()
-        pipeline.Attempt(pipeline_id=PIPELINE_ID, attempt=1, status="prepared", repo_url=run.repo_url,
-                         commit=run.commit, kind="cnn", model_file="model.py", hparams={}).save()
+        pipeline.Attempt(
+            pipeline_id=PIPELINE_ID,
+            attempt=1,
+            status="prepared",
+            repo_url=run.repo_url,
+            commit=run.commit,
+            kind="cnn",
+            model_file="model.py",
+            hparams={},
+        ).save()
     outside = root / "outside"
     (outside / "attempt-1").mkdir(parents=True)
     (outside / "secret.txt").write_text(SECRET)
-    (outside / pipeline.PIPELINE_FILE).write_text(json.dumps(
-        {**run.model_dump(mode="json"), "pipeline_id": "fedcba98-76543210", "model_name": SECRET}))
+    (outside / pipeline.PIPELINE_FILE).write_text(
+        json.dumps({**run.model_dump(mode="json"), "pipeline_id": "fedcba98-76543210", "model_name": SECRET})
+    )
     # Names that are valid ids but lead outside the data dir through a link.
     (root / "data" / "runs" / "fedcba98-76543210").symlink_to(outside)
     (root / "data" / "runs" / PIPELINE_ID / "attempt-2").symlink_to(outside / "attempt-1")
@@ -105,7 +129,9 @@ def test_a_session_without_read_access_is_403_and_a_forged_token_too(client, pat
 @pytest.mark.parametrize("path", PAGES)
 def test_a_viewer_reads_every_page_by_cookie_or_bearer_token(client, path: str) -> None:
     by_cookie = client.get(path, cookies={"_token": token("viewer")}, follow_redirects=False)
-    by_bearer = client.get(path, headers={"Authorization": f"Bearer {token('viewer')}"}, follow_redirects=False)
+    by_bearer = client.get(
+        path, headers={"Authorization": f"Bearer {token('viewer')}"}, follow_redirects=False
+    )
 
     assert by_cookie.status_code in (200, 303) and by_bearer.status_code == by_cookie.status_code
 
@@ -117,18 +143,37 @@ def test_the_stylesheet_needs_no_session_and_the_webhook_no_login(client) -> Non
     assert response.status_code in (401, 503) and response.json()["status"] in ("rejected", "unavailable")
 
 
-TRAVERSALS = ["..", "...", "../..", "..%2F..%2Fsecret.txt", "%2e%2e", "%2e%2e%2f%2e%2e%2foutside",
-              "..%5C..%5Csecret.txt", "%2Fetc%2Fpasswd", "outside%00", "fedcba98-76543210",
-              "0123abcd-feedbeef%2F..%2F..%2Foutside", ".%2E/.%2E/outside", "~root", "*"]
+TRAVERSALS = [
+    "..",
+    "...",
+    "../..",
+    "..%2F..%2Fsecret.txt",
+    "%2e%2e",
+    "%2e%2e%2f%2e%2e%2foutside",
+    "..%5C..%5Csecret.txt",
+    "%2Fetc%2Fpasswd",
+    "outside%00",
+    "fedcba98-76543210",
+    "0123abcd-feedbeef%2F..%2F..%2Foutside",
+    ".%2E/.%2E/outside",
+    "~root",
+    "*",
+]
 
 
 @pytest.mark.parametrize("evil", TRAVERSALS)
 def test_no_id_reaches_outside_the_data_dir(client, evil: str) -> None:
     cookies = {"_token": token("admin")}
-    paths = [f"/pushtrain/pipelines/{evil}", f"/pushtrain/pipelines/{evil}/live", f"/pushtrain/api/pipelines/{evil}",
-             f"/pushtrain/runs/tweak_and_retrain/pushtrain__{evil}__attempt-1",
-             f"/pushtrain/runs/train_on_push/{evil}", f"/pushtrain/runs/{evil}/{evil}",
-             f"/pushtrain/static/{evil}", f"/pushtrain/static/..%2F..%2Frecords.py"]
+    paths = [
+        f"/pushtrain/pipelines/{evil}",
+        f"/pushtrain/pipelines/{evil}/live",
+        f"/pushtrain/api/pipelines/{evil}",
+        f"/pushtrain/runs/tweak_and_retrain/pushtrain__{evil}__attempt-1",
+        f"/pushtrain/runs/train_on_push/{evil}",
+        f"/pushtrain/runs/{evil}/{evil}",
+        f"/pushtrain/static/{evil}",
+        "/pushtrain/static/..%2F..%2Frecords.py",
+    ]
     for path in paths:
         response = client.get(path, cookies=cookies, follow_redirects=False)
         assert SECRET not in response.text, path
@@ -139,8 +184,11 @@ def test_no_id_reaches_outside_the_data_dir(client, evil: str) -> None:
             assert response.status_code in (200, 400, 403, 404, 405, 422), (path, response.status_code)
             # A 200 is the note of a run without a pipeline, or (where the client removed the dot segments,
             # as browsers do) Airflow's own UI at the shortened path.
-            assert response.status_code != 200 or "No training attempts" in response.text \
-                or '<div id="root"' in response.text, path
+            assert (
+                response.status_code != 200
+                or "No training attempts" in response.text
+                or '<div id="root"' in response.text
+            ), path
 
 
 def test_linked_folders_inside_the_data_dir_are_not_followed(client) -> None:

@@ -35,8 +35,17 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def history(epochs: int, final: float) -> list[dict]:
-    return [{"epoch": e, "accuracy": final * e / epochs, "val_accuracy": final * e / epochs - 0.01,
-             "loss": 1.0 / e, "val_loss": 1.2 / e, "seconds": 0.5} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "accuracy": final * e / epochs,
+            "val_accuracy": final * e / epochs - 0.01,
+            "loss": 1.0 / e,
+            "val_loss": 1.2 / e,
+            "seconds": 0.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def write_metrics(pipeline_id: str, attempt: int, epochs: list[dict]) -> None:
@@ -50,24 +59,51 @@ def searched(data_dir: Path, attempts) -> pipeline.Pipeline:
     """A pipeline of four attempts: below target, met, failed, and one still training (epoch 2 of 8)."""
     # The id train_on_push gives the pipeline of ORIGIN_RUN, so the run's tab can find it.
     attempts.pipeline_id = pipeline_id = pipeline.pipeline_id_for("0123abcd" * 5, ORIGIN_RUN)
-    run = pipeline.Pipeline(pipeline_id=pipeline_id, repo_url="https://github.com/team/digits.git", branch="main",
-                            commit="0123abcd" * 5, author_name="Dana", author_email="dana@example.com",
-                            commit_message="Weak CNN\n\nbody", kind="cnn",
-                            config=pipeline.PipelineConfig(target=0.9, dataset="digits"),
-                            origin_dag_run_id=ORIGIN_RUN, model_name="digits")
+    run = pipeline.Pipeline(
+        pipeline_id=pipeline_id,
+        repo_url="https://github.com/team/digits.git",
+        branch="main",
+        commit="0123abcd" * 5,
+        author_name="Dana",
+        author_email="dana@example.com",
+        commit_message="Weak CNN\n\nbody",
+        kind="cnn",
+        config=pipeline.PipelineConfig(target=0.9, dataset="digits"),
+        origin_dag_run_id=ORIGIN_RUN,
+        model_name="digits",
+    )
     run.save()
     attempts.evaluated(1, 0.5, hparams={"epochs": 2, "filters": 2}, train_seconds=4.0).save()
-    second = attempts.evaluated(2, 0.95, hparams={"epochs": 4, "filters": 8}, train_seconds=6.0, warm_start_from=1)
-    scored = second.evaluation.changed(class_names=["0", "1", "2"],
-                                       confusion_matrix=[[10, 1, 0], [2, 8, 1], [0, 0, 12]])
-    second.changed(tweak_updates={"epochs": 4, "filters": 8}, based_on_attempt=1, tweak_diff=DIFF,
-                   container_restarts=1, evaluation=scored).save()
-    attempts.failed(3, "the model could not be built: negative dimension",
-                    hparams={"epochs": 4, "filters": 8, "conv_blocks": 4}) \
-        .changed(tweak_updates={"conv_blocks": 4}, based_on_attempt=2).save()
-    pipeline.Attempt(pipeline_id=pipeline_id, attempt=4, status="prepared", repo_url=run.repo_url,
-                     commit=run.commit, kind="cnn", model_file="model.py", hparams={"epochs": 8, "filters": 8},
-                     tweak_updates={"epochs": 8}, based_on_attempt=2).save()
+    second = attempts.evaluated(
+        2, 0.95, hparams={"epochs": 4, "filters": 8}, train_seconds=6.0, warm_start_from=1
+    )
+    scored = second.evaluation.changed(
+        class_names=["0", "1", "2"], confusion_matrix=[[10, 1, 0], [2, 8, 1], [0, 0, 12]]
+    )
+    second.changed(
+        tweak_updates={"epochs": 4, "filters": 8},
+        based_on_attempt=1,
+        tweak_diff=DIFF,
+        container_restarts=1,
+        evaluation=scored,
+    ).save()
+    attempts.failed(
+        3,
+        "the model could not be built: negative dimension",
+        hparams={"epochs": 4, "filters": 8, "conv_blocks": 4},
+    ).changed(tweak_updates={"conv_blocks": 4}, based_on_attempt=2).save()
+    pipeline.Attempt(
+        pipeline_id=pipeline_id,
+        attempt=4,
+        status="prepared",
+        repo_url=run.repo_url,
+        commit=run.commit,
+        kind="cnn",
+        model_file="model.py",
+        hparams={"epochs": 8, "filters": 8},
+        tweak_updates={"epochs": 8},
+        based_on_attempt=2,
+    ).save()
     write_metrics(pipeline_id, 1, history(2, 0.5))
     write_metrics(pipeline_id, 2, history(4, 0.95))
     progress = pipeline.output_dir(pipeline_id, 4)
@@ -75,7 +111,8 @@ def searched(data_dir: Path, attempts) -> pipeline.Pipeline:
     (progress / contract.PROGRESS_FILE).write_text(
         "[pushtrain] training cnn on 1438 images\n"
         "[pushtrain] epoch 1/8 accuracy=0.4000 loss=1.5000 val_accuracy=0.3500 val_loss=1.6000 seconds=0.50\n"
-        "[pushtrain] epoch 2/8 accuracy=0.6000 loss=1.1000 val_accuracy=0.5500 val_loss=1.2000 seconds=0.50\n")
+        "[pushtrain] epoch 2/8 accuracy=0.6000 loss=1.1000 val_accuracy=0.5500 val_loss=1.2000 seconds=0.50\n"
+    )
     return run
 
 
@@ -179,8 +216,12 @@ def test_live_polling_returns_the_body_and_says_when_the_pipeline_ended(searched
     assert running.headers["X-Pushtrain-Live"] == "true"
     assert "<html" not in running.text and 'id="leaderboard"' in running.text
 
-    pipeline.Summary(pipeline_id=searched.pipeline_id, outcome="met", reason="accuracy 0.95 >= target 0.90",
-                     ended_after_attempt=2).save()
+    pipeline.Summary(
+        pipeline_id=searched.pipeline_id,
+        outcome="met",
+        reason="accuracy 0.95 >= target 0.90",
+        ended_after_attempt=2,
+    ).save()
     ended = client.get(f"/pushtrain/pipelines/{searched.pipeline_id}/live")
     assert ended.headers["X-Pushtrain-Live"] == "false"
     assert "Ended after attempt 2: accuracy 0.95" in ended.text
@@ -194,8 +235,10 @@ def test_a_dag_run_leads_to_its_pipeline(searched, client) -> None:
     assert first.status_code == 303
     assert first.headers["location"] == f"/pushtrain/pipelines/{searched.pipeline_id}"
 
-    retrain = client.get(f"/pushtrain/runs/tweak_and_retrain/pushtrain__{searched.pipeline_id}__attempt-2",
-                         follow_redirects=False)
+    retrain = client.get(
+        f"/pushtrain/runs/tweak_and_retrain/pushtrain__{searched.pipeline_id}__attempt-2",
+        follow_redirects=False,
+    )
     assert retrain.headers["location"] == f"/pushtrain/pipelines/{searched.pipeline_id}"
 
     waiting = client.get("/pushtrain/runs/train_on_push/scheduled__2026-11-30T10:05:00+00:00")
@@ -212,8 +255,9 @@ def test_the_json_of_a_pipeline_carries_the_records(searched, client) -> None:
     assert document["attempts"][1]["record"]["evaluation"]["accuracy"] == 0.95
     assert document["confusion"]["matrix"][2] == [0, 0, 12]
     listed = client.get("/pushtrain/api/pipelines").json()
-    assert [(p["pipeline_id"], p["attempts"], p["best_accuracy"]) for p in listed] == \
-        [(searched.pipeline_id, 4, 0.95)]
+    assert [(p["pipeline_id"], p["attempts"], p["best_accuracy"]) for p in listed] == [
+        (searched.pipeline_id, 4, 0.95)
+    ]
 
 
 def test_files_a_container_wrote_are_not_followed_out_of_the_attempt(searched, client, tmp_path) -> None:
@@ -228,7 +272,8 @@ def test_files_a_container_wrote_are_not_followed_out_of_the_attempt(searched, c
     metrics.unlink()
     metrics.symlink_to(secret)
     (pipeline.output_dir(searched.pipeline_id, 2) / contract.METRICS_FILE).write_bytes(
-        b" " * (records.MAX_CONTAINER_FILE_BYTES + 1))
+        b" " * (records.MAX_CONTAINER_FILE_BYTES + 1)
+    )
 
     page = client.get(f"/pushtrain/pipelines/{searched.pipeline_id}").text
     document = client.get(f"/pushtrain/api/pipelines/{searched.pipeline_id}").text
@@ -257,23 +302,29 @@ def test_progress_lines_of_a_resumed_container_keep_the_latest_epoch() -> None:
         "[pushtrain] resuming from checkpoint at epoch 1/3\n"
         "[pushtrain] epoch 2/3 accuracy=0.4 loss=nan seconds=0.1\n"
         "[pushtrain] epoch 2/3 accuracy=0.5 loss=1.0 seconds=0.1\n"
-        "user code printed epoch 9/9 accuracy=1.0\n")
+        "user code printed epoch 9/9 accuracy=1.0\n"
+    )
 
     assert total == 3
-    assert [(e.epoch, e.scores) for e in epochs] == [(1, {"accuracy": 0.2, "loss": 2.0}),
-                                                      (2, {"accuracy": 0.5, "loss": 1.0})]
+    assert [(e.epoch, e.scores) for e in epochs] == [
+        (1, {"accuracy": 0.2, "loss": 2.0}),
+        (2, {"accuracy": 0.5, "loss": 1.0}),
+    ]
 
 
-@pytest.mark.parametrize(("repo_url", "expected"), [
-    ("https://github.com/team/model.git", "https://github.com/team/model/commit/{sha}"),
-    ("git@github.com:team/model.git", "https://github.com/team/model/commit/{sha}"),
-    ("https://gitlab.com/group/sub/model", "https://gitlab.com/group/sub/model/-/commit/{sha}"),
-    ("ssh://git@codeberg.org/team/model.git", "https://codeberg.org/team/model/commit/{sha}"),
-    ("https://token:x@github.com/team/model.git", "https://github.com/team/model/commit/{sha}"),
-    ("/srv/git/model.git", None),
-    ("https://git.internal.example/team/model.git", None),
-    ("javascript:alert(1)//github.com/x/y", None),
-])
+@pytest.mark.parametrize(
+    ("repo_url", "expected"),
+    [
+        ("https://github.com/team/model.git", "https://github.com/team/model/commit/{sha}"),
+        ("git@github.com:team/model.git", "https://github.com/team/model/commit/{sha}"),
+        ("https://gitlab.com/group/sub/model", "https://gitlab.com/group/sub/model/-/commit/{sha}"),
+        ("ssh://git@codeberg.org/team/model.git", "https://codeberg.org/team/model/commit/{sha}"),
+        ("https://token:x@github.com/team/model.git", "https://github.com/team/model/commit/{sha}"),
+        ("/srv/git/model.git", None),
+        ("https://git.internal.example/team/model.git", None),
+        ("javascript:alert(1)//github.com/x/y", None),
+    ],
+)
 def test_commits_link_to_known_web_hosts_only(repo_url: str, expected: str | None) -> None:
     sha = "0123abcd" * 5
     assert records.commit_url(repo_url, sha) == (expected.format(sha=sha) if expected else None)
@@ -285,8 +336,13 @@ def test_the_registry_page_lists_versions_with_their_lineage_and_pointer(searche
     (artifact / "model.joblib").write_bytes(b"model bytes")
     record = pipeline.Attempt.load(searched.pipeline_id, 2)
     registry = ModelRegistry(pipeline.settings.registry_dir())
-    version = registry.register("digits", artifact, record.evaluation.model_dump(), record.lineage(searched),
-                                pipeline_run_id=searched.pipeline_id)
+    version = registry.register(
+        "digits",
+        artifact,
+        record.evaluation.model_dump(),
+        record.lineage(searched),
+        pipeline_run_id=searched.pipeline_id,
+    )
     registry.promote_if_not_worse("digits", version)
     registry.set_tag("digits", version, "model_tests", "passed")
 
@@ -294,7 +350,9 @@ def test_the_registry_page_lists_versions_with_their_lineage_and_pointer(searche
     models = client.get("/pushtrain/api/registry").json()
 
     assert [(m["name"], m["aliases"]) for m in models] == [("digits", {"champion": 1})]
-    assert [(move["alias"], move["from"], move["to"]) for move in models[0]["history"]] == [("champion", None, 1)]
+    assert [(move["alias"], move["from"], move["to"]) for move in models[0]["history"]] == [
+        ("champion", None, 1)
+    ]
     assert models[0]["versions"][0]["scores"]["accuracy"] == 0.95
     assert models[0]["versions"][0]["aliases"] == ["champion"]
     assert 'data-version="1"' in page and '<span class="badge met">champion</span>' in page
@@ -312,8 +370,9 @@ def test_the_pipelines_list_and_empty_states(data_dir, client) -> None:
 
 
 def test_charts_escape_text_and_say_when_there_is_nothing_to_draw() -> None:
-    chart = svg.line_chart("c", "<script>", [svg.Series("a<b", [(1, 0.5), (2, 0.75)])], x_label="x&y",
-                           y_label="y")
+    chart = svg.line_chart(
+        "c", "<script>", [svg.Series("a<b", [(1, 0.5), (2, 0.75)])], x_label="x&y", y_label="y"
+    )
     assert "<script>" not in chart and "&lt;script&gt;" in chart and "a&lt;b" in chart
     assert chart.count('class="point"') == 2
     empty = svg.line_chart("d", "title", [], x_label="x", y_label="y", empty_message="nothing yet")

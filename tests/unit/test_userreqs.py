@@ -19,11 +19,19 @@ from pushtrain.userreqs import (
 )
 
 SKLEARN_IMAGE = ImageFacts(
-    image="sklearn", python="3.11", python_full="3.11.2", machine="x86_64", glibc=(2, 36),
+    image="sklearn",
+    python="3.11",
+    python_full="3.11.2",
+    machine="x86_64",
+    glibc=(2, 36),
     packages={"numpy": "2.4.6", "scikit-learn": "1.9.1", "pandas": "3.1.1", "pip": "23.0.1"},
 )
 TENSORFLOW_IMAGE = ImageFacts(
-    image="tensorflow", python="3.11", python_full="3.11.2", machine="x86_64", glibc=(2, 36),
+    image="tensorflow",
+    python="3.11",
+    python_full="3.11.2",
+    machine="x86_64",
+    glibc=(2, 36),
     packages={"numpy": "2.4.6", "tensorflow-cpu": "2.21.0", "keras": "3.15.1"},
 )
 
@@ -42,7 +50,11 @@ def test_plain_requirements_with_comments_blank_lines_extras_and_markers():
         'colorama; sys_platform == "win32"\n'
     )
     assert [(item.line_number, item.name) for item in declared] == [
-        (3, "tabulate"), (4, "python-dateutil"), (5, "rich"), (6, "colorama")]
+        (3, "tabulate"),
+        (4, "python-dateutil"),
+        (5, "rich"),
+        (6, "colorama"),
+    ]
     assert names(declared) == ["tabulate==0.9.0", "python-dateutil>=2.8", "rich[jupyter]", "colorama"]
 
 
@@ -124,7 +136,12 @@ def test_markers_are_evaluated_for_the_image_not_the_host():
 def test_platform_tags_follow_the_images_glibc_and_architecture():
     tags = SKLEARN_IMAGE.platform_tags()
     assert tags[0] == "manylinux_2_36_x86_64"
-    assert {"manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"} <= set(tags)
+    assert {
+        "manylinux_2_28_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux2010_x86_64",
+        "manylinux1_x86_64",
+    } <= set(tags)
     arm_old_glibc = replace(SKLEARN_IMAGE, machine="aarch64", glibc=(2, 17))
     assert arm_old_glibc.platform_tags()[:2] == ["manylinux_2_17_aarch64", "manylinux2014_aarch64"]
     assert not any("2_28" in tag for tag in arm_old_glibc.platform_tags())
@@ -142,8 +159,11 @@ def test_wheelhouse_key_changes_with_the_requirements_and_the_images_packages():
 
 
 def test_size_cap_refuses_and_names_the_largest_wheels(tmp_path, monkeypatch):
-    wheelhouse = Wheelhouse(tmp_path, {"big": "1.0", "small": "2.0"},
-                            {"big-1.0-py3-none-any.whl": 700_000_000, "small-2.0-py3-none-any.whl": 1_000})
+    wheelhouse = Wheelhouse(
+        tmp_path,
+        {"big": "1.0", "small": "2.0"},
+        {"big-1.0-py3-none-any.whl": 700_000_000, "small-2.0-py3-none-any.whl": 1_000},
+    )
     monkeypatch.setenv("PUSHTRAIN_USER_REQUIREMENTS_MAX_MB", "500")
     with pytest.raises(UserRequirementsError) as raised:
         check_size(wheelhouse, settings.user_requirements_max_mb())

@@ -32,15 +32,32 @@ OTHER_SHA = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 def github_push(sha: str = SHA, ref: str = "refs/heads/main", url: str = REPO_URL) -> dict:
-    return {"ref": ref, "before": "0" * 40, "after": sha, "pusher": {"name": "dana"},
-            "repository": {"full_name": "team/model", "clone_url": url, "ssh_url": "git@git.example.com:team/model.git",
-                           "html_url": url.removesuffix(".git")}}
+    return {
+        "ref": ref,
+        "before": "0" * 40,
+        "after": sha,
+        "pusher": {"name": "dana"},
+        "repository": {
+            "full_name": "team/model",
+            "clone_url": url,
+            "ssh_url": "git@git.example.com:team/model.git",
+            "html_url": url.removesuffix(".git"),
+        },
+    }
 
 
 def gitlab_push(sha: str = SHA) -> dict:
-    return {"object_kind": "push", "ref": "refs/heads/main", "after": sha, "user_username": "dana",
-            "project": {"path_with_namespace": "team/model", "git_http_url": REPO_URL,
-                        "git_ssh_url": "git@git.example.com:team/model.git"}}
+    return {
+        "object_kind": "push",
+        "ref": "refs/heads/main",
+        "after": sha,
+        "user_username": "dana",
+        "project": {
+            "path_with_namespace": "team/model",
+            "git_http_url": REPO_URL,
+            "git_ssh_url": "git@git.example.com:team/model.git",
+        },
+    }
 
 
 def hub_signature(body: bytes, secret: str = SECRET) -> str:
@@ -76,14 +93,19 @@ def client(recorder: Recorder) -> TestClient:
 
 def post(client: TestClient, payload: object, headers: dict[str, str], raw: bytes | None = None):
     body = raw if raw is not None else json.dumps(payload).encode()
-    return client.post("/pushtrain/hooks/git", content=body,
-                       headers={"Content-Type": "application/json", **headers})
+    return client.post(
+        "/pushtrain/hooks/git", content=body, headers={"Content-Type": "application/json", **headers}
+    )
 
 
 def signed_github(client: TestClient, payload: object, event: str = "push"):
     body = json.dumps(payload).encode()
-    return post(client, None, {"X-GitHub-Event": event, "X-GitHub-Delivery": "d-1",
-                               "X-Hub-Signature-256": hub_signature(body)}, raw=body)
+    return post(
+        client,
+        None,
+        {"X-GitHub-Event": event, "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": hub_signature(body)},
+        raw=body,
+    )
 
 
 # --- signatures --------------------------------------------------------------------------------------------
@@ -96,19 +118,30 @@ def test_a_signed_github_push_to_the_watched_branch_starts_one_run(client, recor
     assert response.json()["status"] == "started"
     assert response.json()["run_id"].endswith(f"__{SHA}")
     [(push, repository)] = recorder.started
-    assert (push.provider, push.branch, push.sha, push.pusher, push.delivery) == ("github", "main", SHA, "dana", "d-1")
+    assert (push.provider, push.branch, push.sha, push.pusher, push.delivery) == (
+        "github",
+        "main",
+        SHA,
+        "dana",
+        "d-1",
+    )
     assert repository.conf_url == ""  # the git_default connection's repository
 
 
-@pytest.mark.parametrize("signature", [
-    None,
-    "",
-    "sha256=" + "0" * 64,
-    hub_signature(b"another body"),
-    hub_signature(json.dumps(github_push()).encode(), secret="not-the-secret-0123456789"),
-    hub_signature(json.dumps(github_push()).encode()).removeprefix("sha256="),  # GitHub's form needs the prefix
-    "sha1=" + hmac.new(SECRET.encode(), json.dumps(github_push()).encode(), hashlib.sha1).hexdigest(),
-])
+@pytest.mark.parametrize(
+    "signature",
+    [
+        None,
+        "",
+        "sha256=" + "0" * 64,
+        hub_signature(b"another body"),
+        hub_signature(json.dumps(github_push()).encode(), secret="not-the-secret-0123456789"),
+        hub_signature(json.dumps(github_push()).encode()).removeprefix(
+            "sha256="
+        ),  # GitHub's form needs the prefix
+        "sha1=" + hmac.new(SECRET.encode(), json.dumps(github_push()).encode(), hashlib.sha1).hexdigest(),
+    ],
+)
 def test_a_missing_or_wrong_signature_is_401_and_starts_nothing(client, recorder, signature) -> None:
     headers = {"X-GitHub-Event": "push"}
     if signature is not None:
@@ -125,8 +158,9 @@ def test_the_signature_covers_the_raw_bytes_not_the_parsed_json(client, recorder
     body = json.dumps(github_push()).encode()
     reformatted = json.dumps(github_push(), indent=2).encode()  # the same JSON, other bytes
 
-    response = post(client, None, {"X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(body)},
-                    raw=reformatted)
+    response = post(
+        client, None, {"X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(body)}, raw=reformatted
+    )
 
     assert response.status_code == 401 and recorder.started == []
 
@@ -136,9 +170,17 @@ def test_gitea_and_forgejo_sign_with_their_own_header(client, recorder) -> None:
     digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     for host in ("Gitea", "Forgejo"):
         # Gitea also sends GitHub's event header; its own one decides which signature is checked.
-        bad = post(client, None, {f"X-{host}-Event": "push", "X-GitHub-Event": "push",
-                                  "X-Hub-Signature-256": hub_signature(body), f"X-{host}-Signature": "0" * 64},
-                   raw=body)
+        bad = post(
+            client,
+            None,
+            {
+                f"X-{host}-Event": "push",
+                "X-GitHub-Event": "push",
+                "X-Hub-Signature-256": hub_signature(body),
+                f"X-{host}-Signature": "0" * 64,
+            },
+            raw=body,
+        )
         assert bad.status_code == 401
         good = post(client, None, {f"X-{host}-Event": "push", f"X-{host}-Signature": digest}, raw=body)
         assert good.status_code == 202, good.text
@@ -146,7 +188,10 @@ def test_gitea_and_forgejo_sign_with_their_own_header(client, recorder) -> None:
 
 
 def test_gitlab_sends_the_secret_as_a_token(client, recorder) -> None:
-    assert post(client, gitlab_push(), {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "wrong"}).status_code == 401
+    assert (
+        post(client, gitlab_push(), {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "wrong"}).status_code
+        == 401
+    )
     assert post(client, gitlab_push(), {"X-Gitlab-Event": "Push Hook"}).status_code == 401
     response = post(client, gitlab_push(), {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET})
     assert response.status_code == 202
@@ -168,8 +213,11 @@ def test_without_a_configured_secret_nothing_is_verified_or_started(recorder) ->
         app = FastAPI()
         app.include_router(webhook.make_router(lambda config=config: config))
         body = json.dumps(github_push()).encode()
-        response = TestClient(app).post("/hooks/git", content=body, headers={
-            "X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(body, secret or "x")})
+        response = TestClient(app).post(
+            "/hooks/git",
+            content=body,
+            headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(body, secret or "x")},
+        )
         assert response.status_code == 503
         assert "pushtrain_webhook" in response.json()["reason"]
     assert recorder.started == []
@@ -180,27 +228,38 @@ def test_without_a_configured_secret_nothing_is_verified_or_started(recorder) ->
 
 def test_a_body_over_the_limit_is_413_whether_declared_or_streamed(client, recorder) -> None:
     big = b'{"padding": "' + b"x" * webhook.MAX_BODY_BYTES + b'"}'
-    declared = post(client, None, {"X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(big)}, raw=big)
+    declared = post(
+        client, None, {"X-GitHub-Event": "push", "X-Hub-Signature-256": hub_signature(big)}, raw=big
+    )
     assert declared.status_code == 413
 
     def chunks():
         for _ in range(3):
             yield b"x" * (webhook.MAX_BODY_BYTES // 2)
 
-    streamed = client.post("/pushtrain/hooks/git", content=chunks(),
-                           headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})
+    streamed = client.post(
+        "/pushtrain/hooks/git",
+        content=chunks(),
+        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
+    )
     assert streamed.status_code == 413
     assert recorder.started == []
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe\x00", "not valid JSON"),
-    (b"[1, 2]", "JSON object"),
-    (json.dumps({"ref": "refs/heads/main"}).encode(), "'after'"),
-    (json.dumps({"ref": "refs/heads/main", "after": "abc", "repository": REPO_URL}).encode(), "full commit SHA"),
-    (json.dumps({"ref": "refs/heads/main", "after": SHA}).encode(), "no repository"),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"ref": "refs/heads/main"}).encode(), "'after'"),
+        (
+            json.dumps({"ref": "refs/heads/main", "after": "abc", "repository": REPO_URL}).encode(),
+            "full commit SHA",
+        ),
+        (json.dumps({"ref": "refs/heads/main", "after": SHA}).encode(), "no repository"),
+    ],
+)
 def test_a_signed_but_malformed_body_is_400(client, recorder, raw: bytes, reason: str) -> None:
     response = post(client, None, {"X-Hub-Signature-256": hub_signature(raw)}, raw=raw)
 
@@ -212,19 +271,35 @@ def test_a_signed_but_malformed_body_is_400(client, recorder, raw: bytes, reason
 # --- which pushes start a run ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("payload", "event", "reason"), [
-    (github_push(), "ping", "'ping' is not a push"),
-    (github_push(), "pull_request", "is not a push"),
-    (github_push(ref="refs/heads/feature"), "push", "branch feature is not the watched branch main"),
-    (github_push(ref="refs/heads/pushtrain/0123abcd"), "push", "not the watched branch"),  # our own tuned branch
-    (github_push(ref="refs/tags/v1.0"), "push", "refs/tags/v1.0 is not a branch"),
-    (github_push(sha="0" * 40), "push", "was deleted"),
-    (github_push(url="https://git.example.com/team/other.git") | {"repository": {
-        "clone_url": "https://git.example.com/team/other.git", "full_name": "team/other"}}, "push",
-     "team/other is not watched"),
-])
-def test_other_events_branches_and_repositories_are_acknowledged_and_ignored(client, recorder, payload, event,
-                                                                              reason) -> None:
+@pytest.mark.parametrize(
+    ("payload", "event", "reason"),
+    [
+        (github_push(), "ping", "'ping' is not a push"),
+        (github_push(), "pull_request", "is not a push"),
+        (github_push(ref="refs/heads/feature"), "push", "branch feature is not the watched branch main"),
+        (
+            github_push(ref="refs/heads/pushtrain/0123abcd"),
+            "push",
+            "not the watched branch",
+        ),  # our own tuned branch
+        (github_push(ref="refs/tags/v1.0"), "push", "refs/tags/v1.0 is not a branch"),
+        (github_push(sha="0" * 40), "push", "was deleted"),
+        (
+            github_push(url="https://git.example.com/team/other.git")
+            | {
+                "repository": {
+                    "clone_url": "https://git.example.com/team/other.git",
+                    "full_name": "team/other",
+                }
+            },
+            "push",
+            "team/other is not watched",
+        ),
+    ],
+)
+def test_other_events_branches_and_repositories_are_acknowledged_and_ignored(
+    client, recorder, payload, event, reason
+) -> None:
     response = signed_github(client, payload, event=event)
 
     assert response.status_code == 200
@@ -233,14 +308,17 @@ def test_other_events_branches_and_repositories_are_acknowledged_and_ignored(cli
     assert recorder.started == []
 
 
-@pytest.mark.parametrize("address", [
-    "https://git.example.com/team/model.git",
-    "https://GIT.example.com/team/model/",
-    "https://bot:token@git.example.com/team/model.git",
-    "ssh://git@git.example.com:2222/team/model.git",
-    "git@git.example.com:team/model.git",
-    "git.example.com:team/model",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "https://git.example.com/team/model.git",
+        "https://GIT.example.com/team/model/",
+        "https://bot:token@git.example.com/team/model.git",
+        "ssh://git@git.example.com:2222/team/model.git",
+        "git@git.example.com:team/model.git",
+        "git.example.com:team/model",
+    ],
+)
 def test_one_repository_has_one_key_however_it_is_addressed(address: str) -> None:
     assert repository_key(address) == "git.example.com/team/model"
 
@@ -248,7 +326,11 @@ def test_one_repository_has_one_key_however_it_is_addressed(address: str) -> Non
 def test_local_repositories_are_matched_by_their_resolved_path(tmp_path: Path) -> None:
     bare = tmp_path / "repo.git"
     bare.mkdir()
-    assert repository_key(str(bare)) == repository_key(f"file://{bare}/") == repository_key(str(tmp_path / "repo"))
+    assert (
+        repository_key(str(bare))
+        == repository_key(f"file://{bare}/")
+        == repository_key(str(tmp_path / "repo"))
+    )
     assert repository_key(str(bare)) != repository_key(str(tmp_path / "other.git"))
 
 
@@ -298,12 +380,18 @@ def runs_of(prefix: str) -> list:
     from sqlalchemy import select
 
     with create_session() as session:
-        return [(run.run_id, run.state, run.conf) for run in session.scalars(
-            select(DagRun).where(DagRun.dag_id == "train_on_push", DagRun.run_id.startswith(prefix)))]
+        return [
+            (run.run_id, run.state, run.conf)
+            for run in session.scalars(
+                select(DagRun).where(DagRun.dag_id == "train_on_push", DagRun.run_id.startswith(prefix))
+            )
+        ]
 
 
 @pytest.mark.slow
-def test_a_push_claims_its_commit_and_queues_one_run_a_redelivery_none(airflow_dags, data_dir, repository) -> None:
+def test_a_push_claims_its_commit_and_queues_one_run_a_redelivery_none(
+    airflow_dags, data_dir, repository
+) -> None:
     first = starter.start_training(push_of(repository), repository)
 
     assert (first.status, first.http_status) == ("started", 202)
@@ -330,8 +418,9 @@ def test_a_commit_the_sensor_took_first_is_left_to_it(airflow_dags, data_dir, re
 
 
 @pytest.mark.slow
-def test_queued_runs_per_repository_are_bounded_and_the_rest_left_unclaimed(airflow_dags, data_dir,
-                                                                            repository) -> None:
+def test_queued_runs_per_repository_are_bounded_and_the_rest_left_unclaimed(
+    airflow_dags, data_dir, repository
+) -> None:
     shas = [f"{n:040x}" for n in range(1, starter.MAX_QUEUED_PER_REPOSITORY + 2)]
     results = [starter.start_training(push_of(repository, sha), repository) for sha in shas]
 
@@ -365,13 +454,22 @@ def make_watchers(repository: WatchedRepository, watchers: dict[str, tuple[dict,
     with create_session() as session:
         dag = DBDagBag().get_latest_version_of_dag("train_on_push", session=session)
         for name, (conf, _) in watchers.items():
-            dag.create_dagrun(run_id=f"{name}-{suffix}", run_after=datetime.now(UTC), conf=conf,
-                              run_type=DagRunType.MANUAL if name.startswith("manual") else DagRunType.SCHEDULED,
-                              triggered_by=DagRunTriggeredByType.TIMETABLE, state=DagRunState.RUNNING,
-                              logical_date=None, session=session)
+            dag.create_dagrun(
+                run_id=f"{name}-{suffix}",
+                run_after=datetime.now(UTC),
+                conf=conf,
+                run_type=DagRunType.MANUAL if name.startswith("manual") else DagRunType.SCHEDULED,
+                triggered_by=DagRunTriggeredByType.TIMETABLE,
+                state=DagRunState.RUNNING,
+                logical_date=None,
+                session=session,
+            )
         session.flush()
-        for ti in session.scalars(select(TaskInstance).where(TaskInstance.task_id == "wait_for_commit",
-                                                             TaskInstance.run_id.endswith(suffix))):
+        for ti in session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.task_id == "wait_for_commit", TaskInstance.run_id.endswith(suffix)
+            )
+        ):
             ti.state = watchers[ti.run_id.removesuffix(f"-{suffix}")][1]
 
 
@@ -382,36 +480,56 @@ def sensor_states(repository: WatchedRepository) -> dict[str, str]:
 
     suffix = repository.key[-8:]
     with create_session() as session:
-        return {ti.run_id.removesuffix(f"-{suffix}"): ti.state for ti in session.scalars(
-            select(TaskInstance).where(TaskInstance.task_id == "wait_for_commit", TaskInstance.run_id.endswith(suffix)))}
+        return {
+            ti.run_id.removesuffix(f"-{suffix}"): ti.state
+            for ti in session.scalars(
+                select(TaskInstance).where(
+                    TaskInstance.task_id == "wait_for_commit", TaskInstance.run_id.endswith(suffix)
+                )
+            )
+        }
 
 
 @pytest.mark.slow
-def test_runs_waiting_for_a_push_make_way_unless_they_have_a_commit(airflow_dags, data_dir, repository) -> None:
+def test_runs_waiting_for_a_push_make_way_unless_they_have_a_commit(
+    airflow_dags, data_dir, repository
+) -> None:
     claimed_repo = "/srv/git/claimed.git"
-    make_watchers(repository, {
-        "scheduled__between-pokes": ({}, "up_for_reschedule"),
-        "scheduled__retrying": ({}, "up_for_retry"),
-        "manual__other-repo": ({"repo_url": "/srv/git/other.git"}, "queued"),
-        "manual__explicit": ({"commit": OTHER_SHA}, "up_for_reschedule"),
-        "manual__claimed": ({"repo_url": claimed_repo}, "up_for_retry"),
-        "scheduled__poking": ({}, "running"),
-    })
+    make_watchers(
+        repository,
+        {
+            "scheduled__between-pokes": ({}, "up_for_reschedule"),
+            "scheduled__retrying": ({}, "up_for_retry"),
+            "manual__other-repo": ({"repo_url": "/srv/git/other.git"}, "queued"),
+            "manual__explicit": ({"commit": OTHER_SHA}, "up_for_reschedule"),
+            "manual__claimed": ({"repo_url": claimed_repo}, "up_for_retry"),
+            "scheduled__poking": ({}, "running"),
+        },
+    )
     assert ledger.claim(claimed_repo, OTHER_SHA, f"manual__claimed-{repository.key[-8:]}")
 
     result = starter.start_training(push_of(repository), repository)
 
     assert result.status == "started"
-    assert sorted(name.rsplit("-", 1)[0] for name in result.yielded) == \
-        ["manual__other-repo", "scheduled__between-pokes", "scheduled__retrying"]
+    assert sorted(name.rsplit("-", 1)[0] for name in result.yielded) == [
+        "manual__other-repo",
+        "scheduled__between-pokes",
+        "scheduled__retrying",
+    ]
     assert sensor_states(repository) == {
-        "scheduled__between-pokes": "skipped", "scheduled__retrying": "skipped", "manual__other-repo": "skipped",
-        "manual__explicit": "up_for_reschedule", "manual__claimed": "up_for_retry", "scheduled__poking": "running"}
+        "scheduled__between-pokes": "skipped",
+        "scheduled__retrying": "skipped",
+        "manual__other-repo": "skipped",
+        "manual__explicit": "up_for_reschedule",
+        "manual__claimed": "up_for_retry",
+        "scheduled__poking": "running",
+    }
 
 
 @pytest.mark.slow
-def test_a_watcher_poking_at_push_time_makes_way_after_its_poke(airflow_dags, data_dir, repository,
-                                                                monkeypatch) -> None:
+def test_a_watcher_poking_at_push_time_makes_way_after_its_poke(
+    airflow_dags, data_dir, repository, monkeypatch
+) -> None:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -422,9 +540,11 @@ def test_a_watcher_poking_at_push_time_makes_way_after_its_poke(airflow_dags, da
     yielded = starter.start_training(push_of(repository), repository).yielded
     assert not [name for name in yielded if name.endswith(repository.key[-8:])]
     with create_session() as session:  # the poke ends: the sensor waits for its next one
-        session.scalar(select(TaskInstance).where(TaskInstance.task_id == "wait_for_commit",
-                                                  TaskInstance.run_id.endswith(repository.key[-8:]))) \
-            .state = "up_for_reschedule"
+        session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.task_id == "wait_for_commit", TaskInstance.run_id.endswith(repository.key[-8:])
+            )
+        ).state = "up_for_reschedule"
 
     wait_until_true = time.monotonic() + 8
     while sensor_states(repository)["scheduled__poking"] != "skipped" and time.monotonic() < wait_until_true:
@@ -433,8 +553,9 @@ def test_a_watcher_poking_at_push_time_makes_way_after_its_poke(airflow_dags, da
 
 
 @pytest.mark.slow
-def test_before_train_on_push_is_parsed_the_answer_is_503_and_the_claim_released(airflow_dags, data_dir, repository,
-                                                                                   monkeypatch) -> None:
+def test_before_train_on_push_is_parsed_the_answer_is_503_and_the_claim_released(
+    airflow_dags, data_dir, repository, monkeypatch
+) -> None:
     monkeypatch.setattr(starter, "TRAIN_DAG_ID", "not_parsed_yet")
 
     with pytest.raises(webhook.WebhookError) as refusal:

@@ -24,16 +24,26 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one attempt (resumes from its checkpoints)")
     train.add_argument("--model", required=True, type=Path, help="the user's model file (read-only mount)")
-    train.add_argument("--data", required=True, type=Path,
-                       help="training split: <data>/<label>/*.png, or <data>/table.csv with schema.json")
+    train.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="training split: <data>/<label>/*.png, or <data>/table.csv with schema.json",
+    )
     train.add_argument("--out", required=True, type=Path, help="this attempt's writable output directory")
     train.add_argument("--hparams", default="{}", help="JSON object overriding the file's HPARAMS")
     train.add_argument("--kind", choices=KINDS, help="model kind (default: from the builder name)")
     train.add_argument("--run-key", default="local", help="pipeline run and attempt; keys the checkpoints")
-    train.add_argument("--warm-start", type=Path,
-                       help="an earlier attempt's output dir: continue its model if only epochs grew")
-    train.add_argument("--no-checkpoints", action="store_true",
-                       help="skip per-epoch checkpoints (benchmarks only: such a run cannot resume)")
+    train.add_argument(
+        "--warm-start",
+        type=Path,
+        help="an earlier attempt's output dir: continue its model if only epochs grew",
+    )
+    train.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="skip per-epoch checkpoints (benchmarks only: such a run cannot resume)",
+    )
 
     predict = commands.add_parser("predict", help="predict a label-blind view; the platform scores it")
     predict.add_argument("--model-dir", required=True, type=Path, help="the attempt's model/ directory")
@@ -45,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-dir", required=True, type=Path, help="a registered version's artifact/ dir")
     serve.add_argument("--model", type=Path, help="the model file, for classes and layers it defines")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--info", default="{}", help="JSON answered by GET /version (name, version, alias, ...)")
-    proxy = commands.add_parser("proxy", help="the stable endpoint: forward to the container in --upstream-file")
+    serve.add_argument(
+        "--info", default="{}", help="JSON answered by GET /version (name, version, alias, ...)"
+    )
+    proxy = commands.add_parser(
+        "proxy", help="the stable endpoint: forward to the container in --upstream-file"
+    )
     proxy.add_argument("--upstream-file", required=True, type=Path, help='{"host": ..., "port": ...}')
     proxy.add_argument("--host", default="127.0.0.1")
     proxy.add_argument("--port", type=int, required=True)
@@ -77,8 +91,11 @@ def _model_tests(args: argparse.Namespace) -> int:
     except DataError as exc:
         return _fail(args.out, "data", str(exc))
     failed = [t["name"] for t in document["tests"] if not t["passed"]]
-    print(f"[pushtrain] model tests: {len(document['tests']) - len(failed)} passed, {len(failed)} failed"
-          f"{': ' + ', '.join(failed) if failed else ''}", flush=True)
+    print(
+        f"[pushtrain] model tests: {len(document['tests']) - len(failed)} passed, {len(failed)} failed"
+        f"{': ' + ', '.join(failed) if failed else ''}",
+        flush=True,
+    )
     return contract.EXIT_OK
 
 
@@ -89,8 +106,14 @@ def _serve(args: argparse.Namespace) -> int:
         serve.proxy(args.upstream_file, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
         return contract.EXIT_OK
     try:
-        serve.serve(args.model_dir, port=args.port, info=json.loads(args.info), model_file=args.model,
-                    max_batch=args.max_batch, max_body_bytes=args.max_body_bytes)
+        serve.serve(
+            args.model_dir,
+            port=args.port,
+            info=json.loads(args.info),
+            model_file=args.model,
+            max_batch=args.max_batch,
+            max_body_bytes=args.max_body_bytes,
+        )
     except (OSError, ValueError, KeyError) as exc:
         print(f"[pushtrain] ERROR: cannot serve {args.model_dir}: {exc!r}", file=sys.stderr, flush=True)
         return contract.FAILURE_CATEGORIES["usage"]
@@ -105,9 +128,17 @@ def _fail(out_dir: Path | None, category: str, message: str, fix: str = "") -> i
         print(f"[pushtrain] what to do: {fix}", file=sys.stderr, flush=True)
     print(f"[pushtrain] ERROR ({reason}): {message}", file=sys.stderr, flush=True)
     if out_dir is not None and out_dir.is_dir() and os.access(out_dir, os.W_OK):
-        contract.write_json_atomic(out_dir / contract.ERROR_FILE, {
-            "exit_code": exit_code, "category": category, "healable": contract.healable(exit_code),
-            "reason": reason, "message": message, "fix": fix})
+        contract.write_json_atomic(
+            out_dir / contract.ERROR_FILE,
+            {
+                "exit_code": exit_code,
+                "category": category,
+                "healable": contract.healable(exit_code),
+                "reason": reason,
+                "message": message,
+                "fix": fix,
+            },
+        )
     return exit_code
 
 
@@ -139,22 +170,37 @@ def _train(args: argparse.Namespace) -> int:
         model = load_model_file(args.model)
         kind = args.kind or model.kind_of_builder()
         data = load_data(args.data)
-        attempt = Attempt(kind=kind, model=model, hparams={**model.hparams, **overrides}, data=data,
-                          out_dir=out_dir, run_key=args.run_key,
-                          progress=Progress(out_dir / contract.PROGRESS_FILE), guard=guard,
-                          checkpoints=not args.no_checkpoints, warm_start=args.warm_start)
+        attempt = Attempt(
+            kind=kind,
+            model=model,
+            hparams={**model.hparams, **overrides},
+            data=data,
+            out_dir=out_dir,
+            run_key=args.run_key,
+            progress=Progress(out_dir / contract.PROGRESS_FILE),
+            guard=guard,
+            checkpoints=not args.no_checkpoints,
+            warm_start=args.warm_start,
+        )
         metrics = trainer_for(kind)(attempt)
     except Terminated:
-        return _fail(out_dir, "terminated", "SIGTERM before training completed; "
-                     "the last completed epoch is checkpointed and a restart resumes from it")
+        return _fail(
+            out_dir,
+            "terminated",
+            "SIGTERM before training completed; "
+            "the last completed epoch is checkpointed and a restart resumes from it",
+        )
     except UserCodeError as exc:
         return _fail(out_dir, exc.category, str(exc), exc.fix)
     except ContractError as exc:
         return _fail(out_dir, "contract", str(exc))
     except DataError as exc:
         return _fail(out_dir, "data", str(exc))
-    print(f"[pushtrain] done: accuracy={metrics['accuracy']:.4f} ({metrics['evaluated_on']}) "
-          f"epochs={metrics['epochs_run']} train_seconds={metrics['train_seconds']:.1f}", flush=True)
+    print(
+        f"[pushtrain] done: accuracy={metrics['accuracy']:.4f} ({metrics['evaluated_on']}) "
+        f"epochs={metrics['epochs_run']} train_seconds={metrics['train_seconds']:.1f}",
+        flush=True,
+    )
     return contract.EXIT_OK
 
 
@@ -173,8 +219,11 @@ def _predict(args: argparse.Namespace) -> int:
         return _fail(args.out, "contract", str(exc))
     except DataError as exc:
         return _fail(args.out, "data", str(exc))
-    print(f"[pushtrain] {PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
-          f"{' with probabilities' if result['probabilities'] else ''}; the platform scores them", flush=True)
+    print(
+        f"[pushtrain] {PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
+        f"{' with probabilities' if result['probabilities'] else ''}; the platform scores them",
+        flush=True,
+    )
     return contract.EXIT_OK
 
 

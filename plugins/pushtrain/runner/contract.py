@@ -111,8 +111,9 @@ FAILURE_CATEGORIES = {
     "terminated": EXIT_TERMINATED,
 }
 # A container that ended with one of these fails the same way if started again.
-UNHEALABLE_EXITS = frozenset({EXIT_USAGE, EXIT_DATA_ERROR, EXIT_CONTRACT_ERROR, EXIT_LOAD_ERROR,
-                              EXIT_BUILD_ERROR, EXIT_DISK_FULL})
+UNHEALABLE_EXITS = frozenset(
+    {EXIT_USAGE, EXIT_DATA_ERROR, EXIT_CONTRACT_ERROR, EXIT_LOAD_ERROR, EXIT_BUILD_ERROR, EXIT_DISK_FULL}
+)
 
 
 def healable(exit_code: int) -> bool:

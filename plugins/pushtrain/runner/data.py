@@ -139,21 +139,30 @@ def load_table(root: Path, class_names: list[str] | None = None) -> Table:
             raise DataError(f"{table_path} has columns {header}, its schema says {[*features, label_column]}")
         for line, record in enumerate(reader, start=2):
             if count == rows or len(record) != len(features) + 1:
-                raise DataError(f"{table_path} line {line}: {len(record)} values, or more rows than the "
-                                f"{rows} its schema counts")
+                raise DataError(
+                    f"{table_path} line {line}: {len(record)} values, or more rows than the "
+                    f"{rows} its schema counts"
+                )
             try:
                 values[count] = record[:-1]
             except ValueError:
                 raise DataError(f"{table_path} line {line}: a feature is not a number") from None
             if record[-1] not in index:
-                raise DataError(f"{table_path} line {line}: label {record[-1]!r} is not one of the classes "
-                                f"{classes}")
+                raise DataError(
+                    f"{table_path} line {line}: label {record[-1]!r} is not one of the classes {classes}"
+                )
             labels[count] = index[record[-1]]
             count += 1
     if count != rows or rows == 0:
         raise DataError(f"{table_path} has {count} rows, its schema says {rows}")
-    return Table(values, labels, classes, [f"{TABLE_FILE}:{line}" for line in range(2, rows + 2)],
-                 folder_sha256(root), feature_names=features)
+    return Table(
+        values,
+        labels,
+        classes,
+        [f"{TABLE_FILE}:{line}" for line in range(2, rows + 2)],
+        folder_sha256(root),
+        feature_names=features,
+    )
 
 
 def load_image_folder(root: Path, class_names: list[str] | None = None) -> ImageFolder:
@@ -181,8 +190,9 @@ def load_image_folder(root: Path, class_names: list[str] | None = None) -> Image
         paths.append(relative)
     if not pixels:
         raise DataError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ImageFolder(_scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths,
-                       folder_sha256(root))
+    return ImageFolder(
+        _scaled(pixels), np.asarray(labels, dtype=np.int64), classes, paths, folder_sha256(root)
+    )
 
 
 def load_blind_view(root: Path, input_shape: list[int]) -> tuple[list[str], np.ndarray]:
@@ -201,11 +211,15 @@ def load_blind_table(root: Path, input_shape: list[int]) -> tuple[list[str], np.
         reader = csv.reader(handle)
         header = next(reader, None) or []
         if len(header) != n_features + 1 or header[0] != BLIND_ID_COLUMN:
-            raise DataError(f"{root / TABLE_FILE} has columns {header[:5]}..., expected {BLIND_ID_COLUMN!r} and "
-                            f"the {n_features} features the model was trained on")
+            raise DataError(
+                f"{root / TABLE_FILE} has columns {header[:5]}..., expected {BLIND_ID_COLUMN!r} and "
+                f"the {n_features} features the model was trained on"
+            )
         for line, record in enumerate(reader, start=2):
             if len(record) != len(header):
-                raise DataError(f"{root / TABLE_FILE} line {line}: {len(record)} values, expected {len(header)}")
+                raise DataError(
+                    f"{root / TABLE_FILE} line {line}: {len(record)} values, expected {len(header)}"
+                )
             ids.append(record[0])
             rows.append(record[1:])
     values = np.empty((len(rows), n_features), dtype=np.float32)

@@ -58,10 +58,16 @@ def _keras_probabilities(artifact: Path, images: np.ndarray, model_file: Path | 
     try:
         model = keras.models.load_model(artifact)
     except (TypeError, ValueError):
-        model = run_user_code(Path(model_file or artifact), "loading the saved model", keras.models.load_model,
-                              artifact, custom_objects=_user_classes(model_file))
-    return run_user_code(Path(model_file or artifact), "predicting", model.predict, images, batch_size=256,
-                         verbose=0)
+        model = run_user_code(
+            Path(model_file or artifact),
+            "loading the saved model",
+            keras.models.load_model,
+            artifact,
+            custom_objects=_user_classes(model_file),
+        )
+    return run_user_code(
+        Path(model_file or artifact), "predicting", model.predict, images, batch_size=256, verbose=0
+    )
 
 
 def _load_estimator(artifact: Path, model_file: Path | None):
@@ -74,8 +80,9 @@ def _load_estimator(artifact: Path, model_file: Path | None):
         return run_user_code(Path(model_file or artifact), "loading the saved model", joblib.load, artifact)
 
 
-def predict_images(signature: dict[str, Any], model_dir: Path, images: np.ndarray,
-                   model_file: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+def predict_images(
+    signature: dict[str, Any], model_dir: Path, images: np.ndarray, model_file: Path | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Class indices (int64) and, when the model gives them, class probabilities for ``images``."""
     artifact = Path(model_dir) / signature["file"]
     blame = Path(model_file or artifact)
@@ -87,8 +94,9 @@ def predict_images(signature: dict[str, Any], model_dir: Path, images: np.ndarra
         flat = images.reshape(len(images), -1)
         probabilities = None
         if hasattr(estimator, "predict_proba"):
-            probabilities = np.asarray(run_user_code(blame, "predicting (predict_proba)", estimator.predict_proba,
-                                                     flat))
+            probabilities = np.asarray(
+                run_user_code(blame, "predicting (predict_proba)", estimator.predict_proba, flat)
+            )
         predicted = run_user_code(blame, "predicting", estimator.predict, flat)
     try:
         predicted = np.asarray(predicted).astype(np.int64).reshape(-1)
@@ -121,8 +129,10 @@ def write_predictions(model_dir: Path, data_dir: Path, out_dir: Path, model_file
     class_names = signature["class_names"]
     ids, images = load_blind_view(data_dir, signature["input_shape"])
     predicted, probabilities = predict_images(signature, model_dir, images, model_file)
-    document: dict[str, Any] = {"schema_version": PREDICTIONS_SCHEMA_VERSION,
-                                "predicted": dict(zip(ids, predicted.tolist(), strict=True))}
+    document: dict[str, Any] = {
+        "schema_version": PREDICTIONS_SCHEMA_VERSION,
+        "predicted": dict(zip(ids, predicted.tolist(), strict=True)),
+    }
     if probabilities is not None:
         problem = probability_problem(probabilities, len(ids), len(class_names))
         if problem:

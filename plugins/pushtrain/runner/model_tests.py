@@ -46,8 +46,10 @@ class ModelUnderTest:
 
     def _batches(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
         images = np.asarray(images, dtype=np.float32).reshape(-1, *self.input_shape)
-        return [self._loaded.predict(images[start:start + PREDICT_BATCH])
-                for start in range(0, len(images), PREDICT_BATCH)]
+        return [
+            self._loaded.predict(images[start : start + PREDICT_BATCH])
+            for start in range(0, len(images), PREDICT_BATCH)
+        ]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([indices for indices, _ in self._batches(images)])
@@ -66,8 +68,9 @@ def _failure_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_model_tests(model_dir: Path, tests_file: Path, data_dir: Path, out_dir: Path,
-                    model_file: Path | None = None) -> dict[str, Any]:
+def run_model_tests(
+    model_dir: Path, tests_file: Path, data_dir: Path, out_dir: Path, model_file: Path | None = None
+) -> dict[str, Any]:
     from pushtrain.runner.data import load_data
 
     model = ModelUnderTest(LoadedModel(model_dir, model_file))
@@ -79,26 +82,51 @@ def run_model_tests(model_dir: Path, tests_file: Path, data_dir: Path, out_dir: 
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # the file itself does not import: one failure that says so
-        results.append({"name": Path(tests_file).name, "passed": False, "seconds": 0.0,
-                        "message": f"cannot import the model tests: {_failure_message(error)}"})
-    tests = [(name, value) for name, value in vars(module).items()
-             if name.startswith("test_") and inspect.isfunction(value)] if not results else []
+        results.append(
+            {
+                "name": Path(tests_file).name,
+                "passed": False,
+                "seconds": 0.0,
+                "message": f"cannot import the model tests: {_failure_message(error)}",
+            }
+        )
+    tests = (
+        [
+            (name, value)
+            for name, value in vars(module).items()
+            if name.startswith("test_") and inspect.isfunction(value)
+        ]
+        if not results
+        else []
+    )
     for name, test in tests:
         offered = {"model": model, "held_out": held_out}
         wanted = inspect.signature(test).parameters
         started = time.perf_counter()
         unknown = [p for p in wanted if p not in offered]
         if unknown:
-            results.append({"name": name, "passed": False, "seconds": 0.0,
-                            "message": f"asks for {', '.join(unknown)}; a model test may take model, held_out"})
+            results.append(
+                {
+                    "name": name,
+                    "passed": False,
+                    "seconds": 0.0,
+                    "message": f"asks for {', '.join(unknown)}; a model test may take model, held_out",
+                }
+            )
             continue
         try:
             test(**{p: offered[p] for p in wanted})
             passed, message = True, ""
         except Exception as error:
             passed, message = False, _failure_message(error)
-        results.append({"name": name, "passed": passed, "message": message[:2000],
-                        "seconds": round(time.perf_counter() - started, 3)})
+        results.append(
+            {
+                "name": name,
+                "passed": passed,
+                "message": message[:2000],
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
     document = {"schema_version": RESULT_SCHEMA_VERSION, "tests": results}
     contract.write_json_atomic(Path(out_dir) / RESULT_FILE, document)
     return document

@@ -98,7 +98,9 @@ class LoadedModel:
         try:
             model = keras.models.load_model(artifact)
         except (TypeError, ValueError):  # custom layers: the user's file defines them
-            classes = {k: v for k, v in vars(load_model_file(model_file).module).items() if isinstance(v, type)}
+            classes = {
+                k: v for k, v in vars(load_model_file(model_file).module).items() if isinstance(v, type)
+            }
             model = keras.models.load_model(artifact, custom_objects=classes)
 
         def predict(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -140,8 +142,10 @@ class LoadedModel:
         indices, probabilities = self.predict(batch)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self.class_names)):
             raise ValueError(f"the model predicted class indices outside 0..{len(self.class_names) - 1}")
-        document: dict[str, Any] = {"predictions": [self.class_names[i] for i in indices.tolist()],
-                                    "class_names": self.class_names}
+        document: dict[str, Any] = {
+            "predictions": [self.class_names[i] for i in indices.tolist()],
+            "class_names": self.class_names,
+        }
         if probabilities is not None and probabilities.shape == (len(batch), len(self.class_names)):
             document["probabilities"] = np.round(probabilities.astype(np.float64), 6).tolist()
         return document
@@ -182,15 +186,20 @@ def to_batch(items: list[Any], input_shape: tuple[int, ...], is_image: bool, max
     if not items:
         raise _bad("the request holds no inputs")
     if len(items) > max_batch:
-        raise BadRequest(413, "BATCH_TOO_LARGE", f"{len(items)} inputs in one request; the limit is {max_batch}: "
-                         "split the batch")
+        raise BadRequest(
+            413,
+            "BATCH_TOO_LARGE",
+            f"{len(items)} inputs in one request; the limit is {max_batch}: split the batch",
+        )
     batch = np.empty((len(items), *input_shape), dtype=np.float32)
     for position, item in enumerate(items):
         if isinstance(item, dict) and set(item) == {"b64"}:
             item = item["b64"]
         if isinstance(item, str):
             if not is_image:
-                raise _bad(f"input {position} is a string, but this model takes rows of {input_shape[0]} numbers")
+                raise _bad(
+                    f"input {position} is a string, but this model takes rows of {input_shape[0]} numbers"
+                )
             batch[position] = decode_image(item, input_shape, position)
         else:
             batch[position] = _numeric(item, input_shape, is_image, position)
@@ -203,8 +212,10 @@ def _numeric(item: Any, input_shape: tuple[int, ...], is_image: bool, position: 
     except ValueError:  # ragged nesting
         raise _bad(f"input {position} is not a rectangular array of numbers") from None
     if array.dtype.kind not in "iuf":
-        raise _bad(f"input {position} holds {array.dtype.kind == 'b' and 'booleans' or 'non-numbers'} "
-                   f"(dtype {array.dtype}); send numbers" + (" or a base64 PNG/JPEG" if is_image else ""))
+        raise _bad(
+            f"input {position} holds {array.dtype.kind == 'b' and 'booleans' or 'non-numbers'} "
+            f"(dtype {array.dtype}); send numbers" + (" or a base64 PNG/JPEG" if is_image else "")
+        )
     expected = math.prod(input_shape)
     shapes = {input_shape, (expected,)} | ({input_shape[:2]} if is_image and input_shape[2] == 1 else set())
     if array.shape not in shapes:
@@ -214,8 +225,10 @@ def _numeric(item: Any, input_shape: tuple[int, ...], is_image: bool, position: 
     if not np.isfinite(array).all():
         raise _bad(f"input {position} holds NaN or infinity")
     if is_image and (array.min() < 0.0 or array.max() > 1.0):
-        raise _bad(f"input {position} has pixels outside [0, 1] (from {array.min():g} to {array.max():g}); "
-                   "divide 0-255 pixels by 255")
+        raise _bad(
+            f"input {position} has pixels outside [0, 1] (from {array.min():g} to {array.max():g}); "
+            "divide 0-255 pixels by 255"
+        )
     return array.reshape(input_shape)
 
 
@@ -228,8 +241,9 @@ def decode_image(text: str, input_shape: tuple[int, ...], position: int) -> np.n
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad(f"input {position} is a string but not base64; send a base64 PNG/JPEG or an array of "
-                   "pixels") from None
+        raise _bad(
+            f"input {position} is a string but not base64; send a base64 PNG/JPEG or an array of pixels"
+        ) from None
     height, width, channels = input_shape
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
@@ -239,8 +253,10 @@ def decode_image(text: str, input_shape: tuple[int, ...], position: int) -> np.n
                 if image.format not in ("PNG", "JPEG"):
                     raise _bad(f"input {position} is a {image.format} image; send PNG or JPEG")
                 if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise _bad(f"input {position} is {image.width}x{image.height} pixels, over the "
-                               f"{MAX_IMAGE_PIXELS} limit")
+                    raise _bad(
+                        f"input {position} is {image.width}x{image.height} pixels, over the "
+                        f"{MAX_IMAGE_PIXELS} limit"
+                    )
                 converted = image.convert("L" if channels == 1 else "RGB").resize((width, height))
                 pixels = np.asarray(converted, dtype=np.float32) / 255.0
     except BadRequest:
@@ -280,8 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/version":
             self._send(200, self.server.info)
         else:
-            self._error(BadRequest(404, "NOT_FOUND", f"no {self.path}; use POST /invocations, GET /ping, "
-                                   "/health or /version"))
+            self._error(
+                BadRequest(
+                    404, "NOT_FOUND", f"no {self.path}; use POST /invocations, GET /ping, /health or /version"
+                )
+            )
 
     def do_POST(self) -> None:
         try:
@@ -289,7 +308,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise BadRequest(404, "NOT_FOUND", f"no POST {self.path}; use POST /invocations")
             document = json.loads(read_body(self, self.server.max_body_bytes))
             model = self.server.model
-            batch = to_batch(payload_items(document), model.input_shape, model.is_image, self.server.max_batch)
+            batch = to_batch(
+                payload_items(document), model.input_shape, model.is_image, self.server.max_batch
+            )
         except BadRequest as error:
             self._error(error)
             return
@@ -308,8 +329,9 @@ def read_body(handler: BaseHTTPRequestHandler, max_body_bytes: int) -> bytes:
     """The request body, refused before it is read when it is not JSON or larger than the limit."""
     content_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if content_type != JSON_TYPE:
-        raise BadRequest(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {content_type or 'missing'}; send "
-                         f"{JSON_TYPE}")
+        raise BadRequest(
+            415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {content_type or 'missing'}; send {JSON_TYPE}"
+        )
     length_header = handler.headers.get("Content-Length")
     if length_header is None or not length_header.isdigit():
         handler.close_connection = True
@@ -317,8 +339,12 @@ def read_body(handler: BaseHTTPRequestHandler, max_body_bytes: int) -> bytes:
     length = int(length_header)
     if length > max_body_bytes:
         handler.close_connection = True  # the unread body must not be parsed as the next request
-        raise BadRequest(413, "PAYLOAD_TOO_LARGE", f"the body is {length} bytes; the limit is {max_body_bytes}: "
-                         "send smaller batches or smaller images")
+        raise BadRequest(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            f"the body is {length} bytes; the limit is {max_body_bytes}: "
+            "send smaller batches or smaller images",
+        )
     return handler.rfile.read(length)
 
 
@@ -326,8 +352,15 @@ class ScoringServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], model: LoadedModel, info: dict[str, Any], *,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        model: LoadedModel,
+        info: dict[str, Any],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
         super().__init__(address, _Handler)
         self.model, self.info = model, info
         self.max_batch, self.max_body_bytes = max_batch, max_body_bytes
@@ -386,21 +419,36 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             length = self.headers.get("Content-Length")
             if length is None or not length.isdigit():
                 self.close_connection = True
-                self._reply(411, json.dumps({"error_code": "LENGTH_REQUIRED",
-                                             "message": "send a Content-Length header"}).encode())
+                self._reply(
+                    411,
+                    json.dumps(
+                        {"error_code": "LENGTH_REQUIRED", "message": "send a Content-Length header"}
+                    ).encode(),
+                )
                 return
             if int(length) > self.server.max_body_bytes:
                 self.close_connection = True
-                self._reply(413, json.dumps({"error_code": "PAYLOAD_TOO_LARGE", "message":
-                            f"the body is {length} bytes; the limit is {self.server.max_body_bytes}"}).encode())
+                self._reply(
+                    413,
+                    json.dumps(
+                        {
+                            "error_code": "PAYLOAD_TOO_LARGE",
+                            "message": f"the body is {length} bytes; the limit is {self.server.max_body_bytes}",
+                        }
+                    ).encode(),
+                )
                 return
             body = self.rfile.read(int(length))
         headers = {"Content-Type": self.headers.get("Content-Type") or "", "Content-Length": str(len(body))}
         for retry in (False, True):  # once more on a fresh connection: the kept one may have been closed
             target = self.server.upstream.target()
             if target is None:
-                self._reply(503, json.dumps({"error_code": "NOT_SERVING",
-                                             "message": "no model is served here yet"}).encode())
+                self._reply(
+                    503,
+                    json.dumps(
+                        {"error_code": "NOT_SERVING", "message": "no model is served here yet"}
+                    ).encode(),
+                )
                 return
             connection = self._connection(target, fresh=retry)
             try:
@@ -410,9 +458,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             except (OSError, http.client.HTTPException) as error:
                 connection.close()
                 if retry:
-                    self._reply(502, json.dumps({"error_code": "UPSTREAM_UNAVAILABLE",
-                                                 "message": f"the serving container did not answer: {error}"})
-                                .encode())
+                    self._reply(
+                        502,
+                        json.dumps(
+                            {
+                                "error_code": "UPSTREAM_UNAVAILABLE",
+                                "message": f"the serving container did not answer: {error}",
+                            }
+                        ).encode(),
+                    )
                     return
                 continue
             self._reply(response.status, answer, response.getheader("Content-Type") or JSON_TYPE)
@@ -459,14 +513,26 @@ def _serve_until_stopped(server: ThreadingHTTPServer) -> None:
     server.server_close()
 
 
-def serve(model_dir: Path, *, host: str = "0.0.0.0", port: int = CONTAINER_PORT, info: dict[str, Any] | None = None,
-          model_file: Path | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+def serve(
+    model_dir: Path,
+    *,
+    host: str = "0.0.0.0",
+    port: int = CONTAINER_PORT,
+    info: dict[str, Any] | None = None,
+    model_file: Path | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> None:
     model = LoadedModel(model_dir, model_file)
-    server = ScoringServer((host, port), model, dict(info or {}), max_batch=max_batch,
-                           max_body_bytes=max_body_bytes)
-    print(f"[pushtrain] serving {model_dir} on {host}:{port} ({len(model.class_names)} classes, input "
-          f"{list(model.input_shape)})", file=sys.stderr, flush=True)
+    server = ScoringServer(
+        (host, port), model, dict(info or {}), max_batch=max_batch, max_body_bytes=max_body_bytes
+    )
+    print(
+        f"[pushtrain] serving {model_dir} on {host}:{port} ({len(model.class_names)} classes, input "
+        f"{list(model.input_shape)})",
+        file=sys.stderr,
+        flush=True,
+    )
     _serve_until_stopped(server)
 
 

@@ -106,7 +106,9 @@ class CheckpointStore:
         name = self.state.get("file")
         return self.directory / name if name else None
 
-    def save(self, epoch: int, history: list[dict], train_seconds: float, write: Callable[[Path], None]) -> None:
+    def save(
+        self, epoch: int, history: list[dict], train_seconds: float, write: Callable[[Path], None]
+    ) -> None:
         # What a warm start began from stays in the state, so a restart still reports it.
         kept = {k: self.state[k] for k in ("warm_start_epochs",) if k in self.state}
         if not self.enabled:
@@ -121,7 +123,13 @@ class CheckpointStore:
             raise
         os.replace(temporary, self.directory / name)
         previous = self.checkpoint_path
-        self.state = {"epoch": epoch, "file": name, "history": history, "train_seconds": train_seconds, **kept}
+        self.state = {
+            "epoch": epoch,
+            "file": name,
+            "history": history,
+            "train_seconds": train_seconds,
+            **kept,
+        }
         contract.write_json_atomic(self.directory / "state.json", self.state)
         if previous and previous.name != name:
             previous.unlink(missing_ok=True)
@@ -192,7 +200,9 @@ def warm_start_source(attempt: Attempt, artifact_name: str) -> tuple[Path, dict]
     elif differing:
         reason = f"hyperparameters other than epochs differ: {', '.join(differing)}"
     elif not isinstance(ours.get("epochs"), int) or earlier["epochs_run"] >= ours["epochs"]:
-        reason = f"it already trained {earlier['epochs_run']} epochs, this attempt asks for {ours.get('epochs')}"
+        reason = (
+            f"it already trained {earlier['epochs_run']} epochs, this attempt asks for {ours.get('epochs')}"
+        )
     elif earlier["dataset_sha256"] != attempt.data.sha256:
         reason = "it trained on other data"
     elif not artifact.is_file():
@@ -219,8 +229,16 @@ def _versions(*modules: Any) -> dict[str, str]:
     return versions
 
 
-def _finish(attempt: Attempt, scores: dict, store: CheckpointStore, resumed_from: int,
-            evaluated_on: str, n_train: int, versions: dict[str, str], signature: dict) -> dict:
+def _finish(
+    attempt: Attempt,
+    scores: dict,
+    store: CheckpointStore,
+    resumed_from: int,
+    evaluated_on: str,
+    n_train: int,
+    versions: dict[str, str],
+    signature: dict,
+) -> dict:
     contract.write_json_atomic(attempt.out_dir / contract.MODEL_DIR / contract.SIGNATURE_FILE, signature)
     metrics = {
         "schema_version": contract.SCHEMA_VERSION,
@@ -321,7 +339,8 @@ def _disk_full(out_dir: Path, cause: OSError) -> DiskFullError:
         f"dir{needs}. The last completed epoch's checkpoint is intact",
         "free space on the disk that holds pushtrain's data dir (PUSHTRAIN_DATA_DIR): outputs of finished "
         "pipelines under runs/, registry versions that are not in production, or give it a larger disk; then "
-        "clear the failed training task, and the attempt resumes from its last checkpoint")
+        "clear the failed training task, and the attempt resumes from its last checkpoint",
+    )
 
 
 @reports_disk_full
@@ -347,24 +366,39 @@ def train_keras(attempt: Attempt) -> dict:
         attempt.progress(f"resuming from checkpoint at epoch {resumed_from}/{epochs}")
     elif warm:
         resumed_from = 0
-        model = run_user_code(attempt.model.path, "loading the earlier attempt's model",
-                              keras.models.load_model, warm[0], custom_objects=custom_objects)
+        model = run_user_code(
+            attempt.model.path,
+            "loading the earlier attempt's model",
+            keras.models.load_model,
+            warm[0],
+            custom_objects=custom_objects,
+        )
         _continue_earlier(attempt, store, warm[1], epochs)
         keras.utils.set_random_seed(int(hp.get("seed", 0)) + store.last_epoch)
     else:
         resumed_from = 0
         builder = attempt.model.builder(KERAS)
-        model = run_user_code(attempt.model.path, f"calling {KERAS.builder}()", builder,
-                              dict(hp), train.input_shape, len(train.class_names), stage=BUILD)
+        model = run_user_code(
+            attempt.model.path,
+            f"calling {KERAS.builder}()",
+            builder,
+            dict(hp),
+            train.input_shape,
+            len(train.class_names),
+            stage=BUILD,
+        )
         if not isinstance(model, keras.Model):
             raise ContractError(f"{KERAS.builder}() returned {type(model).__name__}, not a keras.Model")
         if not model.built:  # a model without an Input builds in fit; its shape errors belong to the build
-            run_user_code(attempt.model.path, "building the model", model.build, (None, *train.input_shape),
-                          stage=BUILD)
+            run_user_code(
+                attempt.model.path, "building the model", model.build, (None, *train.input_shape), stage=BUILD
+            )
         if not model.compiled:
             model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        attempt.progress(f"training {epochs} epochs on {len(train.labels)} images, "
-                         f"{evaluated_on} on {len(validation.labels)}")
+        attempt.progress(
+            f"training {epochs} epochs on {len(train.labels)} images, "
+            f"{evaluated_on} on {len(validation.labels)}"
+        )
 
     history = store.history
     epoch_started = [0.0]
@@ -375,27 +409,45 @@ def train_keras(attempt: Attempt) -> dict:
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             seconds = time.perf_counter() - epoch_started[0]
-            record = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
-                      "seconds": round(seconds, 3)}
+            record = {
+                "epoch": epoch + 1,
+                **{k: float(v) for k, v in (logs or {}).items()},
+                "seconds": round(seconds, 3),
+            }
             history.append(record)
             store.save(epoch + 1, history, store.train_seconds + seconds, self.model.save)
             attempt.progress(_epoch_line(epoch + 1, epochs, record))
 
     if store.last_epoch < epochs:
         run_user_code(
-            attempt.model.path, "training (model.fit)", model.fit,
-            train.images, train.labels, batch_size=batch_size, epochs=epochs, initial_epoch=store.last_epoch,
-            validation_data=(validation.images, validation.labels), callbacks=[CheckpointEveryEpoch()],
-            shuffle=True, verbose=0,
+            attempt.model.path,
+            "training (model.fit)",
+            model.fit,
+            train.images,
+            train.labels,
+            batch_size=batch_size,
+            epochs=epochs,
+            initial_epoch=store.last_epoch,
+            validation_data=(validation.images, validation.labels),
+            callbacks=[CheckpointEveryEpoch()],
+            shuffle=True,
+            verbose=0,
         )
     probabilities = model.predict(validation.images, batch_size=256, verbose=0)
-    scores = classification_scores(validation.labels, probabilities.argmax(axis=1), train.class_names,
-                                   probabilities)
+    scores = classification_scores(
+        validation.labels, probabilities.argmax(axis=1), train.class_names, probabilities
+    )
     _save_atomically(attempt.out_dir / contract.MODEL_DIR / "model.keras", model.save)
-    signature = {"kind": attempt.kind, "format": "keras", "file": "model.keras",
-                 "class_names": train.class_names, "input_shape": list(train.input_shape)}
-    return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
-                   _versions(tf, keras), signature)
+    signature = {
+        "kind": attempt.kind,
+        "format": "keras",
+        "file": "model.keras",
+        "class_names": train.class_names,
+        "input_shape": list(train.input_shape),
+    }
+    return _finish(
+        attempt, scores, store, resumed_from, evaluated_on, len(train.labels), _versions(tf, keras), signature
+    )
 
 
 @reports_disk_full
@@ -416,8 +468,12 @@ def train_sklearn(attempt: Attempt) -> dict:
     if store.checkpoint_path and store.checkpoint_path.exists():
         estimator = joblib.load(store.checkpoint_path)
         attempt.progress(f"resuming from checkpoint at epoch {resumed_from}")
-    elif warm and hasattr(continued := run_user_code(attempt.model.path, "loading the earlier attempt's model",
-                                                     joblib.load, warm[0]), "partial_fit"):
+    elif warm and hasattr(
+        continued := run_user_code(
+            attempt.model.path, "loading the earlier attempt's model", joblib.load, warm[0]
+        ),
+        "partial_fit",
+    ):
         # Only a partial_fit estimator learns on from where it was; a plain fit would start over anyway.
         resumed_from = 0
         estimator = continued
@@ -425,48 +481,79 @@ def train_sklearn(attempt: Attempt) -> dict:
     else:
         resumed_from = 0
         builder = attempt.model.builder(SCIKIT_LEARN)
-        estimator = run_user_code(attempt.model.path, f"calling {SCIKIT_LEARN.builder}()", builder, dict(hp),
-                                  stage=BUILD)
+        estimator = run_user_code(
+            attempt.model.path, f"calling {SCIKIT_LEARN.builder}()", builder, dict(hp), stage=BUILD
+        )
         if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
-            raise ContractError(f"{SCIKIT_LEARN.builder}() returned {type(estimator).__name__}, "
-                                "not a scikit-learn classifier (it needs fit and predict)")
+            raise ContractError(
+                f"{SCIKIT_LEARN.builder}() returned {type(estimator).__name__}, "
+                "not a scikit-learn classifier (it needs fit and predict)"
+            )
 
     # Estimators with partial_fit learn one pass at a time and are checkpointed after each; the rest
     # (KNN, most pipelines) fit once, which counts as one epoch.
     incremental = hasattr(estimator, "partial_fit") and "epochs" in hp
     epochs = _positive_int(hp, "epochs") if incremental else 1
     if resumed_from == 0:
-        attempt.progress(f"training {epochs} epoch(s) on {len(train.labels)} images, "
-                         f"{evaluated_on} on {len(validation.labels)}")
+        attempt.progress(
+            f"training {epochs} epoch(s) on {len(train.labels)} images, "
+            f"{evaluated_on} on {len(validation.labels)}"
+        )
     history = store.history
     classes = np.arange(len(train.class_names))
     for epoch in range(store.last_epoch + 1, epochs + 1):
         started = time.perf_counter()
         if incremental:
             order = np.random.default_rng([int(hp.get("seed", 0)), epoch]).permutation(len(train.labels))
-            run_user_code(attempt.model.path, "training (partial_fit)", estimator.partial_fit,
-                          x_train[order], train.labels[order], classes=classes)
+            run_user_code(
+                attempt.model.path,
+                "training (partial_fit)",
+                estimator.partial_fit,
+                x_train[order],
+                train.labels[order],
+                classes=classes,
+            )
         else:
             run_user_code(attempt.model.path, "training (fit)", estimator.fit, x_train, train.labels)
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch,
-                  "accuracy": float((estimator.predict(x_train) == train.labels).mean()),
-                  "val_accuracy": float((estimator.predict(x_validation) == validation.labels).mean()),
-                  "seconds": round(seconds, 3)}
+        record = {
+            "epoch": epoch,
+            "accuracy": float((estimator.predict(x_train) == train.labels).mean()),
+            "val_accuracy": float((estimator.predict(x_validation) == validation.labels).mean()),
+            "seconds": round(seconds, 3),
+        }
         history.append(record)
-        store.save(epoch, history, store.train_seconds + seconds,
-                   lambda path, model=estimator: joblib.dump(model, path))
+        store.save(
+            epoch,
+            history,
+            store.train_seconds + seconds,
+            lambda path, model=estimator: joblib.dump(model, path),
+        )
         attempt.progress(_epoch_line(epoch, epochs, record))
 
     probabilities = estimator.predict_proba(x_validation) if hasattr(estimator, "predict_proba") else None
     predicted = estimator.predict(x_validation)
     scores = classification_scores(validation.labels, predicted, train.class_names, probabilities)
-    _save_atomically(attempt.out_dir / contract.MODEL_DIR / "model.joblib",
-                     lambda path: joblib.dump(estimator, path))
-    signature = {"kind": attempt.kind, "format": "joblib", "file": "model.joblib",
-                 "class_names": train.class_names, "input_shape": list(train.input_shape)}
-    return _finish(attempt, scores, store, resumed_from, evaluated_on, len(train.labels),
-                   _versions(sklearn, joblib), signature)
+    _save_atomically(
+        attempt.out_dir / contract.MODEL_DIR / "model.joblib", lambda path: joblib.dump(estimator, path)
+    )
+    signature = {
+        "kind": attempt.kind,
+        "format": "joblib",
+        "file": "model.joblib",
+        "class_names": train.class_names,
+        "input_shape": list(train.input_shape),
+    }
+    return _finish(
+        attempt,
+        scores,
+        store,
+        resumed_from,
+        evaluated_on,
+        len(train.labels),
+        _versions(sklearn, joblib),
+        signature,
+    )
 
 
 def trainer_for(kind: str) -> Callable[[Attempt], dict]:
@@ -476,10 +563,16 @@ def trainer_for(kind: str) -> Callable[[Attempt], dict]:
 
 def _continue_earlier(attempt: Attempt, store: CheckpointStore, earlier: dict, epochs: int) -> None:
     """Start this attempt after the earlier one's epochs (its history kept), counting only new seconds."""
-    store.state = {"epoch": earlier["epochs_run"], "history": list(earlier["history"]), "train_seconds": 0.0,
-                   "warm_start_epochs": earlier["epochs_run"]}
-    attempt.progress(f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
-                     f"up to {epochs} (only epochs changed)")
+    store.state = {
+        "epoch": earlier["epochs_run"],
+        "history": list(earlier["history"]),
+        "train_seconds": 0.0,
+        "warm_start_epochs": earlier["epochs_run"],
+    }
+    attempt.progress(
+        f"warm start: continuing the {store.last_epoch} epochs of {attempt.warm_start} "
+        f"up to {epochs} (only epochs changed)"
+    )
 
 
 def _flatten(images: np.ndarray) -> np.ndarray:

@@ -30,8 +30,14 @@ T = TypeVar("T")
 # Stages user code runs in; with the exception's type they give error.json's category.
 LOAD, BUILD, RUNTIME = "load", "build", "runtime"
 # Import names whose package, as requirements.txt names it, is spelled differently.
-PACKAGE_OF_MODULE = {"sklearn": "scikit-learn", "PIL": "Pillow", "cv2": "opencv-python-headless",
-                     "yaml": "PyYAML", "skimage": "scikit-image", "bs4": "beautifulsoup4"}
+PACKAGE_OF_MODULE = {
+    "sklearn": "scikit-learn",
+    "PIL": "Pillow",
+    "cv2": "opencv-python-headless",
+    "yaml": "PyYAML",
+    "skimage": "scikit-image",
+    "bs4": "beautifulsoup4",
+}
 
 
 class UserCodeError(Exception):
@@ -57,8 +63,10 @@ class ModelFile:
     def builder(self, framework: Framework) -> Callable:
         builder = getattr(self.module, framework.builder, None)
         if not callable(builder):
-            raise ContractError(f"{self.path} defines no function {framework.builder}(): "
-                                f"{_needs(framework)}; see include/model_templates/")
+            raise ContractError(
+                f"{self.path} defines no function {framework.builder}(): "
+                f"{_needs(framework)}; see include/model_templates/"
+            )
         return builder
 
     def kind_of_builder(self) -> str:
@@ -67,8 +75,11 @@ class ModelFile:
             if callable(getattr(self.module, kind.builder, None)):
                 return kind.name
         frameworks = dict.fromkeys(kind.framework for kind in KINDS.values())
-        raise ContractError(f"{self.path} defines no builder: "
-                            + "; ".join(map(_needs, frameworks)) + "; see include/model_templates/")
+        raise ContractError(
+            f"{self.path} defines no builder: "
+            + "; ".join(map(_needs, frameworks))
+            + "; see include/model_templates/"
+        )
 
 
 def _needs(framework: Framework) -> str:
@@ -126,21 +137,29 @@ def category_of(exc: BaseException, stage: str) -> str:
 def fix_for(exc: BaseException, path: Path, category: str, doing: str) -> str:
     """One sentence saying what the user should change; empty where a restart may be the fix."""
     if category == "syntax":
-        return f"fix the syntax error in {shown(exc.filename or path)} at line {exc.lineno} (marked below), " \
-               "then push again"
+        return (
+            f"fix the syntax error in {shown(exc.filename or path)} at line {exc.lineno} (marked below), "
+            "then push again"
+        )
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         module = exc.name.partition(".")[0]
         if (path.parent / f"{module}.py").exists() or (path.parent / module).is_dir():
-            return f"`{module}` is a file of your repository, but only {path.name} is loaded: move what " \
-                   f"{path.name} needs from it into {path.name}"
-        return f"add `{PACKAGE_OF_MODULE.get(module, module)}` to requirements.txt next to your model file " \
-               f"({shown(path)}), then push again"
+            return (
+                f"`{module}` is a file of your repository, but only {path.name} is loaded: move what "
+                f"{path.name} needs from it into {path.name}"
+            )
+        return (
+            f"add `{PACKAGE_OF_MODULE.get(module, module)}` to requirements.txt next to your model file "
+            f"({shown(path)}), then push again"
+        )
     if isinstance(exc, ImportError):
         missing = re.search(r"cannot import name '([^']+)' from '([^']+)'", str(exc))
         if missing:
             name, module = missing.groups()
-            return f"`{module}`{_installed_version(module)} has no `{name}`: check the spelling, or declare " \
-                   "the version that has it in requirements.txt next to your model file"
+            return (
+                f"`{module}`{_installed_version(module)} has no `{name}`: check the spelling, or declare "
+                "the version that has it in requirements.txt next to your model file"
+            )
         return "fix the import below, then push again"
     if category in (LOAD, BUILD):
         return f"fix the error below (raised while {doing}), then push again"
@@ -155,8 +174,9 @@ def _installed_version(module: str) -> str:
         return ""
 
 
-def run_user_code(path: Path, doing: str, function: Callable[..., T], *args: Any, stage: str = RUNTIME,
-                  **kwargs: Any) -> T:
+def run_user_code(
+    path: Path, doing: str, function: Callable[..., T], *args: Any, stage: str = RUNTIME, **kwargs: Any
+) -> T:
     """Call user code; any exception it raises becomes a UserCodeError naming file, line, step and fix.
 
     ``stage`` is ``LOAD`` (running the model file), ``BUILD`` (the builder, model construction, compile:
@@ -168,8 +188,9 @@ def run_user_code(path: Path, doing: str, function: Callable[..., T], *args: Any
         raise
     except Exception as exc:
         category = category_of(exc, stage)
-        raise UserCodeError(describe_user_error(exc, path, doing), category,
-                            fix_for(exc, path, category, doing)) from exc
+        raise UserCodeError(
+            describe_user_error(exc, path, doing), category, fix_for(exc, path, category, doing)
+        ) from exc
 
 
 def load_model_file(path: Path) -> ModelFile:

@@ -49,8 +49,12 @@ def _diff_class(line: str) -> str:
 
 @cache
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(score=_score, seconds=_seconds, timestamp=_timestamp, diff_class=_diff_class)
     return env
 
@@ -73,9 +77,18 @@ def render(request: Request, template: str, **context: Any) -> str:
     def airflow_run(dag_id: str, run_id: str) -> str:
         return f"{base}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
-    return environment().get_template(template).render(
-        url=url, static_url=static_url, airflow_run=airflow_run, score_names=SCORE_NAMES,
-        dag_ids={"train": TRAIN_DAG_ID}, **context)
+    return (
+        environment()
+        .get_template(template)
+        .render(
+            url=url,
+            static_url=static_url,
+            airflow_run=airflow_run,
+            score_names=SCORE_NAMES,
+            dag_ids={"train": TRAIN_DAG_ID},
+            **context,
+        )
+    )
 
 
 # --- charts --------------------------------------------------------------------------------------------
@@ -92,9 +105,15 @@ def accuracy_per_attempt(view: PipelineView) -> str:
         else:
             bar_colour = svg.MET_COLOUR if row.accuracy >= target else svg.BELOW_COLOUR
             bars.append(svg.Bar(f"#{row.attempt}", row.accuracy, bar_colour, row.move[:80]))
-    return svg.bar_chart("accuracy-per-attempt", "Held-out accuracy per attempt", bars, x_label="attempt",
-                         y_label="accuracy", reference=(target, f"target {target:.2f}"),
-                         empty_message="no attempt judged yet")
+    return svg.bar_chart(
+        "accuracy-per-attempt",
+        "Held-out accuracy per attempt",
+        bars,
+        x_label="attempt",
+        y_label="accuracy",
+        reference=(target, f"target {target:.2f}"),
+        empty_message="no attempt judged yet",
+    )
 
 
 def accuracy_over_training(view: PipelineView) -> str:
@@ -109,12 +128,20 @@ def accuracy_over_training(view: PipelineView) -> str:
         best = row.accuracy if best is None else max(best, row.accuracy)
         best_points.append((round(spent, 3), best))
     target = view.run.config.target
-    series = [svg.Series("attempts", points, svg.colour(0)),
-              svg.Series("best so far", best_points, svg.colour(2), dashed=True)]
-    return svg.line_chart("accuracy-over-training", "Held-out accuracy against cumulative training seconds",
-                          series, x_label="training seconds, cumulative", y_label="accuracy",
-                          y_range=(0.0, 1.0), reference=(target, f"target {target:.2f}"),
-                          empty_message="no attempt evaluated yet")
+    series = [
+        svg.Series("attempts", points, svg.colour(0)),
+        svg.Series("best so far", best_points, svg.colour(2), dashed=True),
+    ]
+    return svg.line_chart(
+        "accuracy-over-training",
+        "Held-out accuracy against cumulative training seconds",
+        series,
+        x_label="training seconds, cumulative",
+        y_label="accuracy",
+        y_range=(0.0, 1.0),
+        reference=(target, f"target {target:.2f}"),
+        empty_message="no attempt evaluated yet",
+    )
 
 
 def learning_curves(view: PipelineView, kind: str) -> str:
@@ -128,22 +155,41 @@ def learning_curves(view: PipelineView, kind: str) -> str:
                 series.append(svg.Series(label, points, svg.colour(index), dashed))
     title = f"Learning curves: {kind} per epoch (validation solid, training dashed)"
     y_range = (0.0, 1.0) if kind == "accuracy" else None
-    return svg.line_chart(f"learning-curves-{kind}", title, series, x_label="epoch", y_label=kind,
-                          y_range=y_range, empty_message=f"no per-epoch {kind} recorded yet")
+    return svg.line_chart(
+        f"learning-curves-{kind}",
+        title,
+        series,
+        x_label="epoch",
+        y_label=kind,
+        y_range=y_range,
+        empty_message=f"no per-epoch {kind} recorded yet",
+    )
 
 
 def confusion_matrix(view: PipelineView) -> str:
     confusion = view.confusion
     if confusion is None:
         best = view.best
-        message = ("the best attempt's evaluation recorded no confusion matrix" if best
-                   else "no attempt evaluated yet")
+        message = (
+            "the best attempt's evaluation recorded no confusion matrix"
+            if best
+            else "no attempt evaluated yet"
+        )
         return svg.empty_chart("confusion-matrix", "Confusion matrix of the best attempt", message)
-    return svg.heatmap("confusion-matrix", f"Confusion matrix of the best attempt (#{confusion.attempt})",
-                       confusion.matrix, confusion.labels)
+    return svg.heatmap(
+        "confusion-matrix",
+        f"Confusion matrix of the best attempt (#{confusion.attempt})",
+        confusion.matrix,
+        confusion.labels,
+    )
 
 
 def pipeline_charts(view: PipelineView) -> list[Markup]:
-    charts = [accuracy_per_attempt(view), accuracy_over_training(view), learning_curves(view, "accuracy"),
-              learning_curves(view, "loss"), confusion_matrix(view)]
+    charts = [
+        accuracy_per_attempt(view),
+        accuracy_over_training(view),
+        learning_curves(view, "accuracy"),
+        learning_curves(view, "loss"),
+        confusion_matrix(view),
+    ]
     return [Markup(chart) for chart in charts]  # svg.py escapes every text it draws

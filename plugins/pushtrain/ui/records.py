@@ -39,17 +39,25 @@ RETRAIN_DAG_ID = "tweak_and_retrain"
 PIPELINE_DAG_IDS = (TRAIN_DAG_ID, RETRAIN_DAG_ID)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # the registry's, less the dots
-RETRAIN_RUN_PATTERN = re.compile(r"pushtrain__(?P<pipeline>[A-Za-z0-9][A-Za-z0-9_-]{0,99})__attempt-(?P<n>[1-9]\d{0,3})")
+RETRAIN_RUN_PATTERN = re.compile(
+    r"pushtrain__(?P<pipeline>[A-Za-z0-9][A-Za-z0-9_-]{0,99})__attempt-(?P<n>[1-9]\d{0,3})"
+)
 ATTEMPT_DIR_PATTERN = re.compile(r"attempt-([1-9]\d{0,3})")
-EPOCH_LINE = re.compile(r"^(?:\[pushtrain\] )?epoch (?P<epoch>\d{1,6})/(?P<total>\d{1,6})(?P<scores>(?: [a-z_]+=\S+)*)$")
+EPOCH_LINE = re.compile(
+    r"^(?:\[pushtrain\] )?epoch (?P<epoch>\d{1,6})/(?P<total>\d{1,6})(?P<scores>(?: [a-z_]+=\S+)*)$"
+)
 MAX_CONTAINER_FILE_BYTES = 4 * 1024 * 1024
 PROGRESS_TAIL_BYTES = 512 * 1024  # a long training's log: its last epochs are what a live page needs
 MAX_PIPELINES_LISTED = 200
 MAX_CLASSES_DRAWN = 100
 SCORE_NAMES = ("accuracy", "val_accuracy", "loss", "val_loss")
 # Hosts whose commit pages have a known address; any other repository shows the commit without a link.
-COMMIT_PAGES = {"github.com": "{base}/commit/{sha}", "gitlab.com": "{base}/-/commit/{sha}",
-                "codeberg.org": "{base}/commit/{sha}", "bitbucket.org": "{base}/commits/{sha}"}
+COMMIT_PAGES = {
+    "github.com": "{base}/commit/{sha}",
+    "gitlab.com": "{base}/-/commit/{sha}",
+    "codeberg.org": "{base}/commit/{sha}",
+    "bitbucket.org": "{base}/commits/{sha}",
+}
 
 
 class InvalidId(ValueError):
@@ -156,7 +164,9 @@ def parse_progress(text: str) -> tuple[list[Epoch], int | None]:
         except (KeyError, ValueError):
             pass
         epoch = int(match["epoch"])
-        epochs[epoch] = Epoch(epoch, scores, seconds)  # a resumed container logs an epoch again: keep the last
+        epochs[epoch] = Epoch(
+            epoch, scores, seconds
+        )  # a resumed container logs an epoch again: keep the last
         total = int(match["total"])
     return [epochs[n] for n in sorted(epochs)], total
 
@@ -283,8 +293,9 @@ def describe_move(record: Attempt, earlier: dict[int, Attempt]) -> str:
     return ", ".join(changes) + origin
 
 
-def _status(record: Attempt, summary: Summary | None, target: float, epochs: list[Epoch],
-            total: int | None) -> tuple[str, str]:
+def _status(
+    record: Attempt, summary: Summary | None, target: float, epochs: list[Epoch], total: int | None
+) -> tuple[str, str]:
     if record.status == "failed":
         return "failed", record.reason
     if record.status == "evaluated":
@@ -324,13 +335,19 @@ def pipeline_view(pipeline_id: str) -> PipelineView:
         record = records[number]
         epochs, total, _ = attempt_history(pipeline_id, number)
         status, detail = _status(record, summary, run.config.target, epochs, total)
-        dag_id, run_id = (record.airflow.dag_id, record.airflow.run_id) if record.airflow \
-            else run_of_attempt(run, number)
-        rows.append(AttemptRow(number, status, detail, record, describe_move(record, records), epochs, total,
-                               dag_id, run_id))
+        dag_id, run_id = (
+            (record.airflow.dag_id, record.airflow.run_id) if record.airflow else run_of_attempt(run, number)
+        )
+        rows.append(
+            AttemptRow(
+                number, status, detail, record, describe_move(record, records), epochs, total, dag_id, run_id
+            )
+        )
     best = best_row(rows)
     confusion = confusion_of(best.record) if best else None
-    return PipelineView(run, summary, rows, confusion, _extra_text(run.model_dump(), "adaptation_diff"), problems)
+    return PipelineView(
+        run, summary, rows, confusion, _extra_text(run.model_dump(), "adaptation_diff"), problems
+    )
 
 
 @dataclass(frozen=True)
@@ -365,8 +382,15 @@ def list_pipelines(limit: int = MAX_PIPELINES_LISTED) -> list[PipelineSummaryRow
             continue
         best = pipeline.best_record(judged)
         attempts = len(list(pipeline.pipeline_dir(pipeline_id).glob(f"attempt-*/{pipeline.ATTEMPT_FILE}")))
-        rows.append(PipelineSummaryRow(run, summary.outcome if summary else "running", attempts,
-                                       best.accuracy if best else None, started))
+        rows.append(
+            PipelineSummaryRow(
+                run,
+                summary.outcome if summary else "running",
+                attempts,
+                best.accuracy if best else None,
+                started,
+            )
+        )
     return rows
 
 
@@ -452,8 +476,12 @@ class VersionRow:
 
     @property
     def dataset(self) -> str:
-        return " ".join(filter(None, (_text(self.lineage, "dataset", "name"),
-                                      _text(self.lineage, "dataset", "split_version"))))
+        return " ".join(
+            filter(
+                None,
+                (_text(self.lineage, "dataset", "name"), _text(self.lineage, "dataset", "split_version")),
+            )
+        )
 
     @property
     def dataset_sha256(self) -> str:
@@ -505,8 +533,7 @@ def _serving(name: str, aliases: dict[str, int]) -> Serving | None:
         return None
     if endpoint is None:
         return None
-    return Serving(f"{endpoint.url}/invocations", aliases.get(serving.SERVING_ALIAS),
-                   aliases.get(CHAMPION))
+    return Serving(f"{endpoint.url}/invocations", aliases.get(serving.SERVING_ALIAS), aliases.get(CHAMPION))
 
 
 def registry_view() -> list[ModelView]:
@@ -532,12 +559,23 @@ def registry_view() -> list[ModelView]:
             except (RegistryError, OSError, ValueError) as exc:
                 problems.append(str(exc))
                 metrics, lineage, tags = {}, {}, {}
-            scores = {score: value for score in ("accuracy", "precision", "recall", "f1")
-                      if (value := _finite(metrics.get(score))) is not None}
-            rows.append(VersionRow(version.number, version.created_at.isoformat(timespec="seconds"),
-                                   version.metric, version.metric_value, scores, lineage,
-                                   version.pipeline_run_id,
-                                   sorted(alias for alias, number in aliases.items() if number == version.number),
-                                   tags))
+            scores = {
+                score: value
+                for score in ("accuracy", "precision", "recall", "f1")
+                if (value := _finite(metrics.get(score))) is not None
+            }
+            rows.append(
+                VersionRow(
+                    version.number,
+                    version.created_at.isoformat(timespec="seconds"),
+                    version.metric,
+                    version.metric_value,
+                    scores,
+                    lineage,
+                    version.pipeline_run_id,
+                    sorted(alias for alias, number in aliases.items() if number == version.number),
+                    tags,
+                )
+            )
         models.append(ModelView(name, rows, aliases, history, _serving(name, aliases), problems))
     return models

@@ -81,14 +81,24 @@ def start_training(push: Push, repository: WatchedRepository) -> Started:
         from sqlalchemy import func, select
 
         with create_session() as session:
-            if session.scalar(select(DagRun.id).where(DagRun.dag_id == TRAIN_DAG_ID, DagRun.run_id == run_id)):
+            if session.scalar(
+                select(DagRun.id).where(DagRun.dag_id == TRAIN_DAG_ID, DagRun.run_id == run_id)
+            ):
                 return Started("already_started", "this push already started its run", run_id)
-            queued = session.scalar(select(func.count(DagRun.id)).where(
-                DagRun.dag_id == TRAIN_DAG_ID, DagRun.run_id.startswith(run_prefix(repository), autoescape=True),
-                DagRun.state.in_((DagRunState.QUEUED, DagRunState.RUNNING))))
+            queued = session.scalar(
+                select(func.count(DagRun.id)).where(
+                    DagRun.dag_id == TRAIN_DAG_ID,
+                    DagRun.run_id.startswith(run_prefix(repository), autoescape=True),
+                    DagRun.state.in_((DagRunState.QUEUED, DagRunState.RUNNING)),
+                )
+            )
         if queued >= MAX_QUEUED_PER_REPOSITORY:
-            return Started("busy", f"{queued} webhook runs of this repository are queued or running; the "
-                                   "sensor trains the branch head once they are done", run_id)
+            return Started(
+                "busy",
+                f"{queued} webhook runs of this repository are queued or running; the "
+                "sensor trains the branch head once they are done",
+                run_id,
+            )
         if not ledger.claim(repository.ledger_url, push.sha, run_id):
             holder = (ledger.read(repository.ledger_url, push.sha) or {}).get("run_id", "another run")
             return Started("already_claimed", f"commit {push.sha[:8]} was already taken by {holder}", run_id)
@@ -101,8 +111,12 @@ def start_training(push: Push, repository: WatchedRepository) -> Started:
         return Started("already_started", "a concurrent delivery of this push started its run", run_id)
     yielded = yield_idle_watchers(run_id)
     if MAKE_WAY_SECONDS > 0:
-        threading.Thread(target=_make_way_while_queued, args=(run_id, time.monotonic() + MAKE_WAY_SECONDS),
-                         name=f"make-way-{push.sha[:8]}", daemon=True).start()
+        threading.Thread(
+            target=_make_way_while_queued,
+            args=(run_id, time.monotonic() + MAKE_WAY_SECONDS),
+            name=f"make-way-{push.sha[:8]}",
+            daemon=True,
+        ).start()
     reason = f"train_on_push run {run_id} queued for {push.branch}@{push.sha[:8]}"
     if yielded:
         reason += f"; idle watcher run(s) {', '.join(yielded)} made way"
@@ -117,10 +131,18 @@ def _create_run(push: Push, repository: WatchedRepository, run_id: str) -> bool:
     from sqlalchemy.exc import IntegrityError
 
     conf = {"commit": push.sha, "branch": push.branch, "repo_url": repository.conf_url}
-    note = f"{push.provider} push by {push.pusher or 'unknown'}" + (f", delivery {push.delivery}" if push.delivery else "")
+    note = f"{push.provider} push by {push.pusher or 'unknown'}" + (
+        f", delivery {push.delivery}" if push.delivery else ""
+    )
     try:
-        trigger_dag(TRAIN_DAG_ID, run_id=run_id, conf=conf, triggered_by=DagRunTriggeredByType.REST_API,
-                    triggering_user_name=TRIGGERING_USER, note=note)
+        trigger_dag(
+            TRAIN_DAG_ID,
+            run_id=run_id,
+            conf=conf,
+            triggered_by=DagRunTriggeredByType.REST_API,
+            triggering_user_name=TRIGGERING_USER,
+            note=note,
+        )
     except (DagRunAlreadyExists, IntegrityError):
         return False
     except DagNotFound:
@@ -138,8 +160,9 @@ def _make_way_while_queued(run_id: str, deadline: float) -> None:
         time.sleep(1.0)
         try:
             with create_session() as session:
-                state = session.scalar(select(DagRun.state).where(DagRun.dag_id == TRAIN_DAG_ID,
-                                                                  DagRun.run_id == run_id))
+                state = session.scalar(
+                    select(DagRun.state).where(DagRun.dag_id == TRAIN_DAG_ID, DagRun.run_id == run_id)
+                )
             if state != DagRunState.QUEUED:
                 return
             yield_idle_watchers(run_id)
@@ -165,24 +188,41 @@ def yield_idle_watchers(except_run_id: str) -> list[str]:
     from airflow.utils.state import DagRunState, TaskInstanceState
     from sqlalchemy import and_, select
 
-    not_poking = (TaskInstanceState.UP_FOR_RESCHEDULE, TaskInstanceState.UP_FOR_RETRY,
-                  TaskInstanceState.SCHEDULED, TaskInstanceState.QUEUED)
+    not_poking = (
+        TaskInstanceState.UP_FOR_RESCHEDULE,
+        TaskInstanceState.UP_FOR_RETRY,
+        TaskInstanceState.SCHEDULED,
+        TaskInstanceState.QUEUED,
+    )
     with create_session() as session:
         waiting = session.execute(
             select(TaskInstance.run_id, DagRun.conf)
             .join(DagRun, and_(DagRun.dag_id == TaskInstance.dag_id, DagRun.run_id == TaskInstance.run_id))
-            .where(TaskInstance.dag_id == TRAIN_DAG_ID, TaskInstance.task_id == SENSOR_TASK_ID,
-                   TaskInstance.state.in_(not_poking), DagRun.state == DagRunState.RUNNING,
-                   TaskInstance.run_id != except_run_id)).all()
-        idle = [run_id for run_id, conf in waiting
-                if not (conf or {}).get("commit") and not _claimed_anything(run_id, conf or {})]
+            .where(
+                TaskInstance.dag_id == TRAIN_DAG_ID,
+                TaskInstance.task_id == SENSOR_TASK_ID,
+                TaskInstance.state.in_(not_poking),
+                DagRun.state == DagRunState.RUNNING,
+                TaskInstance.run_id != except_run_id,
+            )
+        ).all()
+        idle = [
+            run_id
+            for run_id, conf in waiting
+            if not (conf or {}).get("commit") and not _claimed_anything(run_id, conf or {})
+        ]
         if not idle:
             return []
         dag = DBDagBag().get_latest_version_of_dag(TRAIN_DAG_ID, session=session)
         if dag is None:
             return []
         for run_id in idle:
-            dag.set_task_instance_state(task_id=SENSOR_TASK_ID, run_id=run_id, state=TaskInstanceState.SKIPPED,
-                                        commit=True, session=session)
+            dag.set_task_instance_state(
+                task_id=SENSOR_TASK_ID,
+                run_id=run_id,
+                state=TaskInstanceState.SKIPPED,
+                commit=True,
+                session=session,
+            )
     log.info("webhook: idle watcher runs %s made way for %s", idle, except_run_id)
     return idle

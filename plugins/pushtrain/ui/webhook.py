@@ -116,8 +116,16 @@ def push_body(repository: str, sha: str, branch: str) -> bytes:
     return json.dumps({"repository": repository, "ref": f"{BRANCH_REF}{branch}", "after": sha}).encode()
 
 
-def deliver_push(url: str, secret: str, repository: str, sha: str, branch: str = "main", *,
-                 signature: str | None = None, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+def deliver_push(
+    url: str,
+    secret: str,
+    repository: str,
+    sha: str,
+    branch: str = "main",
+    *,
+    signature: str | None = None,
+    timeout: float = 30,
+) -> tuple[int, dict[str, Any]]:
     """POST a signed plain push event to the webhook at ``url``; returns the status and the JSON answer.
 
     ``signature`` replaces the correct one (a test of what a forged request gets).
@@ -126,8 +134,12 @@ def deliver_push(url: str, secret: str, repository: str, sha: str, branch: str =
     import urllib.request
 
     body = push_body(repository, sha, branch)
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "X-Hub-Signature-256": signature or sign(body, secret)})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature or sign(body, secret)},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -179,13 +191,22 @@ def parse_push(provider: Provider, headers: Any, payload: Any) -> Push | Ignored
         return Ignored(f"{ref} was deleted")
     sha = after.lower()
     if not SHA.fullmatch(sha):
-        raise WebhookError(400, f"'after' must be a full commit SHA (40 or 64 hex digits), got {after[:80]!r}")
+        raise WebhookError(
+            400, f"'after' must be a full commit SHA (40 or 64 hex digits), got {after[:80]!r}"
+        )
     repository = payload.get("repository")
     if provider is GITLAB:
         project = payload.get("project") if isinstance(payload.get("project"), dict) else {}
         repo = repository if isinstance(repository, dict) else {}
-        urls = _strings(project.get("git_http_url"), project.get("git_ssh_url"), project.get("web_url"),
-                        repo.get("git_http_url"), repo.get("git_ssh_url"), repo.get("url"), repo.get("homepage"))
+        urls = _strings(
+            project.get("git_http_url"),
+            project.get("git_ssh_url"),
+            project.get("web_url"),
+            repo.get("git_http_url"),
+            repo.get("git_ssh_url"),
+            repo.get("url"),
+            repo.get("homepage"),
+        )
         name = project.get("path_with_namespace") or repo.get("name") or ""
         pusher = payload.get("user_username") or payload.get("user_name") or ""
         delivery = headers.get("x-gitlab-event-uuid", "") or headers.get("x-gitlab-webhook-uuid", "")
@@ -193,17 +214,32 @@ def parse_push(provider: Provider, headers: Any, payload: Any) -> Push | Ignored
         if isinstance(repository, str):
             repository = {"url": repository}
         repo = repository if isinstance(repository, dict) else {}
-        urls = _strings(repo.get("clone_url"), repo.get("ssh_url"), repo.get("html_url"), repo.get("git_url"),
-                        repo.get("url"))
+        urls = _strings(
+            repo.get("clone_url"),
+            repo.get("ssh_url"),
+            repo.get("html_url"),
+            repo.get("git_url"),
+            repo.get("url"),
+        )
         name = repo.get("full_name") or repo.get("name") or (urls[0] if urls else "")
         pusher_info = payload.get("pusher")
-        pusher = (pusher_info.get("name") or pusher_info.get("login") or "") \
-            if isinstance(pusher_info, dict) else ""
+        pusher = (
+            (pusher_info.get("name") or pusher_info.get("login") or "")
+            if isinstance(pusher_info, dict)
+            else ""
+        )
         delivery = headers.get(f"x-{provider.name}-delivery", "") if provider.event_header else ""
     if not urls:
         raise WebhookError(400, "the push names no repository URL")
-    return Push(provider.name, ref.removeprefix(BRANCH_REF), sha, urls, str(name)[:200], str(pusher)[:100],
-                str(delivery)[:100])
+    return Push(
+        provider.name,
+        ref.removeprefix(BRANCH_REF),
+        sha,
+        urls,
+        str(name)[:200],
+        str(pusher)[:100],
+        str(delivery)[:100],
+    )
 
 
 # --- which repositories are watched --------------------------------------------------------------------
@@ -281,7 +317,9 @@ def watched_repositories() -> list[WatchedRepository]:
     for url in listed if isinstance(listed, list) else []:
         if isinstance(url, str) and url.strip():
             remote = gitops.remote_from_connection(url=url.strip())
-            watched.append(WatchedRepository(url.strip(), remote.display_url, repository_key(remote.display_url)))
+            watched.append(
+                WatchedRepository(url.strip(), remote.display_url, repository_key(remote.display_url))
+            )
     return watched
 
 
@@ -338,9 +376,12 @@ async def handle(request: Request, config: WebhookConfig) -> JSONResponse:
         body = await read_body(request)
         secret = await run_in_threadpool(config.secret)
         if not secret or len(secret) < MIN_SECRET_LENGTH:
-            raise WebhookError(503, f"no webhook secret of at least {MIN_SECRET_LENGTH} characters is "
-                                    f"configured: set the password of the {WEBHOOK_CONN_ID} connection or "
-                                    f"{SECRET_ENV}")
+            raise WebhookError(
+                503,
+                f"no webhook secret of at least {MIN_SECRET_LENGTH} characters is "
+                f"configured: set the password of the {WEBHOOK_CONN_ID} connection or "
+                f"{SECRET_ENV}",
+            )
         if not signature_valid(provider, request.headers, body, secret):
             raise WebhookError(401, f"missing or invalid {provider.name} signature")
         try:
@@ -356,13 +397,29 @@ async def handle(request: Request, config: WebhookConfig) -> JSONResponse:
         repositories = await run_in_threadpool(config.repositories)
         repository = match_repository(push, repositories)
         if repository is None:
-            return _answer(200, "ignored", f"repository {push.repository_name or push.repository_urls[0]} is "
-                                           "not watched by pushtrain")
+            return _answer(
+                200,
+                "ignored",
+                f"repository {push.repository_name or push.repository_urls[0]} is not watched by pushtrain",
+            )
         started = await run_in_threadpool(config.start, push, repository)
     except WebhookError as refusal:
         log.info("webhook %s: %s (%s)", provider.name, refusal.status, refusal.reason)
         return _answer(refusal.status, "rejected" if refusal.status < 500 else "unavailable", refusal.reason)
-    log.info("webhook %s push %s@%s delivery %s: %s (%s)", provider.name, push.repository_name, push.sha[:8],
-             push.delivery or "-", started.status, started.run_id)
-    return _answer(started.http_status, started.status, started.reason, dag_id=started.dag_id,
-                   run_id=started.run_id, commit=push.sha)
+    log.info(
+        "webhook %s push %s@%s delivery %s: %s (%s)",
+        provider.name,
+        push.repository_name,
+        push.sha[:8],
+        push.delivery or "-",
+        started.status,
+        started.run_id,
+    )
+    return _answer(
+        started.http_status,
+        started.status,
+        started.reason,
+        dag_id=started.dag_id,
+        run_id=started.run_id,
+        commit=push.sha,
+    )
