@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from pushtrain.runner import contract
+from pushtrain.runner.contract import PREDICTIONS_FILE
 from pushtrain.runner.data import (
     BLIND_ID_COLUMN,
     TABLE_FILE,
@@ -59,7 +60,6 @@ from pushtrain.runner.data import (
     is_table,
 )
 from pushtrain.runner.evaluate import (
-    PREDICTIONS_FILE,
     PREDICTIONS_SCHEMA_VERSION,
     PROBABILITY_DTYPES,
     probability_problem,
@@ -115,8 +115,11 @@ class BlindEvaluation:
         document = json.loads((Path(work_dir) / ANSWER_KEY_FILE).read_text())
         if document.get("schema_version") != ANSWER_KEY_SCHEMA_VERSION:
             raise BlindViewError(f"{work_dir}/{ANSWER_KEY_FILE} has schema {document.get('schema_version')}")
-        return cls(Path(work_dir), document["dataset_sha256"],
-                   tuple(Answer(**answer) for answer in document["answers"]))
+        return cls(
+            Path(work_dir),
+            document["dataset_sha256"],
+            tuple(Answer(**answer) for answer in document["answers"]),
+        )
 
 
 # --- the view ---------------------------------------------------------------------------------------------
@@ -157,9 +160,15 @@ def prepare_blind_evaluation(test_dir: Path, work_dir: Path) -> BlindEvaluation:
     os.utime(data_dir, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
 
     blind = BlindEvaluation(work_dir, dataset_sha256, tuple(answers))
-    _write_private_json(blind.answer_key_path, {
-        "schema_version": ANSWER_KEY_SCHEMA_VERSION, "test_dir": str(test_dir),
-        "dataset_sha256": blind.dataset_sha256, "answers": [vars(answer) for answer in answers]})
+    _write_private_json(
+        blind.answer_key_path,
+        {
+            "schema_version": ANSWER_KEY_SCHEMA_VERSION,
+            "test_dir": str(test_dir),
+            "dataset_sha256": blind.dataset_sha256,
+            "answers": [vars(answer) for answer in answers],
+        },
+    )
     return blind
 
 
@@ -182,7 +191,11 @@ def _blind_images(test_dir: Path, key: bytes) -> tuple[dict[str, bytes], list[An
         image_id = _opaque_id(key, entry, encoded)
         encoded[image_id] = canonical_png(content, path)
         answers.append(Answer(image_id, relative.split("/", 1)[0], relative))
-    return {f"{image_id}.png": content for image_id, content in encoded.items()}, answers, split_digest.hexdigest()
+    return (
+        {f"{image_id}.png": content for image_id, content in encoded.items()},
+        answers,
+        split_digest.hexdigest(),
+    )
 
 
 def _blind_table(test_dir: Path, key: bytes) -> tuple[dict[str, bytes], list[Answer]]:
@@ -221,7 +234,7 @@ def _write_private_json(path: Path, document: Any) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        json.dump(document, handle, separators=(",", ":"))
+        handle.write(json.dumps(document, separators=(",", ":")))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -234,8 +247,12 @@ def canonical_png(content: bytes, path: Path) -> bytes:
     scanlines = np.zeros((height, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 on every row
     scanlines[:, 1:] = rows
     # Stored, not deflated: the size is a function of the shape alone, so it cannot echo anything.
-    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0)) + \
-        _chunk(b"IEND", b"")
+    return (
+        PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -249,14 +266,16 @@ def decode_png(content: bytes, path: Path) -> tuple[int, int, int, np.ndarray]:
     non-interlaced grey, grey+alpha, RGB or RGBA. Anything else is refused with the reason.
     """
     if not content.startswith(PNG_SIGNATURE):
-        raise BlindViewError(f"{path} is not a PNG: held-out images are re-encoded, and only PNG is supported")
+        raise BlindViewError(
+            f"{path} is not a PNG: held-out images are re-encoded, and only PNG is supported"
+        )
     offset, header, data = len(PNG_SIGNATURE), None, []
     while True:
         if offset + 8 > len(content):
             raise BlindViewError(f"{path} is truncated (no IEND chunk)")
-        length, kind = struct.unpack(">I4s", content[offset:offset + 8])
-        body = content[offset + 8:offset + 8 + length]
-        crc = content[offset + 8 + length:offset + 12 + length]
+        length, kind = struct.unpack(">I4s", content[offset : offset + 8])
+        body = content[offset + 8 : offset + 8 + length]
+        crc = content[offset + 8 + length : offset + 12 + length]
         if len(body) != length or len(crc) != 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + body):
             raise BlindViewError(f"{path} has a damaged {kind.decode(errors='replace')} chunk")
         offset += 12 + length
@@ -270,8 +289,10 @@ def decode_png(content: bytes, path: Path) -> tuple[int, int, int, np.ndarray]:
         raise BlindViewError(f"{path} has no IHDR chunk")
     width, height, depth, colour_type, _, _, interlace = header
     if depth != 8 or colour_type not in PNG_CHANNELS or interlace:
-        raise BlindViewError(f"{path}: bit depth {depth}, colour type {colour_type}, interlace {interlace}; "
-                             "held-out PNGs must be 8-bit, non-interlaced grey, grey+alpha, RGB or RGBA")
+        raise BlindViewError(
+            f"{path}: bit depth {depth}, colour type {colour_type}, interlace {interlace}; "
+            "held-out PNGs must be 8-bit, non-interlaced grey, grey+alpha, RGB or RGBA"
+        )
     channels = PNG_CHANNELS[colour_type]
     try:
         raw = zlib.decompress(b"".join(data))
@@ -375,11 +396,19 @@ def read_signature(model_dir: Path) -> dict[str, Any]:
     if not isinstance(signature, dict):
         raise ScoringError(f"{path} is not a JSON object")
     names, file_name, kind = signature.get("class_names"), signature.get("file"), signature.get("kind")
-    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
-            and len(set(names)) == len(names)):
+    if not (
+        isinstance(names, list)
+        and names
+        and all(isinstance(n, str) for n in names)
+        and len(set(names)) == len(names)
+    ):
         raise ScoringError(f"{path}: class_names must be a non-empty list of distinct strings")
-    if not (isinstance(file_name, str) and file_name not in ("", ".", "..") and Path(file_name).name == file_name):
-        raise ScoringError(f"{path}: file must name the artifact inside the model directory, got {file_name!r}")
+    if not (
+        isinstance(file_name, str) and file_name not in ("", ".", "..") and Path(file_name).name == file_name
+    ):
+        raise ScoringError(
+            f"{path}: file must name the artifact inside the model directory, got {file_name!r}"
+        )
     if not isinstance(kind, str):
         raise ScoringError(f"{path}: kind must be a string")
     return signature
@@ -397,12 +426,16 @@ def _predictions_bytes(predictions_dir: Path, n_images: int, n_classes: int) -> 
         raise ScoringError(f"cannot read the evaluation output {predictions_dir}: {exc.strerror}") from None
     extra = [name for name in found if name != PREDICTIONS_FILE]
     if extra:
-        raise ScoringError(f"the evaluation container wrote {', '.join(extra)} besides {PREDICTIONS_FILE}; it "
-                           f"may write nothing else (the platform writes {EVALUATION_FILE} itself)")
+        raise ScoringError(
+            f"the evaluation container wrote {', '.join(extra)} besides {PREDICTIONS_FILE}; it "
+            f"may write nothing else (the platform writes {EVALUATION_FILE} itself)"
+        )
     if PREDICTIONS_FILE not in found:
         raise ScoringError(f"the evaluation container wrote no {PREDICTIONS_FILE}")
     try:
-        return _read_regular_file(predictions_dir / PREDICTIONS_FILE, max_predictions_bytes(n_images, n_classes))
+        return _read_regular_file(
+            predictions_dir / PREDICTIONS_FILE, max_predictions_bytes(n_images, n_classes)
+        )
     except OSError as exc:
         raise ScoringError(f"cannot read {PREDICTIONS_FILE}: {exc}") from None
     except ValueError as exc:
@@ -437,8 +470,9 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def parse_predictions(raw: bytes, ids: list[str], n_classes: int
-                      ) -> tuple[dict[str, int], tuple[dict[str, list[float]], str] | None]:
+def parse_predictions(
+    raw: bytes, ids: list[str], n_classes: int
+) -> tuple[dict[str, int], tuple[dict[str, list[float]], str] | None]:
     """Validate ``predictions.json``: (id -> class index, (id -> probabilities, dtype) or None)."""
     try:
         document = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
@@ -450,14 +484,21 @@ def parse_predictions(raw: bytes, ids: list[str], n_classes: int
     if set(document) - allowed:
         raise ScoringError(f"{PREDICTIONS_FILE} has unknown fields: {sorted(set(document) - allowed)}")
     if document.get("schema_version") != PREDICTIONS_SCHEMA_VERSION:
-        raise ScoringError(f"{PREDICTIONS_FILE} has schema_version {document.get('schema_version')!r}, "
-                           f"expected {PREDICTIONS_SCHEMA_VERSION}")
+        raise ScoringError(
+            f"{PREDICTIONS_FILE} has schema_version {document.get('schema_version')!r}, "
+            f"expected {PREDICTIONS_SCHEMA_VERSION}"
+        )
     predicted = _one_per_id(document.get("predicted"), ids, "predicted")
-    bad = [key for key, value in predicted.items()
-           if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_classes]
+    bad = [
+        key
+        for key, value in predicted.items()
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_classes
+    ]
     if bad:
-        raise ScoringError(f"{len(bad)} predictions are not class indices 0..{n_classes - 1} "
-                           f"(e.g. {bad[0]}: {predicted[bad[0]]!r})")
+        raise ScoringError(
+            f"{len(bad)} predictions are not class indices 0..{n_classes - 1} "
+            f"(e.g. {bad[0]}: {predicted[bad[0]]!r})"
+        )
     if ("probabilities" in document) != ("probabilities_dtype" in document):
         raise ScoringError(f"{PREDICTIONS_FILE} must give probabilities and probabilities_dtype together")
     if "probabilities" not in document:
@@ -467,8 +508,11 @@ def parse_predictions(raw: bytes, ids: list[str], n_classes: int
         raise ScoringError(f"probabilities_dtype {dtype!r} is not one of {', '.join(PROBABILITY_DTYPES)}")
     probabilities = _one_per_id(document["probabilities"], ids, "probabilities")
     for key, row in probabilities.items():
-        if not (isinstance(row, list) and len(row) == n_classes
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
+        if not (
+            isinstance(row, list)
+            and len(row) == n_classes
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+        ):
             raise ScoringError(f"probabilities of {key} must be a list of {n_classes} numbers")
     problem = probability_problem(np.array([probabilities[i] for i in ids], dtype=dtype), len(ids), n_classes)
     if problem:
@@ -483,11 +527,14 @@ def _one_per_id(answers: Any, ids: list[str], field: str) -> dict[str, Any]:
     unknown = sorted(set(answers) - expected)
     missing = sorted(expected - set(answers))
     if unknown:
-        raise ScoringError(f"{PREDICTIONS_FILE}: {field} answers {len(unknown)} ids the view does not have "
-                           f"(e.g. {unknown[0][:40]!r})")
+        raise ScoringError(
+            f"{PREDICTIONS_FILE}: {field} answers {len(unknown)} ids the view does not have "
+            f"(e.g. {unknown[0][:40]!r})"
+        )
     if missing:
-        raise ScoringError(f"{PREDICTIONS_FILE}: {field} misses {len(missing)} of the {len(ids)} images "
-                           f"(e.g. {missing[0]})")
+        raise ScoringError(
+            f"{PREDICTIONS_FILE}: {field} misses {len(missing)} of the {len(ids)} images (e.g. {missing[0]})"
+        )
     return answers
 
 

@@ -206,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from pushtrain.runner.data import DataError
-    from pushtrain.runner.evaluate import PREDICTIONS_FILE, write_predictions
+    from pushtrain.runner.evaluate import write_predictions
     from pushtrain.runner.usercode import ContractError, UserCodeError
 
     if not args.out.is_dir() or not os.access(args.out, os.W_OK):
@@ -220,7 +220,7 @@ def _predict(args: argparse.Namespace) -> int:
     except DataError as exc:
         return _fail(args.out, "data", str(exc))
     print(
-        f"[pushtrain] {PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
+        f"[pushtrain] {contract.PREDICTIONS_FILE}: {result['n_predicted']} held-out images predicted"
         f"{' with probabilities' if result['probabilities'] else ''}; the platform scores them",
         flush=True,
     )

@@ -30,7 +30,6 @@ from pushtrain.runner import contract
 from pushtrain.runner.data import load_blind_view
 from pushtrain.runner.usercode import ContractError, load_model_file, run_user_code
 
-PREDICTIONS_FILE = contract.PREDICTIONS_FILE
 PREDICTIONS_SCHEMA_VERSION = 1
 PROBABILITY_DTYPES = ("float32", "float64")
 PROBABILITY_SUM_TOLERANCE = 1e-3  # float32 softmax rows sum to 1 within ~1e-6
@@ -137,9 +136,9 @@ def write_predictions(model_dir: Path, data_dir: Path, out_dir: Path, model_file
         problem = probability_problem(probabilities, len(ids), len(class_names))
         if problem:
             # The loss needs a distribution per image; without one it is reported as unknown, as before.
-            print(f"[pushtrain] probabilities left out of {PREDICTIONS_FILE}: {problem}", flush=True)
+            print(f"[pushtrain] probabilities left out of {contract.PREDICTIONS_FILE}: {problem}", flush=True)
         else:
             document["probabilities"] = dict(zip(ids, probabilities.tolist(), strict=True))
             document["probabilities_dtype"] = probabilities.dtype.name
-    contract.write_json_atomic(Path(out_dir) / PREDICTIONS_FILE, document)
+    contract.write_json_atomic(Path(out_dir) / contract.PREDICTIONS_FILE, document)
     return {"n_predicted": len(ids), "probabilities": "probabilities" in document}
