@@ -112,7 +112,7 @@ def accuracy_per_attempt(view: PipelineView) -> str:
         x_label="attempt",
         y_label="accuracy",
         reference=(target, f"target {target:.2f}"),
-        empty_message="no attempt judged yet",
+        empty_message="no attempt judged yet" if view.live else "no attempt was judged",
     )
 
 
@@ -140,7 +140,7 @@ def accuracy_over_training(view: PipelineView) -> str:
         y_label="accuracy",
         y_range=(0.0, 1.0),
         reference=(target, f"target {target:.2f}"),
-        empty_message="no attempt evaluated yet",
+        empty_message="no attempt evaluated yet" if view.live else "no attempt was evaluated",
     )
 
 
@@ -155,6 +155,7 @@ def learning_curves(view: PipelineView, kind: str) -> str:
                 series.append(svg.Series(label, points, svg.colour(index), dashed))
     title = f"Learning curves: {kind} per epoch (validation solid, training dashed)"
     y_range = (0.0, 1.0) if kind == "accuracy" else None
+    waiting = "no attempt has finished an epoch yet" if view.live and not series else ""
     return svg.line_chart(
         f"learning-curves-{kind}",
         title,
@@ -162,7 +163,7 @@ def learning_curves(view: PipelineView, kind: str) -> str:
         x_label="epoch",
         y_label=kind,
         y_range=y_range,
-        empty_message=f"no per-epoch {kind} recorded yet",
+        empty_message=waiting or f"no attempt reported a per-epoch {kind}",
     )
 
 
