@@ -30,10 +30,16 @@ from pathlib import Path
 from results_file import write_results
 
 SCENARIOS = {
-    "demo": {"template": "cnn_keras.py", "config": {"dataset": "mnist5k", "target": 0.80, "max_attempts": 6},
-             "hparams": None},
-    "long": {"template": "cnn_keras.py", "config": {"dataset": "mnist5k", "target": 0.01, "max_attempts": 1},
-             "hparams": {"epochs": 100, "filters": 32, "dense_units": 128, "learning_rate": 0.002}},
+    "demo": {
+        "template": "cnn_keras.py",
+        "config": {"dataset": "mnist5k", "target": 0.80, "max_attempts": 6},
+        "hparams": None,
+    },
+    "long": {
+        "template": "cnn_keras.py",
+        "config": {"dataset": "mnist5k", "target": 0.01, "max_attempts": 1},
+        "hparams": {"epochs": 100, "filters": 32, "dense_units": 128, "learning_rate": 0.002},
+    },
 }
 
 
@@ -45,11 +51,14 @@ def free_port() -> int:
 
 def task_times(airflow, dag_id: str, run_id: str) -> dict[str, tuple[datetime, datetime]]:
     listed = airflow.airflow("tasks", "states-for-dag-run", dag_id, run_id, "-o", "json")
-    document = json.loads(listed.stdout[listed.stdout.index("["):])
+    document = json.loads(listed.stdout[listed.stdout.index("[") :])
     times = {}
     for row in document:
         if row.get("start_date") and row.get("end_date"):
-            times[row["task_id"]] = (datetime.fromisoformat(row["start_date"]), datetime.fromisoformat(row["end_date"]))
+            times[row["task_id"]] = (
+                datetime.fromisoformat(row["start_date"]),
+                datetime.fromisoformat(row["end_date"]),
+            )
     return times
 
 
@@ -69,8 +78,13 @@ def run_scenario(name: str, root: Path) -> dict:
         model = work / "model.py"
         model.write_text(apply_hparams(model.read_text(), spec["hparams"]))
     smtp_port = free_port()
-    airflow = EmbeddedAirflow(home=root / "airflow", data_dir=root / "data", repo_url=str(bare),
-                              smtp_port=smtp_port, port=free_port())
+    airflow = EmbeddedAirflow(
+        home=root / "airflow",
+        data_dir=root / "data",
+        repo_url=str(bare),
+        smtp_port=smtp_port,
+        port=free_port(),
+    )
     with MailSink(root / "mail", port=smtp_port) as sink:
         airflow.start(root / "standalone.log")
         try:
@@ -89,21 +103,33 @@ def run_scenario(name: str, root: Path) -> dict:
                 times = task_times(airflow, record.airflow.dag_id, record.airflow.run_id)
                 wall = (times["judge_attempt"][1] - times["prepare_attempt"][0]).total_seconds()
                 container = record.timings.train_container_seconds + record.timings.evaluate_container_seconds
-                attempts.append({"attempt": record.attempt, "attempt_wall_s": round(wall, 2),
-                                 "container_wall_s": round(container, 2),
-                                 "train_seconds": record.timings.train_seconds,
-                                 "overhead": round((wall - container) / wall, 3)})
+                attempts.append(
+                    {
+                        "attempt": record.attempt,
+                        "attempt_wall_s": round(wall, 2),
+                        "container_wall_s": round(container, 2),
+                        "train_seconds": record.timings.train_seconds,
+                        "overhead": round((wall - container) / wall, 3),
+                    }
+                )
         finally:
             airflow.stop()
     container_total = sum(a["container_wall_s"] for a in attempts)
-    return {"scenario": name, "outcome": summary.outcome, "attempts": attempts,
-            "pipeline_wall_s": round(pipeline_wall, 1), "push_to_mail_s": round(push_to_mail, 1),
-            "container_wall_total_s": round(container_total, 1),
-            "pipeline_wall_over_container_wall": round(pipeline_wall / container_total, 2)}
+    return {
+        "scenario": name,
+        "outcome": summary.outcome,
+        "attempts": attempts,
+        "pipeline_wall_s": round(pipeline_wall, 1),
+        "push_to_mail_s": round(push_to_mail, 1),
+        "container_wall_total_s": round(container_total, 1),
+        "pipeline_wall_over_container_wall": round(pipeline_wall / container_total, 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scenarios", default="demo,long")
     args = parser.parse_args()
     results = []
@@ -112,13 +138,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"pushtrain-bench-{name}-") as root:
             result = run_scenario(name, Path(root))
         results.append(result)
-        print(f"{'attempt':>7} {'attempt wall s':>15} {'container wall s':>17} {'train s':>8} {'overhead':>9}")
+        print(
+            f"{'attempt':>7} {'attempt wall s':>15} {'container wall s':>17} {'train s':>8} {'overhead':>9}"
+        )
         for a in result["attempts"]:
-            print(f"{a['attempt']:>7} {a['attempt_wall_s']:>15.1f} {a['container_wall_s']:>17.1f} "
-                  f"{a['train_seconds']:>8.1f} {a['overhead']:>9.3f}")
-        print(f"outcome {result['outcome']}; pipeline wall {result['pipeline_wall_s']}s; push to mail "
-              f"{result['push_to_mail_s']}s; container wall {result['container_wall_total_s']}s; "
-              f"pipeline/container = {result['pipeline_wall_over_container_wall']} (goal <= 1.10)", flush=True)
+            print(
+                f"{a['attempt']:>7} {a['attempt_wall_s']:>15.1f} {a['container_wall_s']:>17.1f} "
+                f"{a['train_seconds']:>8.1f} {a['overhead']:>9.3f}"
+            )
+        print(
+            f"outcome {result['outcome']}; pipeline wall {result['pipeline_wall_s']}s; push to mail "
+            f"{result['push_to_mail_s']}s; container wall {result['container_wall_total_s']}s; "
+            f"pipeline/container = {result['pipeline_wall_over_container_wall']} (goal <= 1.10)",
+            flush=True,
+        )
     print(f"results written to {write_results(__file__, results)}")
 
 
