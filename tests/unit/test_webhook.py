@@ -524,6 +524,18 @@ def test_runs_waiting_for_a_push_make_way_unless_they_have_a_commit(
         "manual__claimed": "up_for_retry",
         "scheduled__poking": "running",
     }
+    # A run that made way has nothing left to run (finish_pipeline included): it ends at the next look.
+    assert run_task_states(f"scheduled__between-pokes-{repository.key[-8:]}") == {"skipped"}
+    assert None in run_task_states(f"manual__explicit-{repository.key[-8:]}")
+
+
+def run_task_states(run_id: str) -> set[str | None]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return set(session.scalars(select(TaskInstance.state).where(TaskInstance.run_id == run_id)))
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ is verified.
 - **An idle watcher makes way.** ``train_on_push`` runs one at a time (``max_active_runs=1``), and a
   scheduled run spends most of its life in ``wait_for_commit`` waiting for a push: the webhook's run would
   queue behind it for up to a watch interval. So the waiting sensors of runs without an explicit commit are
-  marked skipped, their normal end when no commit comes, and those runs end at once. Nothing is lost: a
+  marked skipped, their normal end when no commit comes, with every task after them (none has anything to
+  do without a commit), and those runs end at once. Nothing is lost: a
   commit such a run would have seen is claimed by nobody and the next scheduled run takes it, as it takes a
   push that arrives while another run trains. Only a sensor that is not poking (between two pokes, waiting
   for a retry, or not started yet) and whose run claimed no commit is touched; one that is poking is left
@@ -217,10 +218,13 @@ def yield_idle_watchers(except_run_id: str) -> list[str]:
         if dag is None:
             return []
         for run_id in idle:
+            # The tasks after the sensor too: those of a run that took no commit have nothing to do, and
+            # one of them still to run (finish_pipeline) would keep the run, and the webhook's, waiting.
             dag.set_task_instance_state(
                 task_id=SENSOR_TASK_ID,
                 run_id=run_id,
                 state=TaskInstanceState.SKIPPED,
+                downstream=True,
                 commit=True,
                 session=session,
             )
