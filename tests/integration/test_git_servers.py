@@ -30,8 +30,8 @@ from servers import GitHttpServer, GitSshServer, SilentServer, git, require_prog
 from pushtrain import gitops, mail, pipeline, steps
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "model_templates"
-TIMEOUT_S = 3  # PUSHTRAIN_GIT_TIMEOUT_SECONDS in these tests; the default is 15
-SLACK_S = 6  # process start-up and teardown around the limit, on a busy machine
+TIMEOUT_S = 8  # PUSHTRAIN_GIT_TIMEOUT_SECONDS in these tests (the default is 15): room for a busy host
+SLACK_S = 10  # process start-up and teardown around the limit, on a busy machine
 LFS_CONFIG = {
     "filter.lfs.process": "git-lfs filter-process",
     "filter.lfs.required": "true",
