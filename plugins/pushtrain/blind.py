@@ -242,15 +242,21 @@ def _write_private_json(path: Path, document: Any) -> None:
 
 def canonical_png(content: bytes, path: Path) -> bytes:
     """The same pixels as ``content`` (an 8-bit PNG), encoded one fixed way with nothing but the pixels."""
-    width, height, colour_type, rows = decode_png(content, path)
+    width, height, colour_type, raw = _read_png(content, path)
+    stride = width * PNG_CHANNELS[colour_type]
+    if raw[:: stride + 1].count(0) == height:  # every row unfiltered already: the scanlines are canonical
+        scanlines = raw
+    else:
+        rows = _unfilter(raw, height, stride, PNG_CHANNELS[colour_type], path)
+        canonical = np.zeros((height, stride + 1), dtype=np.uint8)  # filter byte 0 on every row
+        canonical[:, 1:] = rows
+        scanlines = canonical.tobytes()
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    scanlines = np.zeros((height, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 on every row
-    scanlines[:, 1:] = rows
     # Stored, not deflated: the size is a function of the shape alone, so it cannot echo anything.
     return (
         PNG_SIGNATURE
         + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0))
+        + _chunk(b"IDAT", zlib.compress(scanlines, 0))
         + _chunk(b"IEND", b"")
     )
 
@@ -265,6 +271,13 @@ def decode_png(content: bytes, path: Path) -> tuple[int, int, int, np.ndarray]:
     The Airflow side has no imaging library, and needs none for the platform's data sets: 8-bit,
     non-interlaced grey, grey+alpha, RGB or RGBA. Anything else is refused with the reason.
     """
+    width, height, colour_type, raw = _read_png(content, path)
+    channels = PNG_CHANNELS[colour_type]
+    return width, height, colour_type, _unfilter(raw, height, width * channels, channels, path)
+
+
+def _read_png(content: bytes, path: Path) -> tuple[int, int, int, bytes]:
+    """(width, height, colour type, the decompressed scanlines with their filter bytes), checked."""
     if not content.startswith(PNG_SIGNATURE):
         raise BlindViewError(
             f"{path} is not a PNG: held-out images are re-encoded, and only PNG is supported"
@@ -301,7 +314,7 @@ def decode_png(content: bytes, path: Path) -> tuple[int, int, int, np.ndarray]:
     stride = width * channels
     if len(raw) != height * (stride + 1):
         raise BlindViewError(f"{path} has {len(raw)} bytes of image data, expected {height * (stride + 1)}")
-    return width, height, colour_type, _unfilter(raw, height, stride, channels, path)
+    return width, height, colour_type, raw
 
 
 def _unfilter(raw: bytes, height: int, stride: int, bpp: int, path: Path) -> np.ndarray:
