@@ -25,6 +25,11 @@ What the view does not stop: a model that memorised the held-out images themselv
 are public) or one that probes the gate over many attempts through its aggregate feedback; the first needs a
 private split, the second is bounded by ``max_attempts``. Ids change with every evaluation, so nothing but
 the pixels stays the same from one attempt to the next.
+
+No cache: a view is written afresh for every evaluation (about 0.1 s for 359 images, 0.3-0.5 s for 1,000,
+next to an evaluation container of 4-20 s). A view cached per held-out split would keep its ids from one
+attempt to the next, which is harmless only while the key stays secret; caching the canonical PNG bytes
+alone would be safe, but reading them back costs about what re-encoding does.
 """
 
 from __future__ import annotations
