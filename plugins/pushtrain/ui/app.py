@@ -8,7 +8,7 @@ route                                      what                                 
                                            at ``/api/pipelines/{pipeline_id}``)
 ``GET /pipelines/{pipeline_id}/live``      the page's body again, for the page's polling script    read
 ``GET /runs/{dag_id}/{run_id}``            the pipeline of a DAG run (the ``dag_run`` tab)         read
-``GET /registry``                          every model, its versions and pointer (HTML; JSON at   read
+``GET /registry``                          every model, its versions and aliases (HTML; JSON at   read
                                            ``/api/registry``)
 ``GET /static/{path}``                     stylesheet and polling script                          anyone
 ``POST /hooks/git``                        the signed git webhook (``webhook.py``)                signature
