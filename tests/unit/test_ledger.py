@@ -76,7 +76,7 @@ def _claim_when_told(
 
 
 def test_concurrent_claims_from_many_processes_have_exactly_one_winner(data_dir: Path) -> None:
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     workers = 8
     go = context.Barrier(workers)
     results = context.Queue()
@@ -99,7 +99,7 @@ def test_concurrent_claims_from_many_processes_have_exactly_one_winner(data_dir:
 
 def test_concurrent_claims_by_the_same_run_all_see_their_claim(data_dir: Path) -> None:
     """A task retry racing a still-running try of the same run never reads a claim without its content."""
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     workers = 8
     go = context.Barrier(workers)
     results = context.Queue()

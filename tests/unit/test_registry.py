@@ -275,14 +275,14 @@ def test_concurrent_registrations_get_distinct_contiguous_numbers(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
     workers, per_worker = 4, 5
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        results = pool.starmap(
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.starmap_async(
             _register_several,
             [
                 (str(registry.root), str(tmp_path / "artifacts"), worker, per_worker)
                 for worker in range(workers)
             ],
-        )
+        ).get(timeout=120)
 
     numbers = [number for worker_numbers in results for number in worker_numbers]
     assert sorted(numbers) == list(range(1, workers * per_worker + 1))
@@ -306,8 +306,8 @@ def test_concurrent_promotions_end_on_the_best_version(registry: ModelRegistry, 
     # Each process walks the versions in a different order, so unlocked compare-and-move would lose the best.
     orders = [numbers, numbers[::-1], numbers[1::2] + numbers[::2], numbers[::2] + numbers[1::2]]
 
-    with multiprocessing.get_context("fork").Pool(len(orders)) as pool:
-        pool.starmap(_promote_all, [(str(registry.root), order) for order in orders])
+    with multiprocessing.get_context("spawn").Pool(len(orders)) as pool:
+        pool.starmap_async(_promote_all, [(str(registry.root), order) for order in orders]).get(timeout=120)
 
     assert registry.champion(MODEL).number == accuracies.index(max(accuracies)) + 1
 
@@ -320,10 +320,9 @@ def _promote_when_told(root: str, number: int, go: multiprocessing.synchronize.E
 def test_promotion_waits_for_the_model_lock(registry: ModelRegistry, artifact: Path) -> None:
     version = register(registry, artifact, 0.9, RUN_ID)
     pointer_path = registry.root / MODEL / "aliases.json"
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     go = context.Event()
     promoter = context.Process(target=_promote_when_told, args=(str(registry.root), version.number, go))
-    # Forked before the lock is taken: a child sharing the locked file description would hold the lock too.
     promoter.start()
     lock_fd = os.open(registry.root / MODEL / ".lock", os.O_RDWR | os.O_CREAT)
     try:

@@ -147,7 +147,7 @@ def test_concurrent_alias_moves_in_parallel_processes_lose_none(
     for index, accuracy in enumerate((0.7, 0.8, 0.9)):
         add_version(registry, tmp_path, accuracy, f"r{index}")
     workers, count = 4, 10
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_move_alias_many_times, args=(str(registry.root), w, count))
         for w in range(workers)
