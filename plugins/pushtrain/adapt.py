@@ -58,7 +58,7 @@ import libcst as cst
 
 from pushtrain import contract_check as cc
 from pushtrain import tweak
-from pushtrain.contract_check import NameReader, Problem
+from pushtrain.contract_check import LineNote, NameReader, Problem
 from pushtrain.detect import DetectionError, read_model_source
 from pushtrain.kinds import KERAS, KINDS, SCIKIT_LEARN
 
@@ -185,15 +185,8 @@ _MAX_POWER = 64
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Change:
-    """One thing adapt did and why, at the script's line (None for the file as a whole)."""
-
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+class Change(LineNote):
+    """One thing adapt did and why, at the script's line."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ problem with its line:
 
 A file without problems gets its kind, read from the library calls of the file (the builder and the
 helpers it calls). The kinds are those of
-:mod:`pushtrain.kinds` plus the ones ``pushtrain adapt`` proposes (``KIND_OF_ESTIMATOR``, ``keras`` for
-Keras networks without convolutions), so a file can be checked before its kind is in the table.
+:mod:`pushtrain.kinds` (``KIND_OF_ESTIMATOR``; ``keras`` for Keras networks without convolutions) plus the
+generic ``sklearn`` for other estimators, so a file can be checked before its kind is in the table.
 
 The library-name helpers here (:class:`NameReader`, :func:`canonical_name`) are shared with
 :mod:`pushtrain.adapt`, which rewrites a plain training script into a file that passes this check.
@@ -62,8 +62,8 @@ OTHER_FRAMEWORKS = {
     "theano": "Theano",
 }
 
-# scikit-learn classifiers pushtrain knows, by class name: the kind it trains them as. `linear` and `knn`
-# are in the kinds table today; `svm`, `forest` and the generic `sklearn` are what adapt proposes.
+# scikit-learn classifiers pushtrain knows, by class name: the kind it trains them as (rows of the kinds
+# table); any other estimator is the generic `sklearn`, which adapt proposes but the table does not have.
 KIND_OF_ESTIMATOR = {
     "LogisticRegression": "linear",
     "SGDClassifier": "linear",
@@ -391,8 +391,8 @@ def parse(source: str, filename: str) -> MetadataWrapper:
 
 
 @dataclass(frozen=True)
-class Problem:
-    """One thing to change, at its line (None when it concerns the whole file)."""
+class LineNote:
+    """A message about one line of a model file (line None when it concerns the whole file)."""
 
     line: int | None
     message: str
@@ -402,6 +402,10 @@ class Problem:
 
     def to_json_dict(self) -> dict[str, object]:
         return {"line": self.line, "message": self.message}
+
+
+class Problem(LineNote):
+    """One thing to change, at its line."""
 
 
 class ParseError(Exception):
