@@ -18,6 +18,10 @@ kind        names
 ``linear``  anything from ``sklearn.linear_model``, and ``sklearn.svm.LinearSVC``
 ``knn``     ``KNeighborsClassifier``, ``RadiusNeighborsClassifier``, ``NearestCentroid`` from
             ``sklearn.neighbors``
+``keras``   a Keras ``Dense`` layer (from a ``layers`` module, as for ``cnn``) in a file without a
+            convolution layer: a file with both is ``cnn``
+``svm``     ``SVC`` and ``NuSVC`` from ``sklearn.svm``
+``forest``  ``RandomForestClassifier`` and ``ExtraTreesClassifier`` from ``sklearn.ensemble``
 ==========  ===========================================================================================
 
 Resolution follows the imports wherever they are (module level or inside functions, as the templates
@@ -30,7 +34,8 @@ clear "found both" message rather than a wrong branch. Dynamic imports (``import
 are not followed; such a file sets ``kind`` in ``pushtrain.toml``.
 
 Exactly one kind found gives a :class:`Detection` with its evidence; none or several raise a
-:class:`DetectionError` that says what was found. Keras code with Dense layers only is not ``cnn``.
+:class:`DetectionError` that says what was found. Keras code with Dense layers only is ``keras``, not
+``cnn``.
 
 **Bounded.** :func:`detect_kind` is what the Airflow side calls: it parses in a child process with a
 wall-time limit and an address-space limit, so a huge or pathologically nested file ends in a
@@ -93,6 +98,10 @@ _CONV_LAYER_NAMES = frozenset(
     }
 )
 _KNN_CLASSIFIER_NAMES = frozenset({"KNeighborsClassifier", "RadiusNeighborsClassifier", "NearestCentroid"})
+_SVM_CLASSIFIER_NAMES = frozenset({"SVC", "NuSVC"})
+_FOREST_CLASSIFIER_NAMES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier"})
+# A kind found together with the kind that subsumes it is dropped: every CNN has Dense layers too.
+_SUBSUMED_BY = {"keras": "cnn"}
 # Libraries worth naming when no kind is found: they tell the user what we did see ("Dense only").
 _ML_LIBRARY_ROOTS = frozenset(
     {"keras", "tensorflow", "tf_keras", "sklearn", "torch", "jax", "flax", "xgboost", "lightgbm", "catboost"}
@@ -207,6 +216,24 @@ def _is_keras_conv_layer(parts: Sequence[str]) -> bool:
     )
 
 
+def _is_keras_dense_layer(parts: Sequence[str]) -> bool:
+    # keras.layers.Dense, tensorflow.keras.layers.Dense, keras.layers.core.Dense (Keras 2), ...
+    return (
+        parts[0] in _KERAS_ROOTS
+        and ("keras" in parts or parts[0] == "tf_keras")
+        and "layers" in parts[:-1]
+        and parts[-1] == "Dense"
+    )
+
+
+def _is_support_vector_classifier(parts: Sequence[str]) -> bool:
+    return list(parts[:2]) == ["sklearn", "svm"] and parts[-1] in _SVM_CLASSIFIER_NAMES
+
+
+def _is_forest_classifier(parts: Sequence[str]) -> bool:
+    return list(parts[:2]) == ["sklearn", "ensemble"] and parts[-1] in _FOREST_CLASSIFIER_NAMES
+
+
 def _is_linear_model(parts: Sequence[str]) -> bool:
     # Anything directly in sklearn.linear_model, and sklearn.svm.LinearSVC.
     return parts[0] == "sklearn" and (
@@ -223,6 +250,9 @@ _RULES: dict[str, Callable[[Sequence[str]], bool]] = {
     "cnn": _is_keras_conv_layer,
     "linear": _is_linear_model,
     "knn": _is_neighbours_classifier,
+    "keras": _is_keras_dense_layer,
+    "svm": _is_support_vector_classifier,
+    "forest": _is_forest_classifier,
 }
 
 
@@ -570,6 +600,9 @@ def _find(tree: ast.Module) -> _Findings:
                 earlier = first_other_use.get(qualified_name)
                 if earlier is None or use.line < earlier.line:
                     first_other_use[qualified_name] = Evidence(qualified_name, use.line)
+    for weaker, stronger in _SUBSUMED_BY.items():
+        if stronger in by_kind:
+            by_kind.pop(weaker, None)
     return _Findings(
         by_kind={kind: _sorted(by_kind[kind]) for kind in KINDS if kind in by_kind},
         other_ml_names=_sorted(first_other_use.values()),
@@ -661,14 +694,12 @@ def detect_source(source: str, filename: str) -> Detection:
         if len(seen) > _MAX_LISTED_FINDINGS:
             listed += f" and {len(seen) - _MAX_LISTED_FINDINGS} more"
         what_was_seen = f"it uses only {listed}"
-        if any(item.qualified_name.split(".")[0] in _KERAS_ROOTS for item in seen):
-            what_was_seen += " (Keras code without a convolution layer is not a `cnn`)"
     else:
         what_was_seen = "it uses no Keras or scikit-learn name at all"
     raise DetectionError(
-        f"{filename}: no model kind found: no Keras convolution layer (cnn), scikit-learn linear model "
-        f"(linear) or scikit-learn neighbours classifier (knn) is used; {what_was_seen}. Start from a "
-        f"template in include/model_templates/ or {_WHAT_TO_DO}",
+        f"{filename}: no model kind found: no Keras convolution (cnn) or Dense layer (keras), scikit-learn "
+        "linear model (linear), neighbours classifier (knn), SVC (svm) or random forest (forest) is used; "
+        f"{what_was_seen}. Start from a template in include/model_templates/ or {_WHAT_TO_DO}",
         reason="no_kind",
     )
 
@@ -907,7 +938,7 @@ def _detect_in_limited_child(path: str, memory_mb: int) -> Detection:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pushtrain detect",
-        description="Print the model kind (cnn, linear or knn) of a model file, found by parsing it only.",
+        description=f"Print the model kind ({', '.join(KINDS)}) of a model file, found by parsing it only.",
         epilog="Exit status: 0 kind found, 1 no single kind (reason on stderr), 2 usage error.",
     )
     parser.add_argument("path", help="the model file, e.g. model.py")

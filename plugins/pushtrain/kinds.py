@@ -260,6 +260,96 @@ KINDS: dict[str, Kind] = _table(
         ),
         escalation_rotates=False,
     ),
+    # The kinds below are what ordinary training scripts are, once ``pushtrain adapt`` rewrote them: their
+    # knobs are exactly the ones adapt lifts into HPARAMS for such a model (a file may have fewer of them;
+    # a strategy moves only those it has).
+    Kind(
+        name="keras",  # any Keras network without a convolution layer: Dense (and Dropout) on the pixels
+        framework=KERAS,
+        image="tensorflow",
+        template="dense_keras.py",
+        knobs={
+            "epochs": Knob(INT, 1, 60),
+            "batch_size": Knob(INT, 8, 512, log=True),
+            "learning_rate": Knob(FLOAT, 1e-5, 0.05, log=True),
+            "dense_units": Knob(INT, 4, 1024, log=True),
+            "dropout": Knob(FLOAT, 0.0, 0.6),
+        },
+        default_moves=(
+            Move(
+                "bold: dense units x4, learning rate into 1e-3..3e-3, at least 12 epochs",
+                {
+                    "dense_units": ("mul", 4),
+                    "learning_rate": ("toward", 0.001, 0.003, 4),
+                    "epochs": ("atleast", 12),
+                },
+                repeat=False,
+            ),
+            Move("epochs x2 (continues the best model)", {"epochs": ("mul", 2)}),
+            Move("dense units x2", {"dense_units": ("mul", 2)}),
+            Move("learning rate into 1e-3..3e-3", {"learning_rate": ("toward", 0.001, 0.003, 4)}),
+            Move("more dropout", {"dropout": ("add", 0.2)}),
+            Move("learning rate x3", {"learning_rate": ("mul", 3)}),
+            Move("learning rate /3", {"learning_rate": ("mul", 1 / 3)}),
+            Move("batch size /2", {"batch_size": ("mul", 0.5)}),
+            Move("less dropout", {"dropout": ("add", -0.2)}),
+            Move("batch size x2", {"batch_size": ("mul", 2)}),
+            Move("dense units /2", {"dense_units": ("mul", 0.5)}),
+        ),
+        escalation=(
+            Move("more epochs", {"epochs": ("mul", 2)}),
+            Move("more dense units", {"dense_units": ("mul", 2)}),
+        ),
+    ),
+    Kind(
+        name="svm",  # SVC and NuSVC (LinearSVC is `linear`)
+        framework=SCIKIT_LEARN,
+        image="sklearn",
+        template="svm_sklearn.py",
+        knobs={
+            "C": Knob(FLOAT, 1e-3, 1e3, log=True),
+            "kernel": Knob(CHOICE, choices=("rbf", "poly", "sigmoid", "linear")),
+            "gamma": Knob(FLOAT, 1e-5, 10.0, log=True),
+        },
+        # Useful C and gamma span decades, and gamma depends on the data (images arrive in [0, 1], so a gamma
+        # tuned for raw pixels is far too small): steps of x10 first, a move that gained is repeated.
+        default_moves=(
+            Move("C x10", {"C": ("mul", 10)}),
+            Move("gamma x10", {"gamma": ("mul", 10)}),
+            Move("gamma /10", {"gamma": ("mul", 0.1)}),
+            Move("C /10", {"C": ("mul", 0.1)}),
+            Move("C x3", {"C": ("mul", 3)}),
+            Move("gamma x3", {"gamma": ("mul", 3)}),
+            Move("gamma /3", {"gamma": ("mul", 1 / 3)}),
+            Move("C /3", {"C": ("mul", 1 / 3)}),
+            Move("rbf kernel", {"kernel": ("set", "rbf")}),
+            Move("other kernel", {"kernel": ("flip",)}),
+        ),
+    ),
+    Kind(
+        name="forest",  # RandomForestClassifier and ExtraTreesClassifier
+        framework=SCIKIT_LEARN,
+        image="sklearn",
+        template="forest_sklearn.py",
+        knobs={
+            "n_estimators": Knob(INT, 10, 1000, log=True),
+            "max_depth": Knob(INT, 2, 64, log=True),
+            "seed": Knob(INT, tuned=False),
+        },
+        # Forests do best with many deep trees (scikit-learn's own defaults are 100 trees of unlimited depth):
+        # one jump there, then depth and trees in steps of x2. No escalation of its own: the generic one.
+        default_moves=(
+            Move(
+                "bold: at least 200 trees, at least depth 32",
+                {"n_estimators": ("atleast", 200), "max_depth": ("atleast", 32)},
+                repeat=False,
+            ),
+            Move("max_depth x2", {"max_depth": ("mul", 2)}),
+            Move("n_estimators x2", {"n_estimators": ("mul", 2)}),
+            Move("max_depth /2", {"max_depth": ("mul", 0.5)}),
+            Move("n_estimators /2", {"n_estimators": ("mul", 0.5)}),
+        ),
+    ),
 )
 
 

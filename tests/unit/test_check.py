@@ -14,7 +14,14 @@ from pushtrain import contract_check
 from pushtrain.contract_check import canonical_name, check_source
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_KINDS = {"cnn_keras.py": "cnn", "knn_sklearn.py": "knn", "linear_sklearn.py": "linear"}
+TEMPLATE_KINDS = {
+    "cnn_keras.py": "cnn",
+    "knn_sklearn.py": "knn",
+    "linear_sklearn.py": "linear",
+    "dense_keras.py": "keras",
+    "svm_sklearn.py": "svm",
+    "forest_sklearn.py": "forest",
+}
 
 GOOD_KERAS = """
 HPARAMS = {"epochs": 2}
@@ -42,7 +49,7 @@ def test_the_templates_meet_the_contract_with_their_kind(templates_dir, template
     result = contract_check.check_file(templates_dir / template)
     assert result.ok, result.report()
     assert result.kind == kind
-    assert result.builder == ("build_model" if kind == "cnn" else "build_estimator")
+    assert result.builder == ("build_model" if kind in ("cnn", "keras") else "build_estimator")
 
 
 def test_kinds_beyond_the_table_are_named_from_the_builder():

@@ -225,6 +225,54 @@ KIND_CASES = {
         "knn",
         "sklearn.neighbors.KNeighborsClassifier",
     ),
+    "dense-keras-2-module-path": (
+        """
+        from keras.layers.core import Dense
+
+        def build_model(hp, input_shape, num_classes):
+            return Dense(num_classes)
+        """,
+        "keras",
+        "keras.layers.core.Dense",
+    ),
+    "svc": (
+        """
+        from sklearn import svm
+
+        def build_estimator(hp):
+            return svm.SVC(C=hp["C"])
+        """,
+        "svm",
+        "sklearn.svm.SVC",
+    ),
+    "nu-svc": (
+        """
+        from sklearn.svm import NuSVC
+
+        estimator = NuSVC()
+        """,
+        "svm",
+        "sklearn.svm.NuSVC",
+    ),
+    "random-forest": (
+        """
+        from sklearn.ensemble import RandomForestClassifier
+
+        def build_estimator(hp):
+            return RandomForestClassifier(n_estimators=hp["n_estimators"])
+        """,
+        "forest",
+        "sklearn.ensemble.RandomForestClassifier",
+    ),
+    "extra-trees-module-alias": (
+        """
+        import sklearn.ensemble as ens
+
+        estimator = ens.ExtraTreesClassifier()
+        """,
+        "forest",
+        "sklearn.ensemble.ExtraTreesClassifier",
+    ),
     "knn-used-in-default-argument": (
         """
         from sklearn.neighbors import KNeighborsClassifier
@@ -427,13 +475,47 @@ def test_circular_reassignments_end() -> None:
     assert names(detect_source(source(text), "model.py")) == ["keras.layers.Conv1D"]
 
 
-def test_dense_only_keras_is_not_a_cnn_and_the_message_says_what_was_found() -> None:
+def test_dense_only_keras_is_the_keras_kind_not_a_cnn() -> None:
     text = """
         from tensorflow import keras
         from tensorflow.keras import layers
 
         def build_model(hp, input_shape, num_classes):
             return keras.Sequential([layers.Flatten(), layers.Dense(num_classes)])
+        """
+
+    detection = detect_source(source(text), "model.py")
+
+    assert detection.kind == "keras"
+    assert detection.evidence == (Evidence("tensorflow.keras.layers.Dense", 5),)
+
+
+def test_a_cnn_with_dense_layers_is_a_cnn_not_also_keras() -> None:
+    text = """
+        from keras import layers
+        from sklearn.svm import SVC
+
+        def build_model(hp, input_shape, num_classes):
+            x = layers.Conv2D(8, 3)
+            return layers.Dense(num_classes)(x)
+        """
+
+    detection = detect_source(source(text).replace("from sklearn.svm import SVC\n", ""), "model.py")
+    assert detection.kind == "cnn"
+    assert names(detection) == ["keras.layers.Conv2D"]
+    # Next to another kind, the dense layers of a cnn do not make a third one.
+    with pytest.raises(DetectionError) as caught:
+        detect_source(source(text) + "\nestimator = SVC()\n", "model.py")
+    assert set(caught.value.found) == {"cnn", "svm"}
+
+
+def test_keras_without_dense_or_convolution_layers_is_no_kind_and_the_message_says_what_was_found() -> None:
+    text = """
+        from tensorflow import keras
+        from tensorflow.keras import layers
+
+        def build_model(hp, input_shape, num_classes):
+            return keras.Sequential([layers.Flatten(), layers.Softmax()])
         """
 
     with pytest.raises(DetectionError) as caught:
@@ -443,9 +525,8 @@ def test_dense_only_keras_is_not_a_cnn_and_the_message_says_what_was_found() -> 
     assert caught.value.reason == "no_kind"
     assert caught.value.found == {}
     assert "no model kind found" in message
-    assert "tensorflow.keras.layers.Dense at line 5" in message
+    assert "tensorflow.keras.layers.Softmax at line 5" in message
     assert "tensorflow.keras.Sequential at line 5" in message
-    assert "not a `cnn`" in message
 
 
 def test_a_file_with_no_ml_library_says_so() -> None:

@@ -52,7 +52,7 @@ def test_valid_metrics_have_no_problems():
         (lambda m: m.update(accuracy="0.9"), "field 'accuracy' has type str"),
         (lambda m: m.update(accuracy=1.5), "outside [0, 1]"),
         (lambda m: m.update(epochs_run=True), "field 'epochs_run' has type bool"),
-        (lambda m: m.update(kind="svm"), "kind 'svm' is not one of"),
+        (lambda m: m.update(kind="gbm"), "kind 'gbm' is not one of"),
         (lambda m: m.update(schema_version=2), "schema_version 2 is not 1"),
     ],
 )

@@ -60,6 +60,27 @@ def surface(kind: str, hparams: dict) -> float:
             + 0.02 * (hparams["weights"] == "distance")
             + 0.01 * (hparams["p"] == 2)
         )
+    elif kind == "keras":
+        score = (
+            0.25 * math.log(hparams["epochs"] + 1) / math.log(61)
+            + 0.3 * math.log2(hparams["dense_units"]) / 10
+            - 0.1 * abs(math.log10(hparams["learning_rate"] / 0.002))
+            - 0.1 * hparams["dropout"] ** 2
+            + 0.4
+        )
+    elif kind == "svm":  # best near C=10, gamma=0.1 (pixels in [0, 1]) with the rbf kernel
+        score = (
+            0.97
+            - 0.05 * abs(math.log10(hparams["C"] / 10))
+            - 0.08 * abs(math.log10(hparams["gamma"] / 0.1))
+            - 0.05 * (hparams["kernel"] != "rbf")
+        )
+    elif kind == "forest":  # more and deeper trees help, with diminishing returns
+        score = (
+            0.7
+            + 0.1 * math.log10(hparams["n_estimators"]) / 3
+            + 0.15 * min(1.0, math.log2(hparams["max_depth"]) / 4)
+        )
     else:
         raise AssertionError(f"no accuracy surface for kind {kind!r}: add one for a new kind")
     return max(0.0, min(1.0, score))
@@ -161,7 +182,7 @@ def test_clamp_bool_and_choice():
         ("cnn", {"epochs": "10"}, "epochs must be a number"),
         ("cnn", {"dropout": float("nan")}, "dropout must be a number"),
         ("cnn", {"epochs": True}, "epochs must be a number"),
-        ("svm", {}, "unknown model kind 'svm'; known kinds: cnn, linear, knn"),
+        ("gbm", {}, "unknown model kind 'gbm'; known kinds: cnn, linear, knn, keras, svm, forest"),
     ],
 )
 def test_clamp_refuses_what_it_cannot_fix(kind, hparams, message):
@@ -253,7 +274,7 @@ def test_strategies_refuse_empty_history_and_unknown_kind():
         with pytest.raises(ValueError, match="attempt 1"):
             strategy("cnn", [], 0)
         with pytest.raises(ValueError, match="unknown model kind"):
-            strategy("svm", [AttemptRecord(1, {}, 0.1, 1.0)], 0)
+            strategy("gbm", [AttemptRecord(1, {}, 0.1, 1.0)], 0)
 
 
 # A kind with a knob space and nothing else, as a new row of the table would start.
