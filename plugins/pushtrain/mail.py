@@ -81,7 +81,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Repository: {html.escape(run.repo_url)} (branch {html.escape(run.branch)})</li>
 <li>Commit: <code>{run.commit}</code> by {html.escape(run.author_name)}: {html.escape(run.commit_message)}</li>
 <li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
-({winner.evaluation.n_evaluated} images of {html.escape(run.config.dataset)})</li>
+({winner.evaluation.n_evaluated} images of {html.escape(run.dataset_label)})</li>
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 <li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
 <code>{html.escape(registered["path"])}</code>; champion: {html.escape(registered["promotion"])}</li>

@@ -239,7 +239,7 @@ class TrainAttemptOperator(SandboxedDockerOperator):
         run = pipeline.Pipeline.load(pipeline_id)
         attempt_dir = pipeline.attempt_dir(pipeline_id, attempt)
         out_dir = pipeline.output_dir(pipeline_id, attempt)
-        manifest = datasets.ensure_dataset(run.config.dataset)
+        manifest = datasets.ensure_dataset(*run.pinned_dataset)
         prepare_output_dir(out_dir)
         # No clean-up of earlier output here: the runner's checkpoint key tells a retry of the same attempt
         # (resume, or nothing to do once complete) from different code (train anew, overwrite).
@@ -329,7 +329,7 @@ class EvaluateAttemptOperator(SandboxedDockerOperator):
         evaluation_dir = pipeline.evaluation_dir(pipeline_id, attempt)
         view_dir = pipeline.blind_view_dir(pipeline_id, attempt)
         model_dir = pipeline.output_dir(pipeline_id, attempt) / contract.MODEL_DIR
-        manifest = datasets.ensure_dataset(run.config.dataset)
+        manifest = datasets.ensure_dataset(*run.pinned_dataset)
         name = pipeline.container_name(pipeline_id, attempt, EVALUATE)
         if self._still_running(name) and (view_dir / blind.ANSWER_KEY_FILE).exists():
             view = blind.BlindEvaluation.load(view_dir)  # a retry adopts the container that reads this view

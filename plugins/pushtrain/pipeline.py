@@ -31,7 +31,7 @@ import math
 import re
 import shutil
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -53,7 +53,9 @@ from pushtrain.runner.contract import write_json_atomic
 from pushtrain.strategies import STRATEGIES, AttemptRecord, no_real_gain
 
 CONFIG_FILE = "pushtrain.toml"
-DATASETS = ("digits", "mnist5k")
+DATASETS = ("digits", "mnist5k")  # the bundled data sets (pushtrain.datasets.DATASET_NAMES)
+# The keys that say how a ``repo:`` data set is imported (pushtrain.datasets.ImportOptions); empty: from the data.
+IMPORT_KEYS = ("image_size", "channels", "label_column", "categorical", "test_fraction")
 # The registry's rule for a model name (a folder name there), checked here so a bad name fails at checkout,
 # not after the whole training loop when the winner is registered.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -79,6 +81,64 @@ class PipelineConfig:
     model_name: str = ""  # registry name; default: the repository's name
     commit_back: bool = True  # push the tuned model file to pushtrain/<short-sha>
     model_tests: str = "model_tests.py"  # the repository's model tests, run before registration if present
+    # How a ``repo:<folder>`` data set is imported (pushtrain.datasets.ImportOptions); empty: from the data.
+    image_size: tuple[int, ...] = ()  # [height, width]; default: the most common size in the data
+    channels: int = 0  # 1 grey, 3 colour; default: the most common mode in the data
+    label_column: str = ""  # a table's label column; default "label"
+    categorical: tuple[str, ...] = ()  # a table's text columns to one-hot encode
+    test_fraction: float = 0.2  # of each class held out (pushtrain.datasets.TEST_FRACTION)
+
+    def import_options(self) -> Any:
+        """The ``pushtrain.datasets.ImportOptions`` of these keys; raises ``DatasetError`` when invalid."""
+        from pushtrain import datasets
+
+        return datasets.ImportOptions(  # empty means "from the data"; test_fraction 0 is an error, not unset
+            test_fraction=self.test_fraction,
+            image_size=self.image_size or None,
+            channels=self.channels or None,
+            label_column=self.label_column or None,
+            categorical=self.categorical,
+        ).validated()
+
+    def _dataset_problems(self) -> list[str]:
+        """The ``dataset`` key and the import keys; a named data set's existence is checked at checkout."""
+        from pushtrain import datasets
+        from pushtrain.dataset_files import DatasetError, safe_relative
+
+        problems = []
+        is_repo = self.dataset.startswith(datasets.REPO_PREFIX)
+        if is_repo:
+            folder = self.dataset.removeprefix(datasets.REPO_PREFIX)
+            try:
+                relative = safe_relative(folder, self.dataset)
+            except DatasetError:
+                relative = None
+            if relative is None or not relative.parts:
+                problems.append(
+                    f"dataset {self.dataset!r} must name a folder inside the repository, relative to its "
+                    'root and without "..", e.g. "repo:data/pets"'
+                )
+        elif self.dataset not in DATASETS:
+            try:
+                datasets.check_name(self.dataset)
+            except DatasetError:
+                problems.append(
+                    f"dataset {self.dataset!r} is unknown; choose one of {', '.join(DATASETS)}, a data set "
+                    "added with `python -m pushtrain datasets add NAME PATH` (NAME: 1-64 letters, digits, "
+                    "'.', '_' or '-'), or repo:<folder> for a folder of the repository"
+                )
+        try:
+            options = self.import_options()
+        except DatasetError as exc:
+            return [*problems, f"{exc} (in {CONFIG_FILE})"]
+        if not is_repo and options != datasets.ImportOptions():
+            given = [key for key in IMPORT_KEYS if getattr(self, key) != getattr(PipelineConfig, key)]
+            problems.append(
+                f"{', '.join(given)} apply to repo: data sets only; dataset {self.dataset!r} is imported "
+                f"already: remove them from {CONFIG_FILE}, or re-add the data set with them "
+                "(`python -m pushtrain datasets add NAME PATH --help`)"
+            )
+        return problems
 
     def validated(self) -> PipelineConfig:
         problems = []
@@ -88,8 +148,7 @@ class PipelineConfig:
             problems.append(f'metric {self.metric!r} is not supported; use "accuracy"')
         if not 1 <= self.max_attempts <= 50:
             problems.append(f"max_attempts must be 1..50, got {self.max_attempts}")
-        if self.dataset not in DATASETS:
-            problems.append(f"dataset {self.dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
+        problems.extend(self._dataset_problems())
         if self.kind not in ("auto", *KINDS):
             problems.append(f"kind {self.kind!r} is unknown; choose auto or one of {', '.join(KINDS)}")
         if self.strategy not in STRATEGIES:
@@ -141,8 +200,11 @@ def load_config(repo_dir: Path, overrides: dict[str, Any] | None = None) -> Pipe
         expected = type(getattr(PipelineConfig, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
+        elif expected is tuple and isinstance(value, list):  # a TOML array; validated() checks its items
+            values[key] = tuple(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{key} must be {expected.__name__}, got {value!r}")
+            what = "a list ([...])" if expected is tuple else expected.__name__
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
     config = PipelineConfig(**values)
     return config.validated()
 
@@ -278,11 +340,29 @@ class Pipeline(_File):
     # Set when the repository's requirements.txt needs an image derived from the kind's (pushtrain.userreqs):
     # its tag, id, base and the resolved packages. Empty: the kind's own image.
     training_image: dict[str, Any] = {}
+    # The data set version this pipeline trains on, pinned at checkout (pushtrain.datasets.resolve): every
+    # attempt, evaluation and registration reads this one, whatever versions are added meanwhile. Empty/0 in
+    # a record from before the pin: the config's data set, latest version.
+    dataset_name: str = ""
+    dataset_version: int = Field(default=0, ge=0)
 
     @field_validator("config")
     @classmethod
     def _config_is_valid(cls, config: PipelineConfig) -> PipelineConfig:
         return config.validated()
+
+    @property
+    def pinned_dataset(self) -> tuple[str, int | None]:
+        """(name, version) of the data set every step reads: ``datasets.ensure_dataset(*run.pinned_dataset)``.
+        Version None (a record from before the pin) means the latest."""
+        return self.dataset_name or self.config.dataset, self.dataset_version or None
+
+    @property
+    def dataset_label(self) -> str:
+        """``digits v1``; ``repo:data/pets v2 (<store name>)``; for mails and pages."""
+        name, version = self.pinned_dataset
+        label = f"{self.config.dataset} v{version}" if version else self.config.dataset
+        return label if name == self.config.dataset else f"{label} ({name})"
 
     def save(self) -> None:
         self._write(pipeline_dir(self.pipeline_id) / PIPELINE_FILE)
@@ -414,7 +494,7 @@ class Attempt(_File):
                 "branch": run.branch,
                 "author_email": run.author_email,
                 "origin_dag_run_id": run.origin_dag_run_id,
-                "config": asdict(run.config),
+                "config": run.model_dump(mode="json")["config"],  # as JSON: lists, not tuples
                 "training_image": run.training_image,
             },
         }

@@ -128,6 +128,7 @@ def checkout_commit(found: dict, params: dict, dag_run_id: str, remote: gitops.G
         config = pipeline.load_config(workspace, overrides)
     except pipeline.ConfigError as exc:
         raise UserFacingError(str(exc)) from None
+    manifest = _resolve_dataset(config, workspace, sha, remote.display_url)
     info = gitops.commit_info(repo, sha)
     repo_name = Path(remote.display_url.rstrip("/")).name.removesuffix(".git") or "model"
     Pipeline(
@@ -142,8 +143,29 @@ def checkout_commit(found: dict, params: dict, dag_run_id: str, remote: gitops.G
         config=config,
         origin_dag_run_id=dag_run_id,
         model_name=config.model_name or gitops.safe_name(repo_name),
+        dataset_name=manifest.name,
+        dataset_version=manifest.version,
     ).save()
     return {"pipeline_id": pipeline_id, "commit": sha}
+
+
+def _resolve_dataset(config: pipeline.PipelineConfig, workspace: Path, sha: str, repository: str) -> Any:
+    """The data set version the pipeline will train on: a ``repo:`` folder imported from the checkout (a new
+    version only if its content is new), else the named set's latest version (a bundled one exported on
+    first use). Bad data fails here, the first task that sees it; a failed import leaves nothing behind."""
+    from pushtrain import datasets
+    from pushtrain.dataset_files import DatasetError
+
+    try:
+        return datasets.resolve(
+            config.dataset,
+            checkout=workspace,
+            commit=sha,
+            repository=repository,
+            options=config.import_options(),
+        )
+    except DatasetError as exc:
+        raise UserFacingError(f"{pipeline.CONFIG_FILE}: dataset = {config.dataset!r}: {exc}") from None
 
 
 # --- 2. the kind ---------------------------------------------------------------------------------------
@@ -284,7 +306,7 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
     ``trained`` and ``evaluation`` are the XComs of the training and evaluation tasks; both are None when
     ``prepared`` said stop (the strategy had nothing left to try), which ends the loop without an attempt.
     """
-    from pushtrain.datasets import load_manifest
+    from pushtrain.datasets import ensure_dataset
 
     plan = PreparedAttempt.from_xcom(prepared, "prepare_attempt")
     run = Pipeline.load(plan.pipeline_id)
@@ -298,10 +320,10 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
             target=run.config.target,
         ).to_xcom()
     trained, evaluation = trained or {}, evaluation or {}
-    manifest = load_manifest(run.config.dataset)
+    manifest = ensure_dataset(*run.pinned_dataset)
     judged = {
         "dataset": DatasetUsed(
-            name=run.config.dataset,
+            name=manifest.name,
             split_version=manifest.split_version,
             split=manifest.split,
             train_sha256=manifest.train_sha256,
@@ -349,6 +371,7 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
 def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     """Run the repository's model tests, register the winning attempt, make it champion if the tests pass and
     it is not worse (else challenger), push the tuned file back."""
+    from pushtrain.datasets import ensure_dataset
     from pushtrain.model_tests import run_model_tests
     from pushtrain.registry import CHALLENGER, ModelRegistry
 
@@ -364,10 +387,7 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     tests = run_model_tests(
         tests_file=pipeline.workspace_dir(pipeline_id) / "repo" / run.config.model_tests,
         model_dir=model_dir,
-        held_out_dir=settings.datasets_dir()
-        / (record.dataset.name if record.dataset else run.config.dataset)
-        / (record.dataset.split_version if record.dataset else "")
-        / "test",
+        held_out_dir=ensure_dataset(*run.pinned_dataset).test_dir,
         out_dir=pipeline.attempt_dir(pipeline_id, attempt) / "model-tests",
         kind=record.kind,
         container_name=pipeline.container_name(pipeline_id, attempt, "model-tests"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pushtrain import pipeline
+from pushtrain import datasets, pipeline
 from pushtrain.pipeline import Action, ConfigError, PipelineConfig, RecordError, decide, load_config
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -72,6 +72,36 @@ def test_pushtrain_toml_values_are_read(tmp_path: Path, text: str) -> None:
         model_name="digits-net",
         commit_back=False,
     )
+
+
+@pytest.mark.parametrize("dataset", ["repo:data/pets", "repo:./data/pets/", "pets", "wine-quality.v2"])
+def test_a_repo_folder_or_any_valid_data_set_name_is_accepted_without_looking_it_up(
+    tmp_path: Path, dataset: str
+) -> None:
+    config = load_config(write_toml(tmp_path / "repo", f'dataset = "{dataset}"\n'))
+
+    assert config.dataset == dataset  # whether a named set exists is checked when the checkout resolves it
+
+
+def test_import_keys_are_read_and_become_import_options(tmp_path: Path) -> None:
+    text = (
+        'dataset = "repo:data/pets"\nimage_size = [64, 48]\nchannels = 3\ntest_fraction = 0.25\n'
+        'label_column = "kind"\ncategorical = ["colour", "size"]\n'
+    )
+    config = load_config(write_toml(tmp_path / "repo", text))
+
+    assert (config.image_size, config.channels, config.test_fraction) == ((64, 48), 3, 0.25)
+    assert (config.label_column, config.categorical) == ("kind", ("colour", "size"))
+    options = config.import_options()
+    assert (options.image_size, options.channels, options.test_fraction) == ((64, 48), 3, 0.25)
+    assert (options.label_column, options.categorical) == ("kind", ("colour", "size"))
+    assert PipelineConfig(dataset="repo:data").import_options() == datasets.ImportOptions()  # from the data
+
+
+def test_the_default_test_fraction_with_a_named_data_set_is_no_import_option(tmp_path: Path) -> None:
+    config = load_config(write_toml(tmp_path / "repo", 'dataset = "digits"\ntest_fraction = 0.2\n'))
+
+    assert config.import_options() == datasets.ImportOptions()
 
 
 def test_integer_target_is_accepted_as_a_float(tmp_path: Path) -> None:
@@ -169,7 +199,24 @@ def test_wrong_types_are_an_error_naming_the_key(
         ("min_gain = -0.1\n", "min_gain"),
         ("min_gain = 2.0\n", "min_gain"),
         ('metric = "loss"\n', "metric"),
-        ('dataset = "imagenet"\n', "dataset"),
+        ('dataset = "image net!"\n', "dataset"),
+        ('dataset = "repo:/srv/data"\n', "dataset"),
+        ('dataset = "repo:../data"\n', "dataset"),
+        ('dataset = "repo:data/../../etc"\n', "dataset"),
+        ('dataset = "repo:"\n', "dataset"),
+        ('dataset = "repo:."\n', "dataset"),
+        ('dataset = "repo:data"\nimage_size = [64]\n', "image_size"),
+        ('dataset = "repo:data"\nimage_size = [0, 64]\n', "image_size"),
+        ('dataset = "repo:data"\nimage_size = ["64", "64"]\n', "image_size"),
+        ('dataset = "repo:data"\nimage_size = 64\n', "image_size"),
+        ('dataset = "repo:data"\nchannels = 2\n', "channels"),
+        ('dataset = "repo:data"\nchannels = true\n', "channels"),
+        ('dataset = "repo:data"\nlabel_column = 3\n', "label_column"),
+        ('dataset = "repo:data"\ncategorical = ["colour", "colour"]\n', "categorical"),
+        ('dataset = "repo:data"\ncategorical = "colour"\n', "categorical"),
+        ('dataset = "repo:data"\ntest_fraction = 0.95\n', "test_fraction"),
+        ('dataset = "repo:data"\ntest_fraction = 0\n', "test_fraction"),
+        ('dataset = "digits"\nchannels = 3\n', "channels"),
         ('kind = "transformer"\n', "kind"),
         ('strategy = "genetic"\n', "strategy"),
         ('entry = "/etc/passwd"\n', "entry"),
@@ -187,13 +234,13 @@ def test_invalid_values_are_an_error_naming_the_key(tmp_path: Path, toml_text: s
 
 def test_several_problems_are_reported_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(write_toml(tmp_path / "repo", 'target = 2.0\ndataset = "imagenet"\n'))
+        load_config(write_toml(tmp_path / "repo", 'target = 2.0\ndataset = "image net"\n'))
     assert "target" in str(caught.value) and "dataset" in str(caught.value)
 
 
 def test_allowed_values_are_named_in_the_message(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="digits.*mnist5k"):
-        load_config(write_toml(tmp_path / "repo", 'dataset = "imagenet"\n'))
+        load_config(write_toml(tmp_path / "repo", 'dataset = "image net"\n'))
 
 
 def test_bad_param_override_is_an_error_even_with_a_valid_toml(tmp_path: Path) -> None:
