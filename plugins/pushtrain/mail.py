@@ -45,6 +45,19 @@ def model_tests_html(outcome: dict) -> str:
     return f"<li><b>Model tests failed</b>: the version is challenger, not champion<ul>{failing}</ul></li>"
 
 
+def adaptation_html(run: pipeline.Pipeline) -> str:
+    """How ``pushtrain adapt`` rewrote the pushed script for this run (before any tweak); empty if it did not."""
+    if not run.adaptation_diff:
+        return ""
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in run.adaptation_notes)
+    return (
+        f"<h3>Adaptation of {html.escape(run.config.entry)} into the model contract</h3>\n"
+        f"<p>The pushed file did not meet the contract, so pushtrain adapt rewrote it (parsed, never run); "
+        f"attempt 1 trained the adapted file and the tweaks below start from it.</p>\n"
+        f"<ul>{notes}</ul>\n<pre>{html.escape(run.adaptation_diff)}</pre>\n"
+    )
+
+
 def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
     """One row per attempt, best first; a failed attempt last, with the reason it failed."""
     rows = []
@@ -74,7 +87,8 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
         f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
         f">= {run.config.target:.2f} after {len(records)} attempt(s)"
     )
-    diff = winner.tweak_diff or "(none: the committed code met the target as it is)"
+    as_is = "the adapted file" if run.adaptation_diff else "the committed code"
+    diff = winner.tweak_diff or f"(none: {as_is} met the target as it is)"
     branch = registered.get("pushed_branch")
     body = f"""<h2>Your model met its target</h2>
 <ul>
@@ -88,7 +102,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 {model_tests_html(registered.get("model_tests") or {})}
 <li>Tuned model file: {html.escape(branch) if branch else "not pushed (commit-back off or read-only remote)"}</li>
 </ul>
-<h3>The winning change to {html.escape(run.config.entry)}</h3>
+{adaptation_html(run)}<h3>The winning change to {html.escape(run.config.entry)}</h3>
 <pre>{html.escape(diff)}</pre>
 <h3>All attempts</h3>
 {leaderboard_html(records, run.config.target)}
@@ -113,7 +127,7 @@ def budget_spent_mail(pipeline_id: str, reason: str) -> tuple[str, str]:
 {run.config.target:.4f}</li>
 <li>Outputs: <code>{html.escape(str(pipeline.pipeline_dir(pipeline_id)))}</code></li>
 </ul>
-<h3>Best attempt's change</h3>
+{adaptation_html(run)}<h3>Best attempt's change</h3>
 <pre>{html.escape((best.tweak_diff if best else "") or "(the committed code)")}</pre>
 <h3>Leaderboard</h3>
 {leaderboard_html(records, run.config.target)}

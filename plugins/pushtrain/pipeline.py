@@ -80,6 +80,7 @@ class PipelineConfig:
     min_gain: float = 0.005  # ...where real means at least this much accuracy
     model_name: str = ""  # registry name; default: the repository's name
     commit_back: bool = True  # push the tuned model file to pushtrain/<short-sha>
+    adapt: bool = True  # a model file that does not meet the contract is rewritten by `pushtrain adapt`
     model_tests: str = "model_tests.py"  # the repository's model tests, run before registration if present
     # How a ``repo:<folder>`` data set is imported (pushtrain.datasets.ImportOptions); empty: from the data.
     image_size: tuple[int, ...] = ()  # [height, width]; default: the most common size in the data
@@ -337,6 +338,10 @@ class Pipeline(_File):
     origin_dag_run_id: str
     model_name: str
     detection: list[str] = []
+    # Set when the pushed file did not meet the contract and ``pushtrain adapt`` rewrote it (steps.
+    # detect_model_kind): the unified diff of the rewrite, and one line per change with the script's line.
+    adaptation_diff: str = ""
+    adaptation_notes: list[str] = []
     # Set when the repository's requirements.txt needs an image derived from the kind's (pushtrain.userreqs):
     # its tag, id, base and the resolved packages. Empty: the kind's own image.
     training_image: dict[str, Any] = {}

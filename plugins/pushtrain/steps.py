@@ -6,7 +6,12 @@ failed task (no retry: retrying bad input changes nothing) and a failure mail.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +32,8 @@ from pushtrain.pipeline import (
     TrainingMetrics,
 )
 from pushtrain.runner import contract
+
+log = logging.getLogger(__name__)
 
 HISTORY_WALK_LIMIT = 50  # commits inspected behind a new head when marking skipped ones as superseded
 # The training task's XCom "status" for a tweak whose model could not be built, and the evaluation task's
@@ -187,16 +194,122 @@ def detect_model_kind(pipeline_id: str) -> str:
             f"the model file {run.config.entry!r} is a link out of the repository: commit "
             "the file itself, or set `entry` to a file inside the repository"
         )
+    # Before anything runs: the file meets the contract, or adapt rewrites it (the kind is then detected on
+    # the rewritten file, which attempt 1 trains), or the run fails here with every problem and its line.
+    run = _meet_the_contract(run, entry)
     if run.config.kind != "auto":
         run = run.changed(kind=run.config.kind, detection=[f"kind set to {run.config.kind} by configuration"])
     else:
         try:
             detection = detect_kind(entry)
         except DetectionError as exc:
-            raise UserFacingError(str(exc)) from None
+            raise UserFacingError(str(exc).replace(str(entry), run.config.entry)) from None
         run = run.changed(kind=detection.kind, detection=[str(e) for e in detection.evidence])
     run.save()
     return run.kind
+
+
+_CONTRACT = (
+    "the model contract (a literal HPARAMS dict and build_model(hp, input_shape, num_classes) or "
+    "build_estimator(hp), nothing that trains or downloads at import; include/model_templates/ has examples)"
+)
+
+
+def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
+    """The entry file as it meets the contract: unchanged when it does, else rewritten by ``pushtrain adapt``.
+
+    The rewrite goes over the entry in the pipeline's checkout (``workspaces/<id>/repo``), which attempt 1
+    copies: the user's branch is not touched, the branch ``pushtrain/<sha>`` gets the adapted file. The diff
+    and one line per change are kept in ``pipeline.json`` (the mail and the pipeline page show them).
+
+    The data set is not changed here: the one the configuration named (or the default) was pinned at
+    checkout. When the script loaded another one, a note says which and how to name it in pushtrain.toml.
+    With ``adapt = false`` a file that does not meet the contract fails with the check's problems.
+    """
+    from pushtrain import adapt
+
+    name = run.config.entry
+    if not run.config.adapt:
+        problems = _contract_problems(entry)
+        if not problems:
+            return run
+        raise UserFacingError(
+            f"{name} does not meet {_CONTRACT}, and adapt = false in {pipeline.CONFIG_FILE}:\n"
+            + "".join(f"  {name}, {problem}\n".replace(str(entry), name) for problem in problems)
+            + f"Fix these lines, set adapt = true in {pipeline.CONFIG_FILE} to let pushtrain rewrite the file "
+            f"for each run, or run `python -m pushtrain adapt {name} -o {name}` and commit the result."
+        )
+    try:
+        adaptation = adapt.adapt_bounded(entry)
+    except adapt.AdaptRefused as refusal:
+        raise UserFacingError(
+            f"{name} does not meet {_CONTRACT}, and pushtrain adapt cannot rewrite it:\n"
+            + "".join(f"  {name}, {problem}\n".replace(str(entry), name) for problem in refusal.problems)
+            + f"Change these lines and push again (`python -m pushtrain adapt {name}` shows the result "
+            "without running anything), or write the file to the contract yourself."
+        ) from None
+    if not adaptation.changed:
+        return run
+    # A link inside the repository (checked by the caller) is written through: its target is the model file.
+    entry.resolve().write_text(adaptation.adapted, encoding="utf-8")
+    notes = [
+        f"{name} did not meet the model contract: pushtrain adapt rewrote it for this run "
+        "(your branch is unchanged; the adapted file trains as attempt 1)",
+        *(f"{name}, {change}" for change in adaptation.changes),
+        f"{name}: kind {adaptation.kind}, {adaptation.builder}(), knobs: "
+        + (", ".join(f"{knob}={value!r}" for knob, value in adaptation.hparams.items()) or "none"),
+        _dataset_note(run.config.dataset, adaptation),
+    ]
+    for note in notes:
+        log.info("%s", note)
+    return run.changed(adaptation_diff=adaptation.diff(name), adaptation_notes=notes)
+
+
+def _dataset_note(configured: str, adaptation: Any) -> str:
+    """What the script loaded against what this run trains on (the configuration's data set, never changed)."""
+    if adaptation.dataset == configured:
+        return f"data set: {configured}, the one the script loaded"
+    if adaptation.dataset:
+        return (
+            f"data set: the script loaded {adaptation.dataset}, this run trains on {configured} (the "
+            f"`dataset` of {pipeline.CONFIG_FILE}, or its default): to train on the script's, set "
+            f'dataset = "{adaptation.dataset}" in {pipeline.CONFIG_FILE}'
+        )
+    return f"data set: this run trains on {configured}; {adaptation.dataset_note}"
+
+
+# The contract check in a child process with adapt's limits (a huge or pathological file cannot hang the
+# task); it prints CheckResult.to_json_dict.
+_CHECK_CHILD = (
+    "import json, resource, sys\n"
+    "limit = int(sys.argv[2]) * 1024 * 1024\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+    "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+    "from pushtrain import contract_check\n"
+    "print(json.dumps(contract_check.check_file(sys.argv[1]).to_json_dict()))\n"
+)
+
+
+def _contract_problems(entry: Path) -> list[str]:
+    """Every way the file misses the contract (``pushtrain check``), each at its line; empty if it meets it."""
+    from pushtrain import adapt
+    from pushtrain.contract_check import Problem
+
+    environment = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": os.environ.get("PATH", "")}
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", _CHECK_CHILD, str(entry), str(adapt.DEFAULT_MEMORY_MB)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=adapt.DEFAULT_TIMEOUT_S,
+            check=False,
+        )
+        payload = json.loads(completed.stdout)
+        return [str(Problem(item["line"], item["message"])) for item in payload["problems"]]
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        return ["the contract check could not finish: the file is unusually large or complex"]
 
 
 # --- 3. the attempt ------------------------------------------------------------------------------------
@@ -412,7 +525,8 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         is_champion = False
 
     pushed = None
-    if attempt > 1 and run.config.commit_back and remote is not None:
+    # An adapted file goes back even when attempt 1 won: the user gets the file that meets the contract.
+    if (attempt > 1 or run.adaptation_diff) and run.config.commit_back and remote is not None:
         branch = f"pushtrain/{run.commit[:8]}"
         workspace = pipeline.workspace_dir(pipeline_id) / "repo"
         shutil.copyfile(
@@ -424,8 +538,10 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
             workspace,
             run.config.entry,
             branch,
-            f"pushtrain: tuned {run.config.entry} (attempt {attempt}, accuracy "
-            f"{record.accuracy:.4f})\n\n{record.tweak_diff}",
+            f"pushtrain: {_what_was_done(run, attempt)} {run.config.entry} (attempt {attempt}, accuracy "
+            f"{record.accuracy:.4f})\n\n"
+            + ("Rewritten by pushtrain adapt to meet the model contract.\n\n" if run.adaptation_diff else "")
+            + record.tweak_diff,
         )
         pushed = f"{branch} ({sha[:8]})" if sha else None
     return {
@@ -441,6 +557,12 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         "pushed_branch": pushed,
         "accuracy": record.accuracy,
     }
+
+
+def _what_was_done(run: Pipeline, attempt: int) -> str:
+    if not run.adaptation_diff:
+        return "tuned"
+    return "adapted" if attempt == 1 else "adapted and tuned"
 
 
 def report_budget_spent(decision: dict) -> dict:

@@ -377,8 +377,13 @@ def test_a_missing_entry_file_names_the_file_and_the_entry_key(origin: Origin, t
 
 
 def test_a_kind_set_in_pushtrain_toml_skips_detection(origin: Origin) -> None:
-    # This file matches no kind: detection would fail, so a pass proves it was skipped.
-    files = {"model.py": "HPARAMS = {'alpha': 0.1}\n", "pushtrain.toml": 'kind = "linear"\n'}
+    # This file meets the contract but matches no kind (GaussianNB is no row of the kinds table): detection
+    # would fail, so a pass proves it was skipped.
+    model = (
+        "HPARAMS = {'var_smoothing': 1e-9}\n\n\ndef build_estimator(hp):\n"
+        "    from sklearn.naive_bayes import GaussianNB\n\n    return GaussianNB(**hp)\n"
+    )
+    files = {"model.py": model, "pushtrain.toml": 'kind = "linear"\n'}
     pipeline_id = checkout(origin, origin.commit(files, "linear by configuration", T0))["pipeline_id"]
 
     assert steps.detect_model_kind(pipeline_id) == "linear"
