@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,6 +50,12 @@ class AttemptRecord:
     hparams: dict[str, Any]
     accuracy: float
     train_seconds: float = 0.0
+    # What metrics.json adds, for strategies that read the evidence (``adaptive``); empty where unknown.
+    # ``history``: one dict per epoch (epoch, accuracy, val_accuracy, loss, seconds), the warm-started
+    # epochs included; ``warm_start_epochs``: how many of them an earlier attempt trained; ``n_train``: images.
+    history: tuple[dict[str, Any], ...] = ()
+    warm_start_epochs: int = 0
+    n_train: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, for the lineage a DAG run passes on in ``conf``."""
@@ -61,10 +68,29 @@ class AttemptRecord:
             hparams=dict(data["hparams"]),
             accuracy=float(data["accuracy"]),
             train_seconds=float(data.get("train_seconds", 0.0)),
+            history=tuple(dict(epoch) for epoch in data.get("history") or ()),
+            warm_start_epochs=int(data.get("warm_start_epochs") or 0),
+            n_train=int(data.get("n_train") or 0),
         )
 
 
 Strategy = Callable[[str, Sequence[AttemptRecord], int], dict[str, Any]]
+
+
+class Proposal(dict):
+    """The updates a strategy proposes, with ``reason``: one line saying why, for the mail and the pages.
+
+    A plain dict to everything that merges or writes the updates; read the reason with ``proposal_reason``.
+    """
+
+    def __init__(self, updates: Mapping[str, Any], reason: str = "") -> None:
+        super().__init__(updates)
+        self.reason = reason
+
+
+def proposal_reason(updates: Mapping[str, Any]) -> str:
+    """The one-line reason a strategy gave for ``updates``; "" for a strategy that gives none."""
+    return getattr(updates, "reason", "")
 
 
 class StrategyExhaustedError(RuntimeError):
@@ -435,6 +461,321 @@ def default(kind: str, history: Sequence[AttemptRecord], rng_seed: int) -> dict[
     return _finish(kind, records, candidates, rng, best.hparams)
 
 
+# ------------------------------------------------------------------------------------------------- adaptive
+
+# The adaptive strategy starts from where the user's model is, not from where the templates are: it reads
+# the best attempt's per-epoch history (metrics.json) for evidence, turns the evidence into relative moves
+# from that model, sized by the distance to the target, and of the moves the evidence supports tries the
+# one expected to cost least first. Cost: a fixed overhead per attempt (a DAG run, two containers, the
+# framework's start-up) plus training, estimated as work per image x images x epochs still to train (an
+# attempt that only adds epochs continues the best model), calibrated by the seconds measured so far.
+
+# What one attempt costs before any training (bench_pipeline_loop.py measured about 21 s on 2 cores).
+ATTEMPT_OVERHEAD_SECONDS = 20.0
+# A validation accuracy that rose by more than this over the last epoch is still rising.
+_RISING = 0.002
+# Training accuracy this far above validation accuracy is overfitting (a one-fit model, whose training
+# accuracy is often 1.0 by construction, needs a wider margin).
+_OVERFIT_MARGIN = 0.05
+_OVERFIT_MARGIN_ONE_FIT = 0.2
+# Gains per extra epoch are assumed to shrink by this ratio when extrapolating a rising curve.
+_EPOCH_GAIN_DECAY = 0.7
+# A learning rate band in which Adam-trained models of every size usually learn.
+_LEARNING_RATE_BAND = (3e-4, 3e-3)
+
+# How a knob's value scales the training work per image and epoch, as a power (knobs not named: no effect).
+# A CNN (conv_blocks/filters/kernel_size) gets its own estimate in ``_work``.
+_WORK_EXPONENTS = {
+    "dense_units": 1.0,
+    "n_estimators": 1.0,
+    "max_depth": 0.5,
+    "C": 0.2,
+    "batch_size": -0.3,  # smaller batches: more steps per epoch
+}
+# Relative moves per knob name, by what they do to the model; a kind moves only the knobs it has.
+_REGULARISE = {
+    "dropout": ("add", 0.15),
+    "alpha": ("mul", 10),
+    "C": ("mul", 1 / 3),
+    "gamma": ("mul", 1 / 3),
+    "n_neighbors": ("mul", 2),
+    "n_estimators": ("mul", 2),  # more trees average away variance
+}
+_LESS_REGULARISATION = {"dropout": ("add", -0.15), "alpha": ("mul", 0.1)}
+
+
+def _capacity(factor: float) -> tuple[dict[str, tuple[Any, ...]], ...]:
+    """Moves that give a model more capacity, about ``factor`` times; each kind has the knobs of some."""
+    return (
+        {"filters": ("mul", factor), "dense_units": ("mul", factor)},
+        {"dense_units": ("mul", factor)},
+        {"n_estimators": ("mul", factor), "max_depth": ("mul", 2)},
+        {"C": ("mul", factor * 2.5)},
+        {"alpha": ("mul", 1 / (factor * 2.5))},
+        {"n_neighbors": ("mul", 1 / factor)},
+    )
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What the best attempt's per-epoch history says; fields are None where it says nothing."""
+
+    epochs: int  # epochs in the history (0: no history)
+    val: float | None = None
+    train: float | None = None
+    slope: float | None = None  # val accuracy gained over the last epoch
+    rising: bool | None = None
+    diverging: str = ""  # why the loss looks diverging; "" when it does not
+    one_fit: bool = False  # a model fitted once (no epochs knob): its history is a single record
+
+
+def _evidence(kind: str, record: AttemptRecord) -> _Evidence:
+    history = [epoch for epoch in record.history if isinstance(epoch, Mapping)]
+    one_fit = "epochs" not in kinds.kind(kind).knobs or "epochs" not in record.hparams
+    if not history:
+        return _Evidence(0, one_fit=one_fit)
+
+    def series(key: str) -> list[float]:
+        return [float(epoch[key]) for epoch in history if isinstance(epoch.get(key), int | float)]
+
+    val, train, loss = series("val_accuracy"), series("accuracy"), series("loss")
+    diverging = ""
+    if any(not math.isfinite(value) for value in loss):
+        diverging = "training loss is not finite"
+    elif len(loss) >= 2 and loss[-1] > 1.2 * min(loss) and loss[-1] > loss[0]:
+        diverging = f"training loss rose from {min(loss):.3g} to {loss[-1]:.3g}"
+    elif len(train) >= 2 and train[-1] < 0.3 and train[-1] <= train[0] + 0.01:
+        diverging = f"training accuracy stuck at {train[-1]:.2f}"
+    slope = val[-1] - val[-2] if len(val) >= 2 else None
+    rising = None if slope is None else (slope > _RISING and val[-1] >= max(val) - 1e-9)
+    return _Evidence(
+        epochs=len(history),
+        val=val[-1] if val else None,
+        train=train[-1] if train else None,
+        slope=slope,
+        rising=rising,
+        diverging=diverging,
+        one_fit=one_fit,
+    )
+
+
+def _work(hparams: Mapping[str, Any]) -> float:
+    """Training work per image and epoch, up to a constant: the size of the model as the knobs tell it."""
+
+    def number(name: str, default: float) -> float:
+        value = hparams.get(name, default)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+    work = 1.0
+    if "conv_blocks" in hparams and "filters" in hparams:
+        # Multiply-adds of the conv blocks on a nominal 16x16 one-channel image, then the dense layer.
+        area, channels, kernel = 256.0, 1.0, number("kernel_size", 3)
+        work = 0.0
+        for block in range(max(1, int(number("conv_blocks", 1)))):
+            out = number("filters", 8) * 2**block
+            work += area * kernel**2 * channels * out
+            area, channels = max(area / 4, 1.0), out
+        work += area * channels * number("dense_units", 32) + 10 * number("dense_units", 32)
+    else:
+        for name, exponent in _WORK_EXPONENTS.items():
+            if name != "batch_size" and number(name, 0.0) > 0:
+                work *= number(name, 1.0) ** exponent
+    if number("batch_size", 0.0) > 0:
+        work *= (number("batch_size", 64) / 64) ** _WORK_EXPONENTS["batch_size"]
+    return work
+
+
+def _epochs(hparams: Mapping[str, Any]) -> int:
+    epochs = hparams.get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs > 0 else 1
+
+
+class _Cost:
+    """Seconds an attempt is expected to cost: the overhead plus work x images x new epochs x a rate.
+
+    The rate is the median measured seconds per unit of work over the attempts so far; with no measured
+    seconds the estimate is in units of work alone (no overhead), which still ranks proposals.
+    """
+
+    def __init__(self, records: Sequence[AttemptRecord]) -> None:
+        self.records = records
+        self.n_train = max((record.n_train for record in records), default=0)
+        rates = []
+        for record in records:
+            if record.train_seconds > 0 and _score(record) > -math.inf:
+                trained = max(1, _epochs(record.hparams) - record.warm_start_epochs)
+                rates.append(record.train_seconds / (self._units(record.hparams) * trained))
+        self.rate = statistics.median(rates) if rates else 1.0
+        self.overhead = ATTEMPT_OVERHEAD_SECONDS if rates else 0.0
+
+    def _units(self, hparams: Mapping[str, Any]) -> float:
+        return _work(hparams) * max(self.n_train, 1)
+
+    def new_epochs(self, hparams: Mapping[str, Any]) -> tuple[int, AttemptRecord | None]:
+        parent = warm_start_parent(self.records, hparams)
+        total = _epochs(hparams)
+        return (total - _epochs(parent.hparams), parent) if parent else (total, None)
+
+    def seconds(self, hparams: Mapping[str, Any]) -> float:
+        epochs, _ = self.new_epochs(hparams)
+        return self.overhead + self.rate * self._units(hparams) * epochs
+
+
+def _epochs_to_close(evidence: _Evidence, gap: float) -> int | None:
+    """Extra epochs a rising curve needs to gain ``gap`` (with a margin), assuming shrinking gains."""
+    if not evidence.slope or evidence.slope <= 0:
+        return None
+    gained, step = 0.0, evidence.slope
+    for extra in range(1, 4 * max(evidence.epochs, 1) + 1):
+        step *= _EPOCH_GAIN_DECAY
+        gained += step
+        if gained >= 1.5 * gap:
+            return extra
+    return None
+
+
+def _ideas(
+    kind: str, best: AttemptRecord, evidence: _Evidence, gap: float | None
+) -> list[tuple[int, str, dict[str, tuple[Any, ...]]]]:
+    """(tier, why, changes) the evidence suggests; a lower tier is more likely to close the gap.
+
+    ``why`` is the evidence and the intent; the reason line adds what the changes did to the knobs.
+    """
+    space = kinds.kind(kind).knobs
+    hp = best.hparams
+    ideas: list[tuple[int, str, dict[str, tuple[Any, ...]]]] = []
+    has_epochs = "epochs" in space and "epochs" in hp
+    epochs = _epochs(hp)
+    far = gap is None or gap > 0.05
+    very_far = gap is None or gap > 0.2
+    factor = 2 if gap is not None and gap <= 0.03 else 4 if gap is not None and gap <= 0.1 else 8
+    at = f"epoch {evidence.epochs}/{epochs}" if evidence.epochs else f"attempt {best.attempt}"
+    short = f", {gap:.3f} short" if gap is not None else ""
+
+    if evidence.diverging:
+        how = 10 if "finite" in evidence.diverging else 3
+        for knob in ("learning_rate", "eta0"):
+            ideas.append((0, f"{evidence.diverging}: learning rate down", {knob: ("mul", 1 / how)}))
+
+    # More epochs: first when the curve, extrapolated, closes the gap (or there is no target to judge by).
+    lacking = _epochs_to_close(evidence, gap) if gap is not None and evidence.rising else None
+    epochs_close_it = bool(evidence.rising) and (lacking is not None or gap is None)
+    if has_epochs and epochs_close_it:
+        extra = max(lacking or epochs, 1)
+        why = f"val accuracy still rising at {at} (+{evidence.slope:.3f}/epoch{short}): more epochs"
+        ideas.append((1, why, {"epochs": ("add", extra)}))
+    elif has_epochs and (evidence.rising or (evidence.epochs <= 1 and epochs < 5)):
+        # Rising but too slowly for the gap, or one epoch that shows no trend yet: epochs help but may not
+        # be enough; behind capacity when the target is far.
+        why = "val accuracy rising too slowly" if evidence.rising else "one epoch shows no trend"
+        ideas.append(
+            (2 if far else 1, f"{why} at {at}{short}: more epochs", {"epochs": ("mul", 4 if far else 2)})
+        )
+
+    margin = _OVERFIT_MARGIN_ONE_FIT if evidence.one_fit else _OVERFIT_MARGIN
+    overfitting = (
+        evidence.train is not None
+        and evidence.val is not None
+        and evidence.train - evidence.val > margin
+        and not evidence.rising
+    )
+    if overfitting:
+        why = f"overfitting at {at} (train {evidence.train:.3f}, val {evidence.val:.3f}{short}): regularise"
+        for knob, (operation, amount) in _REGULARISE.items():
+            # A wide gap takes a bolder step: x10 instead of x3, +0.3 dropout instead of +0.15.
+            if far:
+                amount = amount * 2 if operation == "add" else amount ** (math.log(10) / math.log(3))
+            ideas.append((1, why, {knob: (operation, amount)}))
+        return ideas
+
+    if epochs_close_it:
+        return ideas  # the cheap move is enough; capacity only if it fails (the fallback moves)
+    # Training accuracy low (or unknown): the learning rate into its band, or more capacity.
+    train_is = f"training accuracy {evidence.train:.3f}" if evidence.train is not None else "no history"
+    learning_rate = hp.get("learning_rate")
+    low, high = _LEARNING_RATE_BAND
+    if isinstance(learning_rate, float) and not low <= learning_rate <= high and not evidence.diverging:
+        why = f"{train_is} at {at}{short}: learning rate into {low:g}..{high:g}"
+        ideas.append((1, why, {"learning_rate": ("toward", low, high, 4)}))
+    for changes in _capacity(factor):
+        if not any(knob in hp for knob in changes) or ("filters" in hp and "filters" not in changes):
+            continue  # not this model's knobs; a CNN grows its convolutions with its dense layer
+        if far and has_epochs:
+            # Far from the target a bigger model needs more epochs too: one jump, not two attempts.
+            changes = {**changes, "epochs": ("mul", 4 if very_far else 2)}
+            if very_far:
+                changes["conv_blocks"] = ("add", 1)
+        ideas.append((1, f"{train_is} at {at}{short}: more capacity", changes))
+    if not far:
+        ideas.append((2, f"{train_is} at {at}{short}: more capacity", {"conv_blocks": ("add", 1)}))
+    if evidence.train is not None and gap is not None and evidence.train >= best.accuracy + gap:
+        # The model fits the training images well enough but does not generalise: loosen regularisation.
+        ideas.extend(
+            (2, f"{train_is} at {at}{short}: less regularisation", {knob: operation})
+            for knob, operation in _LESS_REGULARISATION.items()
+        )
+    return ideas
+
+
+def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """``epochs 3 -> 6, dropout 0.0 -> 0.15``: what a proposal changes, for its reason line."""
+    return ", ".join(
+        f"{name} {before.get(name)!r} -> {value!r}".replace("'", "")
+        for name, value in after.items()
+        if not _same(before.get(name), value)
+    )
+
+
+def adaptive(
+    kind: str, history: Sequence[AttemptRecord], rng_seed: int, *, target: float | None = None
+) -> Proposal:
+    """Cost-aware moves from the best model, sized by its distance to ``target`` and its per-epoch evidence.
+
+    Evidence from the best attempt's history: loss diverging -> learning rate down; validation accuracy still
+    rising at the last epoch -> more epochs (the platform continues the best model); training accuracy well
+    above validation -> regularise; training accuracy low -> learning rate into its usual band, or more
+    capacity. Within a tier of equally supported moves the cheapest estimated comes first; when the evidence
+    is used up, the kind's own moves follow, cheapest first. ``target`` (the pipeline's) sizes the jumps;
+    without it they are moderate. The result carries its one-line reason (``proposal_reason``).
+    """
+    records = _validated(kind, history)
+    best = _best(records)
+    cost = _Cost(records)
+    gap = None
+    if target is not None and _score(best) > -math.inf:
+        gap = max(float(target) - best.accuracy, 0.0)
+    evidence = _evidence(kind, best)
+    seen = {_fingerprint(record.hparams) for record in records}
+
+    ranked: list[tuple[int, float, int, str, dict[str, Any]]] = []
+    for order, (tier, why, changes) in enumerate(_ideas(kind, best, evidence, gap)):
+        proposed = _apply(kind, best.hparams, Move(why, changes))
+        if _unseen(proposed, seen):
+            ranked.append((tier, cost.seconds(proposed), order, why, proposed))
+    # When the evidence is used up: the kind's repeatable moves, bold then gentle, cheapest first.
+    fallback = [step for step in _default_plan(kind) if step[0].repeat]
+    for order, (move, strength) in enumerate(fallback, start=len(ranked)):
+        proposed = _apply(kind, best.hparams, move, strength)
+        if _unseen(proposed, seen):
+            why = f"evidence used up, cheapest untried move ({move.name}{'' if strength == _BOLD else ', half'})"
+            ranked.append((9, cost.seconds(proposed), order, why, proposed))
+    if ranked:
+        _, seconds, _, why, proposed = min(ranked, key=lambda entry: entry[:3])
+    else:
+        rng = random.Random(f"{rng_seed}:{records[-1].attempt + 1}")
+        proposed = _anything_new(kind, best.hparams, seen, rng)
+        seconds, why = (
+            cost.seconds(proposed),
+            "every move from the best attempt tried: an untried combination",
+        )
+    reason = f"{why}: {_changed(best.hparams, proposed)}"
+    _, parent = cost.new_epochs(proposed)
+    if parent is not None:
+        reason += f", continued from attempt {parent.attempt}"
+    unit = "s" if cost.overhead else "units of work"
+    return Proposal(_updates(records, proposed), f"{reason} (est. {seconds:.3g} {unit})")
+
+
 # ----------------------------------------------------------------------------------------------- warm start
 
 
@@ -467,6 +808,7 @@ STRATEGIES: dict[str, Strategy] = {
     "escalate": escalate,
     "random": random_search,
     "default": default,
+    "adaptive": adaptive,
 }
 
 

@@ -350,7 +350,7 @@ def test_get_strategy():
     assert get_strategy("escalate") is escalate
     assert get_strategy("random") is random_search
     with pytest.raises(
-        ValueError, match=re.escape("unknown tweak strategy 'greedy'; valid names: default, escalate, random")
+        ValueError, match=re.escape("unknown tweak strategy 'greedy'; valid names: adaptive, default, escalate, random")
     ):
         get_strategy("greedy")
 
