@@ -249,9 +249,7 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
             "without running anything), or write the file to the contract yourself."
         ) from None
     if not adaptation.changed:
-        return run
-    # A link inside the repository (checked by the caller) is written through: its target is the model file.
-    entry.resolve().write_text(adaptation.adapted, encoding="utf-8")
+        return run  # it meets the contract (or a retry of this task finds it adapted and recorded already)
     notes = [
         f"{name} did not meet the model contract: pushtrain adapt rewrote it for this run "
         "(your branch is unchanged; the adapted file trains as attempt 1)",
@@ -262,7 +260,11 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
     ]
     for note in notes:
         log.info("%s", note)
-    return run.changed(adaptation_diff=adaptation.diff(name), adaptation_notes=notes)
+    run = run.changed(adaptation_diff=adaptation.diff(name), adaptation_notes=notes)
+    run.save()  # before the file: a retry that finds the file adapted finds the record too
+    # A link inside the repository (checked by the caller) is written through: its target is the model file.
+    entry.resolve().write_text(adaptation.adapted, encoding="utf-8")
+    return run
 
 
 def _dataset_note(configured: str, adaptation: Any) -> str:

@@ -61,6 +61,18 @@ def test_a_plain_svc_script_is_adapted_in_the_checkout_and_trains_as_attempt_1(
     assert pipeline.Attempt.load(pipeline_id, 1).kind == "svm"
 
 
+def test_a_retried_step_keeps_the_adaptation(origin: Origin, digits: datasets.Manifest) -> None:
+    pipeline_id, _ = pushed(origin, "svc_digits.py")
+    steps.detect_model_kind(pipeline_id)
+    first = pipeline.Pipeline.load(pipeline_id)
+
+    assert steps.detect_model_kind(pipeline_id) == "svm"  # the checkout holds the adapted file by now
+
+    again = pipeline.Pipeline.load(pipeline_id)
+    assert (again.adaptation_diff, again.adaptation_notes) == (first.adaptation_diff, first.adaptation_notes)
+    assert again.adaptation_diff
+
+
 def test_the_mails_show_the_adaptation_before_the_tweak_and_the_branch_gets_the_adapted_file(
     origin: Origin, digits: datasets.Manifest
 ) -> None:
