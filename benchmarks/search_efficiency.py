@@ -8,6 +8,13 @@ held-out accuracy, the number the pipeline's gate reads):
     linear-digits  linear_sklearn.py  digits    0.97
     knn-digits     knn_sklearn.py     digits    0.97
 
+``--suite`` runs the starting-point suite instead (issue 16): for every kind and both bundled data sets,
+the weak template and the models users push (``STARTS``: a near miss, an over-sized model, an overfitting
+one, a diverging learning rate, one that needs many more epochs), each as overrides of the template's
+HPARAMS, named ``<kind>-<data set>-<start>``. A start a kind cannot have (no learning rate, no epochs) is
+left out; the targets of the kinds added later (keras, svm, forest) and of the mnist5k sklearn tasks are
+first guesses from the templates' figures, not measured yet.
+
 Strategies, each after the template's weak HPARAMS as committed (attempt 1, as in the pipeline), over the
 kind's knob space in the kinds table (``pushtrain.kinds``):
 
@@ -20,6 +27,8 @@ kind's knob space in the kinds table (``pushtrain.kinds``):
                it (one DAG run each), its study in a journal file; attempt 1 is the template (enqueued)
     default    pushtrain's default strategy, with the platform's warm start (an attempt that only raises
                epochs continues the earlier model: ``strategies.warm_start_parent``)
+    adaptive   pushtrain's cost-aware strategy (``strategies.adaptive``): it reads each attempt's per-epoch
+               history and the target, with the same warm start
 
 Every attempt runs the training images' own code, in process: ``pushtrain.runner.train`` trains exactly as
 it does in a container, and ``pushtrain.runner.evaluate`` scores the saved model on the held-out split.
@@ -45,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import math
 import os
@@ -88,19 +98,124 @@ class Task:
     target: float
     budget_seconds: float  # training seconds one run may spend before it counts as a miss
     quick_budget_seconds: float
+    start: str = "template"
+    overrides: tuple[tuple[str, Any], ...] = ()  # of the template's HPARAMS, for attempt 1
 
 
-TASKS = {
-    task.name: task
-    for task in (
-        Task("cnn-digits", "cnn", "cnn_keras.py", "digits", 0.95, 90, 60),
-        Task("cnn-mnist5k", "cnn", "cnn_keras.py", "mnist5k", 0.97, 150, 90),
-        Task("linear-digits", "linear", "linear_sklearn.py", "digits", 0.97, 10, 5),
-        Task("knn-digits", "knn", "knn_sklearn.py", "digits", 0.97, 10, 5),
-    )
+# The starting-point suite (issue 16), as data: per kind, overrides of its template's HPARAMS. Designed for
+# diversity of where users' models are, not for any strategy:
+#   template     the weak template as committed
+#   near-miss    a reasonable model a little short of the target
+#   over-sized   far more capacity (or cost) than the task needs
+#   overfitting  capacity without regularisation, trained long: training accuracy well above validation
+#   diverging    a learning rate too high to learn
+#   many-epochs  a sound model with a learning rate so low that it needs many more epochs
+STARTS: dict[str, dict[str, dict[str, Any]]] = {
+    "cnn": {
+        "template": {},
+        "near-miss": {
+            "epochs": 3,
+            "conv_blocks": 2,
+            "filters": 16,
+            "dense_units": 64,
+            "learning_rate": 0.001,
+        },
+        "over-sized": {
+            "epochs": 4,
+            "conv_blocks": 3,
+            "filters": 64,
+            "dense_units": 512,
+            "learning_rate": 0.001,
+        },
+        "overfitting": {
+            "epochs": 20,
+            "conv_blocks": 1,
+            "filters": 32,
+            "dense_units": 512,
+            "learning_rate": 0.003,
+            "batch_size": 16,
+        },
+        "diverging": {"epochs": 3, "conv_blocks": 2, "filters": 16, "dense_units": 64, "learning_rate": 0.05},
+        "many-epochs": {
+            "epochs": 2,
+            "conv_blocks": 2,
+            "filters": 16,
+            "dense_units": 64,
+            "learning_rate": 0.0001,
+        },
+    },
+    "keras": {
+        "template": {},
+        "near-miss": {"epochs": 3, "dense_units": 128, "learning_rate": 0.001},
+        "over-sized": {"epochs": 3, "dense_units": 1024, "learning_rate": 0.001, "batch_size": 16},
+        "overfitting": {"epochs": 30, "dense_units": 1024, "learning_rate": 0.003, "batch_size": 16},
+        "diverging": {"epochs": 3, "dense_units": 128, "learning_rate": 0.05},
+        "many-epochs": {"epochs": 2, "dense_units": 128, "learning_rate": 0.0001},
+    },
+    "linear": {
+        "template": {},
+        "near-miss": {"epochs": 5, "alpha": 0.0001, "eta0": 0.01, "average": True},
+        "over-sized": {"epochs": 200, "alpha": 0.0001, "eta0": 0.05, "average": True},
+        "overfitting": {"epochs": 50, "alpha": 1e-7, "eta0": 0.1, "average": False},
+        "diverging": {"epochs": 5, "alpha": 0.0001, "eta0": 1.0, "average": False},
+        "many-epochs": {"epochs": 2, "alpha": 0.0001, "eta0": 0.0001, "average": False},
+    },
+    "knn": {  # no learning rate, no epochs
+        "template": {},
+        "near-miss": {"n_neighbors": 7, "weights": "uniform", "p": 2},
+        "over-sized": {"n_neighbors": 100, "weights": "uniform", "p": 2},
+        "overfitting": {"n_neighbors": 1, "weights": "uniform", "p": 1},
+    },
+    "svm": {  # no learning rate, no epochs
+        "template": {},
+        "near-miss": {"C": 1.0, "kernel": "rbf", "gamma": 0.01},
+        "over-sized": {"C": 1000.0, "kernel": "poly", "gamma": 1.0},
+        "overfitting": {"C": 100.0, "kernel": "rbf", "gamma": 10.0},
+    },
+    "forest": {  # no learning rate, no epochs
+        "template": {},
+        "near-miss": {"n_estimators": 50, "max_depth": 8},
+        "over-sized": {"n_estimators": 1000, "max_depth": 64},
+        "overfitting": {"n_estimators": 10, "max_depth": 64},
+    },
 }
+# (kind, data set): target, training-second budget, quick budget. The first four are the template tasks'
+# measured ones; the rest are first guesses (see the module docstring).
+TARGETS: dict[tuple[str, str], tuple[float, float, float]] = {
+    ("cnn", "digits"): (0.95, 90, 60),
+    ("cnn", "mnist5k"): (0.97, 150, 90),
+    ("linear", "digits"): (0.97, 10, 5),
+    ("knn", "digits"): (0.97, 10, 5),
+    ("keras", "digits"): (0.95, 60, 40),
+    ("keras", "mnist5k"): (0.95, 120, 60),
+    ("linear", "mnist5k"): (0.88, 30, 15),
+    ("knn", "mnist5k"): (0.93, 30, 15),
+    ("svm", "digits"): (0.97, 20, 10),
+    ("svm", "mnist5k"): (0.95, 60, 30),
+    ("forest", "digits"): (0.95, 20, 10),
+    ("forest", "mnist5k"): (0.93, 60, 30),
+}
+
+
+def _suite() -> dict[str, Task]:
+    tasks = {}
+    for (kind, dataset), (target, budget, quick) in TARGETS.items():
+        for start, overrides in STARTS[kind].items():
+            name = f"{kind}-{dataset}" + ("" if start == "template" else f"-{start}")
+            template = kinds.kind(kind).template
+            tasks[name] = Task(
+                name, kind, template, dataset, target, budget, quick, start, tuple(overrides.items())
+            )
+    return tasks
+
+
+TASKS = _suite()
+TEMPLATE_TASKS = ("cnn-digits", "cnn-mnist5k", "linear-digits", "knn-digits")
 QUICK_TASKS = ("cnn-digits", "linear-digits", "knn-digits")
-STRATEGY_NAMES = ("escalate", "random", "hyperband", "optuna", "default")
+STRATEGY_NAMES = ("escalate", "random", "hyperband", "optuna", "default", "adaptive")
+# Strategies judged against the goal (the rivals: the fixed escalation and Hyperband).
+CANDIDATES = ("default", "adaptive")
+WARM_STARTED = ("default", "adaptive")
 # Hyperband's resource is epochs; its maximum is the knob's upper bound, the space every strategy shares.
 HYPERBAND_FACTOR = 3
 
@@ -120,6 +235,9 @@ class Trial:
     train_seconds: float
     warm_start_epochs: int = 0
     cut_off: bool = False
+    reason: str = ""  # the strategy's reason for this attempt, where it gives one
+    n_train: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.json's, per epoch (not saved)
 
 
 @dataclass
@@ -186,7 +304,7 @@ class Trainer:
         self.model = load_model_file(TEMPLATES / task.template)
 
     def initial_hparams(self, seed: int) -> dict[str, Any]:
-        hparams = dict(self.model.hparams)
+        hparams = {**self.model.hparams, **dict(self.task.overrides)}
         if "seed" in hparams:
             hparams["seed"] = seed
         return hparams
@@ -238,6 +356,8 @@ class Trainer:
             float(evaluation["accuracy"]),
             float(metrics["train_seconds"]),
             int(metrics.get("warm_start_epochs", 0)),
+            n_train=int(metrics.get("n_train", 0)),
+            history=list(metrics.get("history", [])),
         )
 
     def output_of(self, attempt: int) -> Path:
@@ -291,23 +411,38 @@ def run_loop(trainer: Trainer, strategy: str, seed: int, max_attempts: int, warm
     best attempt's file, until the target, the budget or ``max_attempts``."""
     choose = strategies.get_strategy(strategy)
     kind, target = trainer.task.kind, trainer.task.target
+    # A strategy that sizes its moves by the target gets it, as the pipeline passes its config's.
+    extra = {"target": target} if "target" in inspect.signature(choose).parameters else {}
     hparams = trainer.initial_hparams(seed)
     history: list[strategies.AttemptRecord] = []
     trials: list[Trial] = []
+    reason = ""
     for attempt in range(1, max_attempts + 1):
         parent = strategies.warm_start_parent(history, hparams) if warm_start else None
         try:
             trial = trainer.train(attempt, hparams, trainer.output_of(parent.attempt) if parent else None)
         except BudgetSpent:
             break
+        trial.reason = reason
         trials.append(trial)
-        history.append(strategies.AttemptRecord(attempt, trial.hparams, trial.accuracy, trial.train_seconds))
+        history.append(
+            strategies.AttemptRecord(
+                attempt,
+                trial.hparams,
+                trial.accuracy,
+                trial.train_seconds,
+                tuple(trial.history),
+                trial.warm_start_epochs,
+                trial.n_train,
+            )
+        )
         if trial.cut_off or trial.accuracy >= target:
             break
         try:
-            updates = choose(kind, history, seed)
+            updates = choose(kind, history, seed, **extra)
         except strategies.StrategyExhaustedError:
             break
+        reason = strategies.proposal_reason(updates)
         best = max(history, key=lambda r: (r.accuracy, -r.attempt))
         hparams = {**best.hparams, **updates}  # the pipeline writes the updates into the best attempt's file
     return trials
@@ -450,7 +585,7 @@ def run_one(task: Task, strategy: str, seed: int, budget: float, max_attempts: i
         elif strategy == "optuna":
             trials = run_optuna(trainer, seed, max_attempts, Path(scratch) / "study")
         else:
-            trials = run_loop(trainer, strategy, seed, max_attempts, warm_start=strategy == "default")
+            trials = run_loop(trainer, strategy, seed, max_attempts, warm_start=strategy in WARM_STARTED)
     return Run(task.name, strategy, seed, trials)
 
 
@@ -517,32 +652,42 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def goal_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task: default <= 0.5 x escalate and <= hyperband, medians over seeds, at the same success rate.
+    """Per task: candidate <= 0.5 x escalate and <= hyperband, medians over seeds, at the same success rate.
 
     Judged twice: on training seconds alone, and on the estimated wall time that also charges every attempt
-    its fixed overhead (for KNN, whose fit takes milliseconds, only the second says anything).
+    its fixed overhead (for KNN, whose fit takes milliseconds, only the second says anything). Keys name
+    the candidate (``train_seconds_default_over_escalate``, ``..._goal_vs_escalate_met`` for ``default``;
+    ``..._adaptive_...`` for ``adaptive``), and ``..._not_worse_than_escalate`` says whether a candidate
+    at least matched the escalation on the task.
     """
     verdicts = []
     by_key = {(row["task"], row["strategy"]): row for row in rows}
     for task in dict.fromkeys(row["task"] for row in rows):
-        default = by_key.get((task, "default"))
-        if not default:
-            continue
         verdict: dict[str, Any] = {"task": task}
-        for rival, limit in (("escalate", 0.5), ("hyperband", 1.0)):
-            theirs = by_key.get((task, rival))
-            if not theirs:
+        for candidate in CANDIDATES:
+            ours_row = by_key.get((task, candidate))
+            if not ours_row:
                 continue
-            same_success = default["success_rate"] >= theirs["success_rate"]
-            for measure in ("train_seconds", "estimated_wall_seconds"):
-                ours, other = default[measure]["median"], theirs[measure]["median"]
-                ratio = ours / other if other else math.inf
-                verdict[f"{measure}_default_over_{rival}"] = round(ratio, 3)
-                verdict[f"{measure}_goal_vs_{rival}_met"] = ratio <= limit and same_success
-            verdict[f"success_default_vs_{rival}"] = (
-                f"{default['success_rate']:.0%} vs {theirs['success_rate']:.0%}"
-            )
-        verdicts.append(verdict)
+            infix = "" if candidate == "default" else f"{candidate}_"
+            for rival, limit in (("escalate", 0.5), ("hyperband", 1.0)):
+                theirs = by_key.get((task, rival))
+                if not theirs:
+                    continue
+                same_success = ours_row["success_rate"] >= theirs["success_rate"]
+                for measure in ("train_seconds", "estimated_wall_seconds"):
+                    ours, other = ours_row[measure]["median"], theirs[measure]["median"]
+                    ratio = ours / other if other else math.inf
+                    verdict[f"{measure}_{candidate}_over_{rival}"] = round(ratio, 3)
+                    verdict[f"{measure}_{infix}goal_vs_{rival}_met"] = ratio <= limit and same_success
+                    if rival == "escalate":
+                        verdict[f"{measure}_{candidate}_not_worse_than_escalate"] = (
+                            ratio <= 1.0 and same_success
+                        )
+                verdict[f"success_{candidate}_vs_{rival}"] = (
+                    f"{ours_row['success_rate']:.0%} vs {theirs['success_rate']:.0%}"
+                )
+        if len(verdict) > 1:
+            verdicts.append(verdict)
     return verdicts
 
 
@@ -580,6 +725,7 @@ def plot(runs: list[Run], path: Path) -> None:
         "hyperband": "tab:blue",
         "optuna": "tab:purple",
         "default": "tab:green",
+        "adaptive": "tab:orange",
     }
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
@@ -626,7 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="digits tasks, 2 seeds, small budgets")
     parser.add_argument("--seeds", type=int, help="seeds per task and strategy (default 5, quick 2)")
-    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), help="default: all (quick: digits)")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=sorted(TASKS), help="default: the template tasks (quick: digits)"
+    )
+    parser.add_argument(
+        "--suite", action="store_true", help="every starting point of every kind on both data sets (STARTS)"
+    )
     parser.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=list(STRATEGY_NAMES))
     parser.add_argument("--max-attempts", type=int, default=30, help="attempts per run before a miss")
     parser.add_argument(
@@ -673,7 +824,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(runs, RESULTS_DIR / f"{stem}.png")
         return 0
     seeds = args.seeds or (2 if args.quick else 5)
-    tasks = [TASKS[name] for name in (args.tasks or (QUICK_TASKS if args.quick else TASKS))]
+    names = args.tasks or (TASKS if args.suite else QUICK_TASKS if args.quick else TEMPLATE_TASKS)
+    if args.quick and args.suite and not args.tasks:
+        names = [name for name in TASKS if TASKS[name].dataset == "digits"]
+    tasks = [TASKS[name] for name in names]
     runs: list[Run] = []
     started = time.time()
     stem = args.output + ("_quick" if args.quick else "")
@@ -734,7 +888,10 @@ def main(argv: list[str] | None = None) -> int:
                 "train_seconds": round(run.train_seconds, 3),
                 "attempts": run.attempts,
                 "trials": [
-                    {**asdict(t), "accuracy": None if t.accuracy != t.accuracy else t.accuracy}
+                    {
+                        **{k: v for k, v in asdict(t).items() if k != "history"},
+                        "accuracy": None if t.accuracy != t.accuracy else t.accuracy,
+                    }
                     for t in run.trials
                 ],
             }

@@ -59,3 +59,34 @@ def test_goal_verdicts_compare_medians_at_the_same_success_rate(bench):
     assert not verdict["train_seconds_goal_vs_hyperband_met"]
     assert "| cnn-digits | default | 100% |" in bench.markdown_table(rows, 10.0)
     assert not math.isnan(by_strategy["default"]["best_accuracy"]["median"])
+
+
+def test_the_starting_point_suite_covers_every_kind_within_bounds(bench):
+    from pushtrain import kinds, strategies
+
+    assert set(bench.STARTS) == set(kinds.KINDS)
+    for kind, starts in bench.STARTS.items():
+        assert {"template", "near-miss", "over-sized", "overfitting"} <= set(starts), kind
+        knobs = kinds.kind(kind).knobs
+        if "learning_rate" in knobs or "eta0" in knobs:
+            assert {"diverging", "many-epochs"} <= set(starts), kind
+    for task in bench.TASKS.values():
+        trainer_hparams = {
+            **bench.load_model_file(bench.TEMPLATES / task.template).hparams,
+            **dict(task.overrides),
+        }
+        assert strategies.within_bounds(task.kind, trainer_hparams), task.name
+        assert set(dict(task.overrides)) <= set(trainer_hparams)
+    assert {"cnn-mnist5k-near-miss", "forest-digits-overfitting"} <= set(bench.TASKS)
+    assert set(bench.TEMPLATE_TASKS) <= set(bench.TASKS)
+
+
+def test_goal_verdicts_judge_adaptive_beside_default(bench):
+    runs = [
+        _run(bench, "adaptive", 0, [(0.2, 1.0), (0.96, 1.0)]),
+        _run(bench, "escalate", 0, [(0.2, 1.0), (0.5, 4.0), (0.96, 5.0)]),
+    ]
+    (verdict,) = bench.goal_verdicts(bench.summarize(runs, attempt_overhead=10.0))
+    assert verdict["train_seconds_adaptive_over_escalate"] == pytest.approx(0.2)
+    assert verdict["train_seconds_adaptive_goal_vs_escalate_met"]
+    assert verdict["estimated_wall_seconds_adaptive_not_worse_than_escalate"]
