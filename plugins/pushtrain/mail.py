@@ -78,6 +78,20 @@ def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
     )
 
 
+def examples_word(run: pipeline.Pipeline) -> str:
+    """What the held-out split of the pipeline's pinned data set holds: ``images``, ``rows`` (a table), or
+    ``examples`` when its manifest cannot be read (cleaned up, or a record from before the pin)."""
+    from pushtrain import datasets
+
+    try:
+        manifest = datasets.load_manifest(*run.pinned_dataset)
+    except (OSError, ValueError, datasets.DatasetError):  # a name no store could hold, an unreadable file
+        manifest = None
+    if manifest is None:
+        return "examples"
+    return {datasets.IMAGES: "images", datasets.TABLE: "rows"}.get(manifest.kind, "examples")
+
+
 def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:
     run = pipeline.Pipeline.load(pipeline_id)
     records = pipeline.attempt_records(pipeline_id)
@@ -95,7 +109,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Repository: {html.escape(run.repo_url)} (branch {html.escape(run.branch)})</li>
 <li>Commit: <code>{run.commit}</code> by {html.escape(run.author_name)}: {html.escape(run.commit_message)}</li>
 <li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
-({winner.evaluation.n_evaluated} images of {html.escape(run.dataset_label)})</li>
+({winner.evaluation.n_evaluated} {examples_word(run)} of {html.escape(run.dataset_label)})</li>
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 <li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
 <code>{html.escape(registered["path"])}</code>; champion: {html.escape(registered["promotion"])}</li>
