@@ -480,6 +480,11 @@ _OVERFIT_MARGIN = 0.05
 _OVERFIT_MARGIN_ONE_FIT = 0.2
 # Gains per extra epoch are assumed to shrink by this ratio when extrapolating a rising curve.
 _EPOCH_GAIN_DECAY = 0.7
+# Work per image of one training step whatever the model's size, in the CNN estimate's units.
+_STEP_WORK = 1e5
+# A jump whose estimated training seconds exceed this many times what the best attempt cost (overhead
+# included) waits behind the moves that do not: a big model is tried only when smaller steps are used up.
+_MAX_JUMP_COST = 8.0
 # A learning rate band in which Adam-trained models of every size usually learn.
 _LEARNING_RATE_BAND = (3e-4, 3e-3)
 
@@ -511,6 +516,8 @@ def _capacity(factor: float) -> tuple[dict[str, tuple[Any, ...]], ...]:
         {"dense_units": ("mul", factor)},
         {"n_estimators": ("mul", factor), "max_depth": ("mul", 2)},
         {"C": ("mul", factor * 2.5)},
+        {"gamma": ("mul", factor * 2.5)},
+        {"weights": ("set", "distance")},
         {"alpha": ("mul", 1 / (factor * 2.5))},
         {"n_neighbors": ("mul", 1 / factor)},
     )
@@ -576,6 +583,9 @@ def _work(hparams: Mapping[str, Any]) -> float:
             work += area * kernel**2 * channels * out
             area, channels = max(area / 4, 1.0), out
         work += area * channels * number("dense_units", 32) + 10 * number("dense_units", 32)
+        # What a step costs whatever the model's size (the framework's own work per batch), per image:
+        # without it a tiny model would look a hundred times cheaper than it trains.
+        work += _STEP_WORK
     else:
         for name, exponent in _WORK_EXPONENTS.items():
             if name != "batch_size" and number(name, 0.0) > 0:
@@ -616,8 +626,9 @@ class _Cost:
         total = _epochs(hparams)
         return (total - _epochs(parent.hparams), parent) if parent else (total, None)
 
-    def seconds(self, hparams: Mapping[str, Any]) -> float:
-        epochs, _ = self.new_epochs(hparams)
+    def seconds(self, hparams: Mapping[str, Any], fresh: bool = False) -> float:
+        """Estimated seconds of an attempt training ``hparams``; ``fresh``: as if from scratch."""
+        epochs = _epochs(hparams) if fresh else self.new_epochs(hparams)[0]
         return self.overhead + self.rate * self._units(hparams) * epochs
 
 
@@ -667,7 +678,13 @@ def _ideas(
     elif has_epochs and (evidence.rising or (evidence.epochs <= 1 and epochs < 5)):
         # Rising but too slowly for the gap, or one epoch that shows no trend yet: epochs help but may not
         # be enough; behind capacity when the target is far.
-        why = "val accuracy rising too slowly" if evidence.rising else "one epoch shows no trend"
+        why = (
+            "val accuracy rising too slowly"
+            if evidence.rising
+            else "one epoch shows no trend"
+            if evidence.epochs
+            else "no per-epoch history"
+        )
         ideas.append(
             (2 if far else 1, f"{why} at {at}{short}: more epochs", {"epochs": ("mul", 4 if far else 2)})
         )
@@ -697,15 +714,18 @@ def _ideas(
     if isinstance(learning_rate, float) and not low <= learning_rate <= high and not evidence.diverging:
         why = f"{train_is} at {at}{short}: learning rate into {low:g}..{high:g}"
         ideas.append((1, why, {"learning_rate": ("toward", low, high, 4)}))
-    for changes in _capacity(factor):
-        if not any(knob in hp for knob in changes) or ("filters" in hp and "filters" not in changes):
-            continue  # not this model's knobs; a CNN grows its convolutions with its dense layer
-        if far and has_epochs:
-            # Far from the target a bigger model needs more epochs too: one jump, not two attempts.
-            changes = {**changes, "epochs": ("mul", 4 if very_far else 2)}
-            if very_far:
-                changes["conv_blocks"] = ("add", 1)
-        ideas.append((1, f"{train_is} at {at}{short}: more capacity", changes))
+    # Far from the target: one jump sized by the gap, with the epochs a bigger model needs (one attempt,
+    # not two), and a x2 step behind it for when the jump would cost too much (see ``adaptive``).
+    steps = ((1, factor), (2, 2)) if far and factor > 2 else ((1, factor),)
+    for tier, size in steps:
+        for changes in _capacity(size):
+            if not any(knob in hp for knob in changes) or ("filters" in hp and "filters" not in changes):
+                continue  # not this model's knobs; a CNN grows its convolutions with its dense layer
+            if far and has_epochs:
+                changes = {**changes, "epochs": ("mul", 4 if very_far and tier == 1 else 2)}
+                if very_far and tier == 1:
+                    changes["conv_blocks"] = ("add", 1)
+            ideas.append((tier, f"{train_is} at {at}{short}: more capacity", changes))
     if not far:
         ideas.append((2, f"{train_is} at {at}{short}: more capacity", {"conv_blocks": ("add", 1)}))
     if evidence.train is not None and gap is not None and evidence.train >= best.accuracy + gap:
@@ -748,10 +768,12 @@ def adaptive(
     seen = {_fingerprint(record.hparams) for record in records}
 
     ranked: list[tuple[int, float, int, str, dict[str, Any]]] = []
+    affordable = _MAX_JUMP_COST * cost.seconds({**best.hparams, "epochs": _epochs(best.hparams)}, fresh=True)
     for order, (tier, why, changes) in enumerate(_ideas(kind, best, evidence, gap)):
         proposed = _apply(kind, best.hparams, Move(why, changes))
         if _unseen(proposed, seen):
-            ranked.append((tier, cost.seconds(proposed), order, why, proposed))
+            seconds = cost.seconds(proposed)
+            ranked.append((tier + 3 * (seconds > affordable), seconds, order, why, proposed))
     # When the evidence is used up: the kind's repeatable moves, bold then gentle, cheapest first.
     fallback = [step for step in _default_plan(kind) if step[0].repeat]
     for order, (move, strength) in enumerate(fallback, start=len(ranked)):
