@@ -17,8 +17,14 @@ knob               meaning                                              bounds
 ``alpha``          L2 regularisation strength                            1e-7 .. 1.0
 ``eta0``           initial learning rate (``learning_rate="adaptive"``)  1e-4 .. 1.0
 ``average``        average the weights over updates (smooths SGD)        True / False
+``C``              inverse regularisation (not in this template)         1e-4 .. 1e4
+``max_iter``       solver iterations (not in this template)              50 .. 10000
 ``seed``           seed for shuffling                                    any int
 =================  ===================================================  ==============
+
+The knobs marked "not in this template" are those that ``pushtrain adapt`` lifts into ``HPARAMS`` from
+a ``LogisticRegression`` or ``LinearSVC`` (and ``max_iter`` from an ``SGDClassifier`` or ``Perceptron``
+fitted in one go): a file has the knobs its estimator takes, and the strategies move only those.
 
 Stated figures (pushtrain's fixed split v1): these weak defaults reach about 0.75-0.90 on digits;
 ``epochs=30, alpha=1e-4, eta0=0.05, average=True`` reaches >= 0.93.

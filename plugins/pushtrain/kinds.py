@@ -201,6 +201,10 @@ KINDS: dict[str, Kind] = _table(
             "alpha": Knob(FLOAT, 1e-7, 1.0, log=True),
             "eta0": Knob(FLOAT, 1e-4, 1.0, log=True),
             "average": Knob(BOOL),
+            # Not in the SGD template: what adapt lifts from LogisticRegression, LinearSVC, Perceptron and
+            # the like (a file has only the knobs its estimator takes; the strategies move only those).
+            "C": Knob(FLOAT, 1e-4, 1e4, log=True),
+            "max_iter": Knob(INT, 50, 10000, log=True),
             "seed": Knob(INT, tuned=False),
         },
         default_moves=(
@@ -220,6 +224,11 @@ KINDS: dict[str, Kind] = _table(
             Move("toggle averaging", {"average": ("flip",)}),
             Move("alpha x10", {"alpha": ("mul", 10)}),
             Move("eta0 /3", {"eta0": ("mul", 1 / 3)}),
+            # For adapted LogisticRegression / LinearSVC files (none of these is in the SGD template):
+            # a weaker penalty first (pixels in [0, 1] are small features), room to converge, then back.
+            Move("C x10", {"C": ("mul", 10)}),
+            Move("max_iter x3", {"max_iter": ("mul", 3)}),
+            Move("C /10", {"C": ("mul", 0.1)}),
         ),
         escalation=(
             Move("more epochs", {"epochs": ("mul", 2)}),
@@ -327,7 +336,7 @@ KINDS: dict[str, Kind] = _table(
         ),
     ),
     Kind(
-        name="forest",  # RandomForestClassifier and ExtraTreesClassifier
+        name="forest",  # random forests, extra trees and single decision trees (no n_estimators)
         framework=SCIKIT_LEARN,
         image="sklearn",
         template="forest_sklearn.py",

@@ -136,6 +136,30 @@ def _coerce(name: str, knob: Knob, value: Any) -> Any:
     return float(clipped)
 
 
+def _foreign(kind: str, hparams: Mapping[str, Any]) -> set[str]:
+    """Knobs of ``kind`` whose value in ``hparams`` the knob cannot hold: the user's choice, left alone.
+
+    A hand-written file may say ``"kernel": "precomputed"`` or ``"gamma": "scale"``; no move changes such a
+    knob (a move has nothing to step from) and clamping does not refuse the rest of the file because of it.
+    """
+    space = kinds.kind(kind).knobs
+    foreign = set()
+    for name, value in hparams.items():
+        if name in space:
+            try:
+                _coerce(name, space[name], value)
+            except ValueError:
+                foreign.add(name)
+    return foreign
+
+
+def _clamp_movable(kind: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``clamp`` of every knob but the foreign ones (``_foreign``), which keep their values."""
+    foreign = _foreign(kind, hparams)
+    clamped = clamp(kind, {name: value for name, value in hparams.items() if name not in foreign})
+    return {name: hparams[name] if name in foreign else clamped[name] for name in hparams}
+
+
 def within_bounds(kind: str, hparams: Mapping[str, Any]) -> bool:
     """True when clamping would change nothing (used by tests and as a last check before training)."""
     try:
@@ -161,12 +185,13 @@ def _apply(kind: str, hparams: Mapping[str, Any], move: Move, strength: float = 
     """``hparams`` after ``move``, within bounds; None when the move changes nothing (e.g. at a bound)."""
     space = kinds.kind(kind).knobs
     proposed = dict(hparams)
+    foreign = _foreign(kind, hparams)
     for name, operation in move.changes.items():
         knob = space.get(name)
-        if knob is None or not knob.tuned or name not in hparams:
-            continue  # the user's file does not have this knob: their model does not read it
+        if knob is None or not knob.tuned or name not in hparams or name in foreign:
+            continue  # the user's file does not have this knob (their model does not read it), or not ours
         proposed[name] = _step(knob, hparams[name], operation, strength)
-    proposed = clamp(kind, proposed)
+    proposed = _clamp_movable(kind, proposed)
     if all(_same(proposed[name], hparams[name]) for name in hparams):
         return None
     return proposed
@@ -280,7 +305,8 @@ def _unseen(candidate: Mapping[str, Any] | None, seen: set[tuple]) -> bool:
 
 def _tuned_names(kind: str, hparams: Mapping[str, Any]) -> list[str]:
     space = kinds.kind(kind).knobs
-    return [name for name, knob in space.items() if knob.tuned and name in hparams]
+    foreign = _foreign(kind, hparams)
+    return [name for name, knob in space.items() if knob.tuned and name in hparams and name not in foreign]
 
 
 def _sample(kind: str, base: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -300,7 +326,7 @@ def _sample(kind: str, base: Mapping[str, Any], rng: random.Random) -> dict[str,
             else:
                 raw = rng.uniform(low, high)
             drawn[name] = int(round(raw)) if knob.type == INT else _round_sig(raw, _PROPOSAL_DIGITS)
-    return clamp(kind, drawn)
+    return _clamp_movable(kind, drawn)
 
 
 def _anything_new(kind: str, base: Mapping[str, Any], seen: set[tuple], rng: random.Random) -> dict[str, Any]:
@@ -327,9 +353,15 @@ def _anything_new(kind: str, base: Mapping[str, Any], seen: set[tuple], rng: ran
         _MAX_ENUMERATED_COMBINATIONS
     ):
         for values in itertools.product(*domains):
-            candidate = clamp(kind, {**base, **dict(zip(names, values, strict=True))})
+            candidate = _clamp_movable(kind, {**base, **dict(zip(names, values, strict=True))})
             if _unseen(candidate, seen):
                 return candidate
+    if not names:
+        tunable = ", ".join(name for name, knob in space.items() if knob.tuned)
+        raise StrategyExhaustedError(
+            f"HPARAMS has none of the {kind} knobs a strategy can move ({tunable}): nothing to tweak; add "
+            "one of them to HPARAMS and read it from hp in the builder"
+        )
     raise StrategyExhaustedError(
         f"every combination of the {kind} knobs {', '.join(names)} has been tried; stop the loop or widen "
         f"the search by adding knobs to HPARAMS"
