@@ -19,6 +19,9 @@ Started by `train_on_push` (and by itself) through a `TriggerDagRunOperator` who
    starts again from the best one with another move.
    The loop ends at the target, after `max_attempts`, when `patience` attempts in a row brought no real
    gain, or when the strategy has nothing left to try.
+
+`retrain_on_new_data` starts it with `attempt` 1 for a pipeline it prepared (a champion's code and final
+HPARAMS on a new data set version, `max_attempts` 1): prepare_attempt hands that attempt on as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from pushtrain import dag_parts, pipeline, steps
+from pushtrain import dag_parts, pipeline, retrain, steps
 
 
 @dag(
@@ -48,7 +51,12 @@ from pushtrain import dag_parts, pipeline, steps
             title="Pipeline id",
             description="Set by train_on_push: <short sha>-<run hash>.",
         ),
-        "attempt": Param(2, type=["integer", "string"], title="Attempt number", description="2 or more."),
+        "attempt": Param(
+            2,
+            type=["integer", "string"],
+            title="Attempt number",
+            description="2 or more; 1 only for a pipeline retrain_on_new_data prepared.",
+        ),
     },
 )
 def tweak_and_retrain() -> None:
@@ -58,6 +66,8 @@ def tweak_and_retrain() -> None:
         """Tweak HPARAMS of the best attempt so far into this attempt's copy of the code, or say stop."""
         params = context["params"]
         attempt = int(params["attempt"])
+        if attempt == 1 and retrain.is_retrain(params["pipeline_id"]):  # prepared by retrain_on_new_data
+            return retrain.prepared_attempt(params["pipeline_id"])
         config = pipeline.Pipeline.load(params["pipeline_id"]).config
         if not 2 <= attempt <= config.max_attempts:
             raise steps.UserFacingError(

@@ -1,0 +1,240 @@
+"""Retraining when data changes (issue 10): which champions an asset event affects, and the pipeline built for
+one of them (the champion's commit, its final HPARAMS in the model file, one attempt, the new data version).
+
+Real git repositories, data sets and registry under a temporary data dir, as in test_steps_git (whose
+``origin`` and ``data_dir`` fixtures are reused); no scheduler and no container.
+"""
+
+# ruff: noqa: F811  (the fixtures imported from test_steps_git are parameters of the tests here)
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from test_steps_git import T0, Origin, data_dir, origin  # noqa: F401  (data_dir, origin: fixtures)
+
+from pushtrain import datasets, gitops, pipeline, retrain, settings, tweak
+from pushtrain.registry import ModelRegistry
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "include" / "model_templates" / "linear_sklearn.py"
+CHAMPION_HPARAMS = {"epochs": 3, "alpha": 0.01, "eta0": 0.001, "average": False, "seed": 0}
+
+
+def event(name: str, version: Any, *, alias: bool = False, extra: dict | None = None) -> SimpleNamespace:
+    """An asset event as the task context's ``triggering_asset_events`` holds it."""
+    uri = f"pushtrain-dataset://{name}"
+    extra = {"name": name, "version": version, "sha256": "ab" * 32} if extra is None else extra
+    aliases = [SimpleNamespace(name="pushtrain-datasets")] if alias else []
+    return SimpleNamespace(asset=SimpleNamespace(name=uri, uri=uri), extra=extra, source_aliases=aliases)
+
+
+def table_version(tmp_path: Path, name: str, rows: int) -> datasets.Manifest:
+    """A version of a small table data set; another ``rows`` is other content, so the next version."""
+    source = tmp_path / f"{name}-{rows}.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "label"])
+        writer.writerows([[f"{i % 7}.5", f"{i % 5}.25", ("x", "y", "z")[i % 3]] for i in range(rows)])
+    return datasets.add_path(name, source).manifest
+
+
+def register_champion(
+    model_name: str,
+    dataset: str,
+    version: int,
+    *,
+    accuracy: float = 0.9,
+    repo_url: str = "/srv/git/models.git",
+    commit: str = "0123abcd" * 5,
+    config: dict | None = None,
+) -> int:
+    """Register a version whose lineage has the shape ``Attempt.lineage`` gives, and make it champion."""
+    artifact = settings.data_dir() / "artifacts" / model_name
+    artifact.mkdir(parents=True, exist_ok=True)
+    (artifact / "model.joblib").write_bytes(f"{model_name}:{dataset}:{version}:{accuracy}".encode())
+    lineage = {
+        "pipeline_id": f"{commit[:8]}-0000beef",
+        "attempt": 2,
+        "status": "evaluated",
+        "repo_url": repo_url,
+        "commit": commit,
+        "kind": "linear",
+        "model_file": "model.py",
+        "hparams": CHAMPION_HPARAMS,
+        "dataset": {"name": dataset, "split_version": f"v{version}", "split": {}},
+        "pipeline": {
+            "branch": "main",
+            "config": {
+                "target": 0.3,
+                "max_attempts": 4,
+                "dataset": dataset,
+                "image_size": [],
+                **(config or {}),
+            },
+        },
+    }
+    registry = ModelRegistry(settings.registry_dir())
+    registered = registry.register(
+        model_name, artifact, {"accuracy": accuracy}, lineage, pipeline_run_id=lineage["pipeline_id"]
+    )
+    registry.promote_if_not_worse(model_name, registered)
+    return registered.number
+
+
+def test_events_give_each_new_version_once_and_a_versionless_one_means_the_latest(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    events = {
+        "pushtrain-dataset://wine": [event("wine", 3)],
+        "pushtrain-datasets": [event("wine", 3, alias=True), event("wine", "v4", alias=True)],
+        "pushtrain-dataset://shapes": [event("shapes", None, extra={})],  # posted by hand, no extra
+        "other://thing": [event("thing", 1, extra={})],
+    }
+    events["other://thing"][0].asset.uri = "other://thing"
+
+    found = retrain.new_versions(events)
+
+    assert [(v.name, v.version) for v in found] == [("shapes", 2), ("wine", 3), ("wine", 4)]
+    assert found[1].sha256 == "ab" * 32
+
+
+def test_only_champions_on_an_older_version_of_that_data_set_are_affected(data_dir: Path) -> None:
+    register_champion("old-one", "shapes", 1)
+    register_champion("current", "shapes", 2)
+    register_champion("newer", "shapes", 3)
+    register_champion("elsewhere", "digits", 1)
+    register_champion("in-repo", "shapes", 1, config={"dataset": "repo:data/shapes"})
+    register_champion("older-still", "shapes", 1, accuracy=0.7)
+    said: list[str] = []
+
+    affected = retrain.affected_champions(
+        retrain.NewVersion("shapes", 2), ModelRegistry(settings.registry_dir()), said.append
+    )
+
+    assert [c.model_name for c in affected] == ["old-one", "older-still"]
+    champion = affected[1]
+    assert (champion.version, champion.dataset_version, champion.accuracy) == (1, 1, 0.7)
+    assert champion.hparams == CHAMPION_HPARAMS and champion.kind == "linear"
+    assert any(line.startswith("current: champion v1 is on shapes v2 already") for line in said)
+    assert any(line.startswith("in-repo: its data set is a folder of its repository") for line in said)
+
+
+def test_a_challenger_is_not_retrained_only_the_champion(data_dir: Path) -> None:
+    register_champion("model", "shapes", 1, accuracy=0.9)
+    register_champion("model", "shapes", 1, accuracy=0.5)  # worse: registered as challenger
+
+    affected = retrain.affected_champions(
+        retrain.NewVersion("shapes", 2), ModelRegistry(settings.registry_dir())
+    )
+
+    assert [(c.model_name, c.version, c.accuracy) for c in affected] == [("model", 1, 0.9)]
+
+
+def test_the_retrain_pipeline_is_the_champions_commit_and_hparams_on_the_new_version(
+    origin: Origin, data_dir: Path, tmp_path: Path
+) -> None:
+    table_version(tmp_path, "shapes", 30)
+    new = table_version(tmp_path, "shapes", 33)
+    template = TEMPLATE.read_text()
+    sha = origin.commit({"model.py": template}, "linear model", T0)
+    origin.commit({"model.py": template.replace('"seed": 0', '"seed": 1')}, "later work", T0.replace(hour=13))
+    register_champion("species", "shapes", 1, accuracy=0.8, repo_url=str(origin.bare), commit=sha)
+    events = {"pushtrain-dataset://shapes": [event("shapes", 2)]}
+    said: list[str] = []
+
+    planned, failures = retrain.plan(
+        events, "asset_triggered__1", lambda url: gitops.GitRemote(url=url), said.append
+    )
+
+    assert failures == []
+    [conf] = planned
+    pipeline_id = conf["pipeline_id"]
+    assert conf == {
+        "pipeline_id": pipeline_id,
+        "attempt": 1,
+        "run_id": pipeline.trigger_run_id(pipeline_id, 1),
+    }
+    run = pipeline.Pipeline.load(pipeline_id)
+    assert (run.commit, run.model_name, run.kind, run.origin_dag_run_id) == (
+        sha,
+        "species",
+        "linear",
+        "asset_triggered__1",
+    )
+    assert run.pinned_dataset == ("shapes", new.version) == ("shapes", 2)
+    assert (run.config.max_attempts, run.config.target, run.config.commit_back) == (1, 0.3, False)
+    code = (pipeline.attempt_dir(pipeline_id, 1) / "code" / "model.py").read_text()
+    assert tweak.read_hparams(code) == CHAMPION_HPARAMS  # the champion's knobs, at the champion's commit
+    assert code == tweak.apply_hparams(template, {"epochs": 3, "alpha": 0.01})
+    record = pipeline.Attempt.load(pipeline_id, 1)
+    assert (record.status, record.hparams, record.tweak_updates) == (
+        "prepared",
+        CHAMPION_HPARAMS,
+        {"epochs": 3, "alpha": 0.01},
+    )
+    assert record.tweak_diff == tweak.unified_diff(template, code, "model.py")
+    assert retrain.retrain_record(pipeline_id) == {
+        "model_name": "species",
+        "champion_version": 1,
+        "champion_pipeline_id": f"{sha[:8]}-0000beef",
+        "dataset": "shapes",
+        "from_version": 1,
+        "to_version": 2,
+        "dataset_sha256": new.dataset_sha256,
+        "champion_accuracy": 0.8,
+        "champion_accuracy_measured_on": "shapes v1",
+        "champion_rescored_on_new_split": False,
+    }
+    assert any("not re-scored on v2's" in line for line in said)
+    # What tweak_and_retrain's prepare_attempt hands on for attempt 1 of this pipeline.
+    assert retrain.is_retrain(pipeline_id)
+    assert (
+        retrain.prepared_attempt(pipeline_id)
+        == pipeline.PreparedAttempt(pipeline_id=pipeline_id, attempt=1, kind="linear").to_xcom()
+    )
+    # The same run, retried, prepares the same pipeline again rather than a second one.
+    again, _ = retrain.plan(events, "asset_triggered__1", lambda url: gitops.GitRemote(url=url))
+    assert again == planned
+
+
+def test_a_model_whose_retrain_cannot_be_prepared_is_a_failure_line_and_the_others_go_on(
+    origin: Origin, data_dir: Path, tmp_path: Path
+) -> None:
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    sha = origin.commit({"model.py": TEMPLATE.read_text()}, "linear model", T0)
+    register_champion("good", "shapes", 1, repo_url=str(origin.bare), commit=sha)
+    register_champion("lost", "shapes", 1, repo_url=str(tmp_path / "gone.git"), commit=sha)
+
+    planned, failures = retrain.plan(
+        {"pushtrain-dataset://shapes": [event("shapes", 2)]},
+        "asset_triggered__2",
+        lambda url: gitops.GitRemote(url=url),
+    )
+
+    assert [pipeline.Pipeline.load(p["pipeline_id"]).model_name for p in planned] == ["good"]
+    assert len(failures) == 1 and failures[0].startswith("lost (champion v1): ")
+
+
+def test_an_event_for_a_version_the_store_lacks_prepares_nothing(data_dir: Path, tmp_path: Path) -> None:
+    table_version(tmp_path, "shapes", 30)
+    register_champion("model", "shapes", 1)
+
+    planned, failures = retrain.plan(
+        {"pushtrain-dataset://shapes": [event("shapes", 5)]}, "run", lambda url: gitops.GitRemote(url=url)
+    )
+
+    assert planned == []
+    assert len(failures) == 1 and "v5 does not exist" in failures[0]
+
+
+@pytest.mark.parametrize(
+    "extra", [{"version": 0}, {"version": "latest"}, {"version": True}, {"name": "../etc", "version": 1}]
+)
+def test_an_event_with_a_bad_version_is_ignored(data_dir: Path, extra: dict) -> None:
+    assert retrain.new_versions({"a": [event("shapes", None, extra=extra)]}) == []
