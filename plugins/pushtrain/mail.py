@@ -92,6 +92,22 @@ def examples_word(run: pipeline.Pipeline) -> str:
     return {datasets.IMAGES: "images", datasets.TABLE: "rows"}.get(manifest.kind, "examples")
 
 
+def retrain_html(pipeline_id: str) -> str:
+    """For a pipeline ``retrain_on_new_data`` made: what it retrained, and what the promotion compared."""
+    from pushtrain import retrain
+
+    record = retrain.retrain_record(pipeline_id)
+    if not record:
+        return ""
+    return (
+        f"<li>Retrain on new data: champion v{record['champion_version']} (its code and final HPARAMS) on "
+        f"{html.escape(record['dataset'])} v{record['to_version']}, trained before on v{record['from_version']}. "
+        f"The champion's accuracy {record['champion_accuracy']:.4f} was measured on "
+        f"{html.escape(record['champion_accuracy_measured_on'])}'s held-out split, not re-scored on the new "
+        "one (a promotion compares with that figure)</li>"
+    )
+
+
 def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:
     run = pipeline.Pipeline.load(pipeline_id)
     records = pipeline.attempt_records(pipeline_id)
@@ -111,7 +127,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Held-out accuracy: <b>{accuracy:.4f}</b> against target {run.config.target:.4f} \
 ({winner.evaluation.n_evaluated} {examples_word(run)} of {html.escape(run.dataset_label)})</li>
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
-<li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
+{retrain_html(pipeline_id)}<li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
 <code>{html.escape(registered["path"])}</code>; champion: {html.escape(registered["promotion"])}</li>
 {model_tests_html(registered.get("model_tests") or {})}
 <li>Tuned model file: {html.escape(branch) if branch else "not pushed (commit-back off or read-only remote)"}</li>
@@ -140,7 +156,7 @@ def budget_spent_mail(pipeline_id: str, reason: str) -> tuple[str, str]:
 <li>Best: attempt {best.attempt if best else "-"}, held-out accuracy {best_accuracy} against target \
 {run.config.target:.4f}</li>
 <li>Outputs: <code>{html.escape(str(pipeline.pipeline_dir(pipeline_id)))}</code></li>
-</ul>
+{retrain_html(pipeline_id)}</ul>
 {adaptation_html(run)}<h3>Best attempt's change</h3>
 <pre>{html.escape((best.tweak_diff if best else "") or "(the committed code)")}</pre>
 <h3>Leaderboard</h3>

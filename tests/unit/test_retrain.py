@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_steps_git import T0, Origin, data_dir, origin  # noqa: F401  (data_dir, origin: fixtures)
 
-from pushtrain import datasets, gitops, pipeline, retrain, settings, tweak
+from pushtrain import datasets, gitops, mail, pipeline, retrain, settings, tweak
 from pushtrain.registry import ModelRegistry
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "include" / "model_templates" / "linear_sklearn.py"
@@ -191,6 +191,9 @@ def test_the_retrain_pipeline_is_the_champions_commit_and_hparams_on_the_new_ver
         "champion_rescored_on_new_split": False,
     }
     assert any("not re-scored on v2's" in line for line in said)
+    line = mail.retrain_html(pipeline_id)
+    assert "champion v1" in line and "shapes v2, trained before on v1" in line and "not re-scored" in line
+    assert mail.retrain_html("0123abcd-feedbeef") == ""  # any other pipeline
     # What tweak_and_retrain's prepare_attempt hands on for attempt 1 of this pipeline.
     assert retrain.is_retrain(pipeline_id)
     assert (
