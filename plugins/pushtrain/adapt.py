@@ -2822,6 +2822,14 @@ class _Adapter(_Reading):
             if isinstance(value, _Runtime):
                 self.runtime_knob(f"{keyword} of {leaf}", line, value, f"{keyword}={_example(keyword)}")
                 continue
+            if keyword == "kernel" and value.value == "precomputed":
+                self.refuse(
+                    self.line(slot.arg) if slot.arg is not None else line,
+                    f'{leaf}(kernel="precomputed") expects a Gram matrix (kernel values between samples), but '
+                    "the platform passes the model feature vectors (flattened pixels or table columns): use "
+                    'one of the kernels "rbf", "poly", "sigmoid" or "linear"',
+                )
+                continue
             if not _fits(ESTIMATOR_KNOBS[keyword], value.value):
                 self.literal(slot, value)
                 continue

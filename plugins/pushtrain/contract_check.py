@@ -78,6 +78,8 @@ KIND_OF_ESTIMATOR = {
     "NuSVC": "svm",
     "RandomForestClassifier": "forest",
     "ExtraTreesClassifier": "forest",
+    "DecisionTreeClassifier": "forest",
+    "ExtraTreeClassifier": "forest",
 }
 GENERIC_SKLEARN_KIND = "sklearn"
 GENERIC_KERAS_KIND = "keras"

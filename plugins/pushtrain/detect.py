@@ -21,8 +21,12 @@ kind        names
 ``keras``   a Keras ``Dense`` layer (from a ``layers`` module, as for ``cnn``) in a file without a
             convolution layer: a file with both is ``cnn``
 ``svm``     ``SVC`` and ``NuSVC`` from ``sklearn.svm``
-``forest``  ``RandomForestClassifier`` and ``ExtraTreesClassifier`` from ``sklearn.ensemble``
+``forest``  ``RandomForestClassifier`` and ``ExtraTreesClassifier`` from ``sklearn.ensemble``, and the single
+            trees ``DecisionTreeClassifier`` and ``ExtraTreeClassifier`` from ``sklearn.tree``
 ==========  ===========================================================================================
+
+Other scikit-learn estimators (``GaussianNB``, gradient boosting, ``MLPClassifier``...) are no kind: their
+knobs are not the knobs of any row, so the tweaks could not tune them. The message says so and what to do.
 
 Resolution follows the imports wherever they are (module level or inside functions, as the templates
 do), through aliases (``from sklearn import neighbors as nb`` then ``nb.KNeighborsClassifier``;
@@ -100,6 +104,27 @@ _CONV_LAYER_NAMES = frozenset(
 _KNN_CLASSIFIER_NAMES = frozenset({"KNeighborsClassifier", "RadiusNeighborsClassifier", "NearestCentroid"})
 _SVM_CLASSIFIER_NAMES = frozenset({"SVC", "NuSVC"})
 _FOREST_CLASSIFIER_NAMES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier"})
+# Single trees share the forests' max_depth (and random_state); they have no n_estimators, so the strategies
+# move only their depth. Gradient boosting is not here: it wants shallow trees, and the forest moves deepen.
+_TREE_CLASSIFIER_NAMES = frozenset({"DecisionTreeClassifier", "ExtraTreeClassifier"})
+# Modules of scikit-learn whose capitalised names are estimators: an unsupported one is named as such.
+_SKLEARN_ESTIMATOR_MODULES = frozenset(
+    {
+        "linear_model",
+        "svm",
+        "neighbors",
+        "ensemble",
+        "tree",
+        "naive_bayes",
+        "neural_network",
+        "discriminant_analysis",
+        "gaussian_process",
+        "dummy",
+        "semi_supervised",
+        "multiclass",
+        "calibration",
+    }
+)
 # A kind found together with the kind that subsumes it is dropped: every CNN has Dense layers too.
 _SUBSUMED_BY = {"keras": "cnn"}
 # Libraries worth naming when no kind is found: they tell the user what we did see ("Dense only").
@@ -112,6 +137,12 @@ _MAX_LISTED_FINDINGS = 5
 _MAX_ALIAS_DEPTH = 16
 
 _WHAT_TO_DO = "set `kind` in pushtrain.toml to skip detection"
+
+_KINDS_IN_WORDS = (
+    "cnn (Keras convolution layers), keras (Keras Dense layers), linear (sklearn.linear_model, LinearSVC), "
+    "knn (KNeighborsClassifier, RadiusNeighborsClassifier, NearestCentroid), svm (SVC, NuSVC) and forest "
+    "(RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier, ExtraTreeClassifier)"
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,7 +262,9 @@ def _is_support_vector_classifier(parts: Sequence[str]) -> bool:
 
 
 def _is_forest_classifier(parts: Sequence[str]) -> bool:
-    return list(parts[:2]) == ["sklearn", "ensemble"] and parts[-1] in _FOREST_CLASSIFIER_NAMES
+    return (list(parts[:2]) == ["sklearn", "ensemble"] and parts[-1] in _FOREST_CLASSIFIER_NAMES) or (
+        list(parts[:2]) == ["sklearn", "tree"] and parts[-1] in _TREE_CLASSIFIER_NAMES
+    )
 
 
 def _is_linear_model(parts: Sequence[str]) -> bool:
@@ -689,6 +722,20 @@ def detect_source(source: str, filename: str) -> Detection:
         )
 
     seen = findings.other_ml_names
+    estimators = [item for item in seen if _is_sklearn_estimator(item.qualified_name)]
+    if estimators:
+        first = estimators[0]
+        name = first.qualified_name.split(".")[-1]
+        raise DetectionError(
+            f"{filename}: no model kind found: {first} is a scikit-learn estimator that no kind of pushtrain "
+            f"tunes. The kinds are {_KINDS_IN_WORDS}. Use one of those estimators (the templates in "
+            "include/model_templates/ show each; a RandomForestClassifier or ExtraTreesClassifier takes the "
+            "place of gradient boosting, a Keras network of Dense layers that of an MLPClassifier). Setting "
+            "`kind` in pushtrain.toml trains the file as it is, but the tweaks then move only that kind's "
+            f"knobs by that kind's rules, which were not made for the {name}: they may find nothing to move "
+            "or move it the wrong way",
+            reason="no_kind",
+        )
     if seen:
         listed = ", ".join(str(item) for item in seen[:_MAX_LISTED_FINDINGS])
         if len(seen) > _MAX_LISTED_FINDINGS:
@@ -698,7 +745,7 @@ def detect_source(source: str, filename: str) -> Detection:
         what_was_seen = "it uses no Keras or scikit-learn name at all"
     raise DetectionError(
         f"{filename}: no model kind found: no Keras convolution (cnn) or Dense layer (keras), scikit-learn "
-        "linear model (linear), neighbours classifier (knn), SVC (svm) or random forest (forest) is used; "
+        "linear model (linear), neighbours classifier (knn), SVC (svm) or forest or tree (forest) is used; "
         f"{what_was_seen}. Start from a template in include/model_templates/ or {_WHAT_TO_DO}",
         reason="no_kind",
     )
@@ -707,6 +754,16 @@ def detect_source(source: str, filename: str) -> Detection:
 # --------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------
+
+
+def _is_sklearn_estimator(qualified_name: str) -> bool:
+    parts = qualified_name.split(".")
+    return (
+        len(parts) == 3
+        and parts[0] == "sklearn"
+        and parts[1] in _SKLEARN_ESTIMATOR_MODULES
+        and parts[2][:1].isupper()
+    )
 
 
 def _check_model_file(path: Path) -> None:

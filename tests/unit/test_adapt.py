@@ -294,6 +294,18 @@ def test_scikit_learn_pipeline_keeps_its_steps_and_lifts_the_classifiers_knobs()
     assert result.dataset == "digits"
 
 
+def test_a_decision_tree_is_a_forest_with_its_depth_and_seed():
+    result = adapted("""
+    from sklearn.datasets import load_digits
+    from sklearn.tree import DecisionTreeClassifier
+    X, y = load_digits(return_X_y=True)
+    tree = DecisionTreeClassifier(max_depth=8, random_state=0)
+    tree.fit(X, y)
+    """)
+    assert result.kind == "forest" and result.kind_known
+    assert result.hparams == {"max_depth": 8, "seed": 0}
+
+
 def test_a_scaler_fitted_outside_the_model_joins_it_in_a_pipeline():
     result = adapted("""
     from sklearn.datasets import load_digits
@@ -479,6 +491,11 @@ def test_keras_2_imports_are_modernised():
             "a file",
         ),
         ("print('no model here')\n", None, "adapt found no model"),
+        (
+            "from sklearn.svm import SVC\nclf = SVC(\n    C=10,\n    kernel='precomputed',\n)\n",
+            4,
+            'SVC(kernel="precomputed") expects a Gram matrix',
+        ),
     ],
 )
 def test_refusals_name_the_line_and_the_reason(text, line, words):

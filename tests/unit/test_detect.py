@@ -861,3 +861,56 @@ def test_python_dash_m_pushtrain_detect_works(project_root: Path, templates_dir:
     )
 
     assert (completed.returncode, completed.stdout, completed.stderr) == (0, "linear\n", "")
+
+
+# ---------------------------------------------------------------------------------- trees and other estimators
+
+
+@pytest.mark.parametrize("name", ["DecisionTreeClassifier", "ExtraTreeClassifier"])
+def test_single_trees_are_forest(name: str) -> None:
+    text = f"""
+        from sklearn.tree import {name}
+
+        def build_estimator(hp):
+            return {name}(max_depth=hp["max_depth"], random_state=hp["seed"])
+        """
+    detection = detect_source(source(text), "model.py")
+    assert detection.kind == "forest"
+    assert names(detection) == [f"sklearn.tree.{name}"]
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("naive_bayes", "GaussianNB"),
+        ("ensemble", "GradientBoostingClassifier"),
+        ("ensemble", "HistGradientBoostingClassifier"),
+        ("neural_network", "MLPClassifier"),
+        ("tree", "DecisionTreeRegressor"),
+    ],
+)
+def test_an_estimator_of_no_kind_is_named_with_the_kinds_and_what_to_do(module: str, name: str) -> None:
+    text = f"""
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.{module} import {name}
+
+        def build_estimator(hp):
+            return {name}(**hp)
+        """
+    with pytest.raises(DetectionError) as caught:
+        detect_source(source(text), "model.py")
+
+    message = str(caught.value)
+    assert caught.value.reason == "no_kind"
+    assert (
+        f"sklearn.{module}.{name} at line 5 is a scikit-learn estimator that no kind of pushtrain tunes"
+        in message
+    )
+    # Every kind of the table is named, and the honest limit of `kind = ...` in pushtrain.toml.
+    assert all(f"{kind} (" in message for kind in KINDS)
+    assert "DecisionTreeClassifier" in message and "include/model_templates/" in message
+    assert (
+        "`kind` in pushtrain.toml trains the file as it is, but the tweaks then move only that kind's"
+        in message
+    )
+    assert f"not made for the {name}" in message

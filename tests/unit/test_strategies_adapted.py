@@ -92,3 +92,12 @@ def test_a_file_without_movable_knobs_says_what_to_add():
         default("forest", [AttemptRecord(1, {"seed": 0}, 0.8, 1.0)], 0)
     with pytest.raises(StrategyExhaustedError, match="none of the svm knobs"):
         default("svm", [AttemptRecord(1, {"kernel": "precomputed"}, 0.8, 1.0)], 0)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_decision_tree_in_the_forest_kind_moves_its_depth_only(name):
+    walked = loop(name, "forest", {"max_depth": 8, "seed": 0}, 4)
+    assert all(set(hparams) == {"max_depth", "seed"} and hparams["seed"] == 0 for hparams in walked)
+    assert len({hparams["max_depth"] for hparams in walked}) == 5
+    if name == "default":
+        assert walked[1] == {"max_depth": 32, "seed": 0}
