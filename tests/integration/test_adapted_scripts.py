@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pushtrain import adapt, localrun
+from pushtrain import adapt, localrun, strategies
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 
@@ -59,6 +59,32 @@ def test_an_adapted_script_trains_in_its_image(
     assert metrics["accuracy"] > floor, metrics["accuracy"]
     if "epochs" in overrides:
         assert metrics["epochs_run"] == overrides["epochs"]
+
+
+def test_an_adapted_logistic_regression_trains_its_first_tweak(training_images, digits, tmp_path):
+    # The linear kind's knobs cover what adapt lifts from a LogisticRegression (C, max_iter), so the first
+    # tweak is a real move (C x10), and the tweaked file trains.
+    result = adapt.adapt_file(SCRIPTS / "logreg_pipeline_cv.py")
+    assert (result.kind, result.hparams) == ("linear", {"C": 0.5, "max_iter": 2000})
+    updates = dict(strategies.default(result.kind, [strategies.AttemptRecord(1, result.hparams, 0.9)], 0))
+    assert updates == {"C": 5.0}
+    model = tmp_path / "repo" / "model.py"
+    model.parent.mkdir()
+    model.write_text(result.adapted)
+
+    lines: list[str] = []
+    run = localrun.train(
+        model=model,
+        data=digits.train_dir,
+        out=tmp_path / "out",
+        hparams=updates,
+        kind="linear",
+        log=lines.append,
+    )
+
+    assert run.succeeded, f"{run.summary()}\n" + "\n".join(lines[-30:])
+    assert run.metrics["hparams"] == {"C": 5.0, "max_iter": 2000}
+    assert run.metrics["accuracy"] > 0.9, run.metrics["accuracy"]
 
 
 # Imports every adapted file of one framework in its image, builds the model for the data set the script
