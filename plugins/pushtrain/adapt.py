@@ -228,7 +228,11 @@ class Adaptation:
     def report(self) -> str:
         """What ``pushtrain adapt`` prints on stderr: one line per change, then the verdict."""
         lines = [f"{self.filename}, {change}" for change in self.changes]
-        known = "" if self.kind_known else " (not in the kinds table yet)"
+        known = (
+            ""
+            if self.kind_known
+            else " (no kind of pushtrain tunes it: `python -m pushtrain detect` on the result says what to use)"
+        )
         lines.append(
             f"{self.filename}: kind {self.kind}{known}, {self.builder}(), knobs: "
             + (", ".join(f"{name}={value!r}" for name, value in self.hparams.items()) or "none")

@@ -306,6 +306,17 @@ def test_a_decision_tree_is_a_forest_with_its_depth_and_seed():
     assert result.hparams == {"max_depth": 8, "seed": 0}
 
 
+def test_an_estimator_of_no_kind_is_adapted_and_the_report_says_it_is_not_tuned():
+    result = adapted("""
+    from sklearn.datasets import load_digits
+    from sklearn.naive_bayes import GaussianNB
+    X, y = load_digits(return_X_y=True)
+    GaussianNB().fit(X, y)
+    """)
+    assert result.kind == "sklearn" and not result.kind_known
+    assert "no kind of pushtrain tunes it: `python -m pushtrain detect`" in result.report()
+
+
 def test_a_scaler_fitted_outside_the_model_joins_it_in_a_pipeline():
     result = adapted("""
     from sklearn.datasets import load_digits
