@@ -162,7 +162,7 @@ STARTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "knn": {  # no learning rate, no epochs
         "template": {},
-        "near-miss": {"n_neighbors": 7, "weights": "uniform", "p": 2},
+        "near-miss": {"n_neighbors": 20, "weights": "uniform", "p": 1},
         "over-sized": {"n_neighbors": 100, "weights": "uniform", "p": 2},
         "overfitting": {"n_neighbors": 1, "weights": "uniform", "p": 1},
     },

@@ -769,6 +769,31 @@ def _ideas(
     return ideas
 
 
+def _direction(before: Mapping[str, Any], after: Mapping[str, Any]) -> frozenset[tuple[str, Any]]:
+    """Which way a proposal moves each knob but epochs (up, down, or to a value): what a move *is*,
+    wherever it starts from."""
+    moved = set()
+    for name, value in after.items():
+        old = before.get(name)
+        if name == "epochs" or _same(old, value):
+            continue
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (old, value))
+        moved.add((name, (1 if value > old else -1) if numbers else ("to", repr(value))))
+    return frozenset(moved)
+
+
+def _lost_directions(records: Sequence[AttemptRecord]) -> set[frozenset[tuple[str, Any]]]:
+    """The directions of the attempts that did not beat the best attempt before them (or failed)."""
+    lost = set()
+    for index in range(1, len(records)):
+        base = _best(records[:index])
+        if _score(records[index]) <= _score(base):
+            direction = _direction(base.hparams, records[index].hparams)
+            if direction:
+                lost.add(direction)
+    return lost
+
+
 def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """``epochs 3 -> 6, dropout 0.0 -> 0.15``: what a proposal changes, for its reason line."""
     return ", ".join(
@@ -800,19 +825,28 @@ def adaptive(
     seen = {_fingerprint(record.hparams) for record in records}
 
     ranked: list[tuple[int, float, int, str, dict[str, Any]]] = []
+    # A direction that lost from an earlier best (alpha down, dropout up) waits behind everything else.
+    lost = _lost_directions(records)
+
+    def tier_of(tier: int, proposed: dict[str, Any]) -> int:
+        return tier + (20 if _direction(best.hparams, proposed) in lost else 0)
+
     affordable = _MAX_JUMP_COST * cost.seconds({**best.hparams, "epochs": _epochs(best.hparams)}, fresh=True)
     for order, (tier, why, changes) in enumerate(_ideas(kind, best, evidence, gap)):
         proposed = _apply(kind, best.hparams, Move(why, changes))
         if _unseen(proposed, seen):
             seconds = cost.seconds(proposed)
-            ranked.append((tier + 3 * (seconds > affordable), seconds, order, why, proposed))
+            ranked.append(
+                (tier_of(tier + 3 * (seconds > affordable), proposed), seconds, order, why, proposed)
+            )
     # When the evidence is used up: the kind's repeatable moves, bold then gentle, cheapest first.
     fallback = [step for step in _default_plan(kind) if step[0].repeat]
     for order, (move, strength) in enumerate(fallback, start=len(ranked)):
         proposed = _apply(kind, best.hparams, move, strength)
         if _unseen(proposed, seen):
             why = f"evidence used up, cheapest untried move ({move.name}{'' if strength == _BOLD else ', half'})"
-            ranked.append((9, cost.seconds(proposed), order, why, proposed))
+            tier = 9 if strength == _BOLD else 10  # the bold step first, then the half step
+            ranked.append((tier_of(tier, proposed), cost.seconds(proposed), order, why, proposed))
     if ranked:
         _, seconds, _, why, proposed = min(ranked, key=lambda entry: entry[:3])
     else:

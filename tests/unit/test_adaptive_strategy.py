@@ -182,3 +182,16 @@ def test_every_kind_stays_in_bounds_never_repeats_and_gives_reasons(templates_di
             seen = {strategies._fingerprint(record.hparams) for record in history}
             assert strategies._fingerprint(hparams) not in seen, (kind, seed, attempt, proposal)
             history.append(simulated(kind, attempt, hparams, seed))
+
+
+def test_a_direction_that_lost_from_an_earlier_best_is_not_tried_again_from_the_next():
+    """Seen in the benchmark: alpha /10 lost from one best, then was proposed again from each new best."""
+    base = {"epochs": 10, "alpha": 1e-5, "eta0": 0.01, "average": True, "seed": 0}
+    flat = epochs((0.95, 0.92, None), (0.95, 0.92, None), seconds=0.05)
+    records = [
+        AttemptRecord(1, dict(base), 0.92, 0.5, flat, 0, 1400),
+        AttemptRecord(2, {**base, "alpha": 1e-6}, 0.92, 0.5, flat, 0, 1400),  # lost
+        AttemptRecord(3, {**base, "epochs": 20}, 0.93, 0.5, flat, 10, 1400),  # the new best
+    ]
+    proposal = adaptive("linear", records, 0, target=0.97)
+    assert not proposal.get("alpha", 1e-5) < 1e-5, proposal_reason(proposal)
