@@ -678,7 +678,7 @@ def _epochs_to_close(evidence: _Evidence, gap: float) -> int | None:
 
 
 def _ideas(
-    kind: str, best: AttemptRecord, evidence: _Evidence, gap: float | None
+    kind: str, best: AttemptRecord, evidence: _Evidence, gap: float | None, cheap: bool = False
 ) -> list[tuple[int, str, dict[str, tuple[Any, ...]]]]:
     """(tier, why, changes) the evidence suggests; a lower tier is more likely to close the gap.
 
@@ -750,6 +750,7 @@ def _ideas(
     # not two), and a x2 step behind it for when the jump would cost too much (see ``adaptive``).
     steps = ((1, factor), (2, 2)) if far and factor > 2 else ((1, factor),)
     for tier, size in steps:
+        moves = []
         for changes in _capacity(size):
             if not any(knob in hp for knob in changes) or ("filters" in hp and "filters" not in changes):
                 continue  # not this model's knobs; a CNN grows its convolutions with its dense layer
@@ -757,7 +758,15 @@ def _ideas(
                 changes = {**changes, "epochs": ("mul", 4 if very_far and tier == 1 else 2)}
                 if very_far and tier == 1:
                     changes["conv_blocks"] = ("add", 1)
-            ideas.append((tier, f"{train_is} at {at}{short}: more capacity", changes))
+            moves.append(changes)
+        why = f"{train_is} at {at}{short}: more capacity"
+        if cheap and len(moves) > 1:
+            # Training costs little beside an attempt's overhead: attempts are the cost, so every capacity
+            # knob moves at once; one at a time is the step behind it.
+            merged = {knob: operation for changes in moves for knob, operation in changes.items()}
+            ideas.append((tier, f"{why}, all at once (training is cheap beside an attempt)", merged))
+            tier += 1
+        ideas.extend((tier, why, changes) for changes in moves)
     if not far:
         ideas.append((2, f"{train_is} at {at}{short}: more capacity", {"conv_blocks": ("add", 1)}))
     if evidence.train is not None and gap is not None and evidence.train >= best.accuracy + gap:
@@ -832,7 +841,9 @@ def adaptive(
         return tier + (20 if _direction(best.hparams, proposed) in lost else 0)
 
     affordable = _MAX_JUMP_COST * cost.seconds({**best.hparams, "epochs": _epochs(best.hparams)}, fresh=True)
-    for order, (tier, why, changes) in enumerate(_ideas(kind, best, evidence, gap)):
+    # Training that costs under a quarter of an attempt's overhead: fewer attempts beat smaller steps.
+    cheap = 0 < cost.seconds(best.hparams, fresh=True) - cost.overhead < 0.25 * cost.overhead
+    for order, (tier, why, changes) in enumerate(_ideas(kind, best, evidence, gap, cheap)):
         proposed = _apply(kind, best.hparams, Move(why, changes))
         if _unseen(proposed, seen):
             seconds = cost.seconds(proposed)
