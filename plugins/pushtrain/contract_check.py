@@ -267,6 +267,17 @@ class NameReader:
             and node.module is not None
             and not node.relative
         ]
+        # A class of the file that subclasses a scikit-learn estimator is that estimator to the kind rules,
+        # as it is to scikit-learn (`class Logged(SGDClassifier)` is a linear model). Keras subclasses are
+        # not followed: a subclassed Keras model is a different thing (no layers to read, no knobs).
+        self._estimator_subclasses: dict[str, str] = {}
+        for statement in self.module.body:
+            if isinstance(statement, cst.ClassDef):
+                for base in statement.bases:
+                    resolved = self.canonical(base.value)
+                    if resolved and is_sklearn_estimator(resolved):
+                        self._estimator_subclasses[statement.name.value] = resolved
+                        break
 
     def line(self, node: cst.CSTNode) -> int:
         return self._positions[node].start.line
@@ -335,6 +346,8 @@ class NameReader:
         return canonical_name(qualified) if qualified else None
 
     def callee(self, call: cst.Call) -> str | None:
+        if isinstance(call.func, cst.Name) and call.func.value in self._estimator_subclasses:
+            return self._estimator_subclasses[call.func.value]
         return self.canonical(call.func)
 
 

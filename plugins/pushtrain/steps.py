@@ -243,7 +243,8 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
         adaptation = adapt.adapt_bounded(entry)
     except adapt.AdaptRefused as refusal:
         raise UserFacingError(
-            f"{name} does not meet {_CONTRACT}, and pushtrain adapt cannot rewrite it:\n"
+            _kind_problem(entry, name)
+            + f"{name} does not meet {_CONTRACT}, and pushtrain adapt cannot rewrite it:\n"
             + "".join(f"  {name}, {problem}\n".replace(str(entry), name) for problem in refusal.problems)
             + f"Change these lines and push again (`python -m pushtrain adapt {name}` shows the result "
             "without running anything), or write the file to the contract yourself."
@@ -265,6 +266,17 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
     # A link inside the repository (checked by the caller) is written through: its target is the model file.
     entry.resolve().write_text(adaptation.adapted, encoding="utf-8")
     return run
+
+
+def _kind_problem(entry: Path, name: str) -> str:
+    """Why no kind fits the file, as its first line, when that is so: the likelier fix than the contract's."""
+    from pushtrain.detect import DetectionError, detect_kind
+
+    try:
+        detect_kind(entry)
+    except DetectionError as exc:
+        return str(exc).replace(str(entry), name) + "\n"
+    return ""
 
 
 def _dataset_note(configured: str, adaptation: Any) -> str:

@@ -228,3 +228,50 @@ def test_the_command_prints_the_kind_or_the_problems_and_the_advice(tmp_path, te
         document["ok"] is False
         and {"line": 3, "message": document["problems"][-1]["message"]} in (document["problems"])
     )
+
+
+def test_a_subclass_of_an_estimator_is_that_estimators_kind():
+    result = check_source(
+        textwrap.dedent(
+            """
+            from sklearn.linear_model import SGDClassifier
+
+            HPARAMS = {"epochs": 5}
+
+
+            class Counted(SGDClassifier):
+                def partial_fit(self, X, y, classes=None, sample_weight=None):
+                    self.passes_ = getattr(self, "passes_", 0) + 1
+                    return super().partial_fit(X, y, classes=classes, sample_weight=sample_weight)
+
+
+            def build_estimator(hp):
+                return Counted(random_state=0)
+            """
+        )
+    )
+
+    assert (result.ok, result.kind) == (True, "linear"), result.problems
+
+
+def test_a_subclassed_keras_model_is_not_taken_for_a_known_model():
+    result = check_source(
+        textwrap.dedent(
+            """
+            import keras
+
+            HPARAMS = {"epochs": 5}
+
+
+            class Net(keras.Model):
+                def call(self, inputs):
+                    return inputs
+
+
+            def build_model(hp, input_shape, num_classes):
+                return Net()
+            """
+        )
+    )
+
+    assert not result.ok and "builds no model pushtrain knows" in str(result.problems[0])

@@ -168,3 +168,28 @@ def test_a_file_that_meets_the_contract_is_not_rewritten(
         run = pipeline.Pipeline.load(pipeline_id)
         assert (run.adaptation_diff, run.adaptation_notes) == ("", [])
         assert (pipeline.workspace_dir(pipeline_id) / "repo" / "model.py").read_text() == template
+
+
+NO_KIND = """HPARAMS = {"epochs": 1}
+
+
+def build_model(hp, input_shape, num_classes):
+    return None
+"""
+
+
+def test_a_file_of_no_kind_fails_first_with_why_no_kind_fits(
+    origin: Origin, digits: datasets.Manifest
+) -> None:
+    sha = origin.commit({"model.py": NO_KIND, "pushtrain.toml": DIGITS_TOML}, "no kind", T0)
+    pipeline_id = checkout(origin, sha)["pipeline_id"]
+
+    with pytest.raises(steps.UserFacingError) as failure:
+        steps.detect_model_kind(pipeline_id)
+
+    message = str(failure.value)
+    assert message.startswith("model.py: no model kind found") and "set `kind` in pushtrain.toml" in message
+    assert (
+        "pushtrain adapt cannot rewrite it" in message
+        and str(pipeline.workspace_dir(pipeline_id)) not in message
+    )
