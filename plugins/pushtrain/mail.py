@@ -71,7 +71,8 @@ def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
                 seconds += f" (continued attempt {record.warm_start_from})"
             result = "meets target" if record.accuracy >= target else "below target"
             cells = f"<td>{record.accuracy:.4f}</td><td>{result}</td><td>{seconds}</td>"
-        rows.append(f"<tr><td>{record.attempt}</td>{cells}<td>{html.escape(hparams)}</td></tr>")
+        why = f"<br><i>{html.escape(record.tweak_reason)}</i>" if record.tweak_reason else ""
+        rows.append(f"<tr><td>{record.attempt}</td>{cells}<td>{html.escape(hparams)}{why}</td></tr>")
     return (
         "<table border='1' cellpadding='4'><tr><th>attempt</th><th>held-out accuracy</th>"
         "<th>result</th><th>train s</th><th>hyperparameters</th></tr>" + "".join(rows) + "</table>"

@@ -449,6 +449,7 @@ class Attempt(_File):
     hparams: dict[str, Any]  # as trained (metrics.json); until then, or if it failed, as the tweak proposed
     tweak_diff: str = ""  # against the code as committed
     tweak_updates: dict[str, Any] = {}
+    tweak_reason: str = ""  # the strategy's one-line why, where it gives one
     based_on_attempt: int | None = None
     warm_start_from: int | None = None
     warm_start_epochs: int = 0
@@ -457,6 +458,9 @@ class Attempt(_File):
     image: str | None = None
     image_id: str | None = None
     training_metrics: TrainingMetrics | None = None
+    # metrics.json's per-epoch curve and training-set size: the evidence a strategy such as adaptive reads.
+    training_history: list[dict[str, Any]] = []
+    n_train: int = 0
     evaluation: Evaluation | None = None
     timings: Timings | None = None
     container_restarts: int = 0
@@ -525,6 +529,9 @@ def strategy_history(records: list[Attempt]) -> list[AttemptRecord]:
             r.hparams,
             math.nan if r.accuracy is None else r.accuracy,
             r.timings.train_seconds if r.timings else 0.0,
+            history=tuple(r.training_history),
+            warm_start_epochs=r.warm_start_epochs,
+            n_train=r.n_train,
         )
         for r in records
     ]

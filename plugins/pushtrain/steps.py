@@ -395,7 +395,9 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
         raise UserFacingError(f"pipeline {pipeline_id} has no evaluated attempt before {attempt}")
     history = pipeline.strategy_history(records)
     try:
-        updates = strategies.get_strategy(run.config.strategy)(run.kind, history, int(run.commit[:8], 16))
+        updates = strategies.propose(
+            run.config.strategy, run.kind, history, int(run.commit[:8], 16), target=run.config.target
+        )
     except strategies.StrategyExhaustedError as exc:
         return PreparedAttempt(
             pipeline_id=pipeline_id,
@@ -421,7 +423,8 @@ def prepare_tweaked_attempt(pipeline_id: str, attempt: int) -> dict:
         attempt,
         hparams,
         tweak_diff=tweak.unified_diff(original, tweaked, run.config.entry),
-        tweak_updates=updates,
+        tweak_updates=dict(updates),
+        tweak_reason=strategies.proposal_reason(updates),
         based_on_attempt=best.attempt,
         warm_start_from=parent.attempt if parent else None,
     )
@@ -480,6 +483,8 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
                 metrics, str(out_dir / contract.METRICS_FILE), known_only=True
             ),
             warm_start_epochs=metrics.get("warm_start_epochs", 0),
+            training_history=metrics["history"],
+            n_train=metrics["n_train"],
             evaluation=scores,
             timings=Timings(
                 train_seconds=metrics["train_seconds"],

@@ -911,6 +911,20 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+# Strategies that size their moves by the pipeline's target (keyword ``target``); the others ignore it.
+TARGET_AWARE = frozenset({"adaptive"})
+
+
+def propose(
+    name: str, kind: str, history: Sequence[AttemptRecord], rng_seed: int, *, target: float | None = None
+) -> dict[str, Any]:
+    """The next attempt's updates from strategy ``name``; the target goes to the strategies that use it."""
+    strategy = get_strategy(name)
+    if name in TARGET_AWARE:
+        return strategy(kind, history, rng_seed, target=target)
+    return strategy(kind, history, rng_seed)
+
+
 def get_strategy(name: str) -> Strategy:
     """The strategy called ``name``, or a ValueError listing the valid names."""
     try:

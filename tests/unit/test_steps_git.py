@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pushtrain import datasets, gitops, ledger, pipeline, settings, steps, tweak
+from pushtrain import datasets, gitops, ledger, pipeline, settings, steps, strategies, tweak
 from pushtrain.mail import budget_spent_mail, leaderboard_html
 from pushtrain.registry import ModelRegistry
 from pushtrain.runner import contract
@@ -960,3 +960,34 @@ def test_the_mirror_is_shared_by_remotes_that_differ_only_in_credentials(origin:
     assert Path(one.git_dir) == Path(two.git_dir)
     shutil.rmtree(one.git_dir)
     assert gitops.branch_head(gitops.fetch(origin.remote), BRANCH) is not None  # a lost mirror is rebuilt
+
+
+def test_adaptive_reads_the_recorded_curve_and_its_reason_reaches_the_record_and_the_mail(
+    origin: Origin, templates_dir: Path, digits: datasets.Manifest
+) -> None:
+    toml = 'target = 0.9\ndataset = "digits"\nstrategy = "adaptive"\n'
+    files = {"model.py": (templates_dir / "cnn_keras.py").read_text(), "pushtrain.toml": toml}
+    pipeline_id = checkout(origin, origin.commit(files, "cnn, adaptive", T0))["pipeline_id"]
+    steps.detect_model_kind(pipeline_id)
+    judge(steps.prepare_first_attempt(pipeline_id), 0.88)
+    first = pipeline.Attempt.load(pipeline_id, 1)
+    assert first.n_train == 48  # from metrics.json, as the strategy's cost estimate needs it
+    # The curve the runner wrote: validation accuracy still rising at the last epoch, 0.02 short.
+    curve = [
+        {"epoch": n, "accuracy": a, "val_accuracy": a, "loss": 1.0 - a, "seconds": 1.0}
+        for n, a in enumerate((0.70, 0.80, 0.86, 0.88)[: first.hparams["epochs"]], start=1)
+    ]
+    first.changed(training_history=curve).save()
+
+    history = pipeline.strategy_history(pipeline.attempt_records(pipeline_id))
+    assert history[0].history == tuple(curve) and history[0].n_train == 48
+    prepared = steps.prepare_tweaked_attempt(pipeline_id, 2)
+
+    second = pipeline.Attempt.load(pipeline_id, 2)
+    expected = strategies.propose("adaptive", "cnn", history, int(second.commit[:8], 16), target=0.9)
+    assert second.tweak_updates == dict(expected)
+    assert second.tweak_reason and second.tweak_reason == strategies.proposal_reason(expected)
+    assert "epochs" in second.tweak_updates and "0.020 short" in second.tweak_reason
+    judge(prepared, 0.91)
+    board = leaderboard_html(pipeline.attempt_records(pipeline_id), 0.9)
+    assert html.escape(second.tweak_reason) in board and board.count("<tr><td>") == 2

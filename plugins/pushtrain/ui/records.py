@@ -290,7 +290,8 @@ def describe_move(record: Attempt, earlier: dict[int, Attempt]) -> str:
         before = base.hparams.get(knob, "?") if base else "?"
         changes.append(f"{knob} {before} -> {value}")
     origin = f" (from attempt {record.based_on_attempt})" if record.based_on_attempt else ""
-    return ", ".join(changes) + origin
+    why = f": {record.tweak_reason}" if record.tweak_reason else ""
+    return ", ".join(changes) + origin + why
 
 
 def _status(
