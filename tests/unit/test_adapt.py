@@ -603,6 +603,17 @@ def test_adapt_writes_the_output_file_and_json(tmp_path):
     assert result["kind"] == "knn" and result["hparams"]["n_neighbors"] == 1 and result["changed"]
     assert contract_check.check_file(tmp_path / "out" / "model.py").kind == "knn"
     assert not (tmp_path / "pushtrain.toml").exists() and not (tmp_path / "out" / "pushtrain.toml").exists()
+    # Readable like any new file (the non-root training container reads it), not private as a temp file.
+    assert (tmp_path / "out" / "model.py").stat().st_mode & 0o444 == 0o444
+
+
+def test_adapt_over_an_existing_file_keeps_its_mode(tmp_path):
+    script = tmp_path / "model.py"
+    script.write_text((SCRIPTS / "knn_k_loop.py").read_text())
+    script.chmod(0o640)
+    completed = run_command("adapt", str(script), "-o", str(script), "--no-config", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert script.stat().st_mode & 0o777 == 0o640 and "def build_estimator(hp):" in script.read_text()
 
 
 def test_a_refusal_writes_nothing_and_leaves_an_existing_output_alone(tmp_path):
