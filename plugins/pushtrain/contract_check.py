@@ -41,7 +41,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider, QualifiedNameProvider, QualifiedNameSource
 
 from pushtrain import tweak
-from pushtrain.detect import DetectionError, read_model_source
+from pushtrain.detect import SKLEARN_ESTIMATOR_MODULES, DetectionError, read_model_source
 from pushtrain.kinds import KERAS, SCIKIT_LEARN
 
 ADVICE = "run `python -m pushtrain adapt {path}` to rewrite it into a file that meets the contract"
@@ -83,24 +83,6 @@ KIND_OF_ESTIMATOR = {
 }
 GENERIC_SKLEARN_KIND = "sklearn"
 GENERIC_KERAS_KIND = "keras"
-# Modules whose classes are estimators (the model), as opposed to transformers and helpers.
-_ESTIMATOR_MODULES = frozenset(
-    {
-        "linear_model",
-        "svm",
-        "neighbors",
-        "ensemble",
-        "tree",
-        "naive_bayes",
-        "neural_network",
-        "discriminant_analysis",
-        "gaussian_process",
-        "dummy",
-        "calibration",
-        "multiclass",
-        "semi_supervised",
-    }
-)
 _SKLEARN_COMPOSITES = frozenset({"Pipeline", "make_pipeline", "FeatureUnion", "make_union"})
 SKLEARN_SEARCHES = frozenset(
     {"GridSearchCV", "RandomizedSearchCV", "HalvingGridSearchCV", "HalvingRandomSearchCV"}
@@ -208,7 +190,7 @@ def sklearn_class(name: str | None) -> str | None:
     if parts[0] != "sklearn" or len(parts) < 3:
         return None
     leaf = parts[-1]
-    if parts[1] in _ESTIMATOR_MODULES and leaf[:1].isupper():
+    if parts[1] in SKLEARN_ESTIMATOR_MODULES and leaf[:1].isupper():
         return leaf
     if parts[1] == "pipeline" and leaf in _SKLEARN_COMPOSITES:
         return leaf

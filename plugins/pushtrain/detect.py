@@ -107,8 +107,9 @@ _FOREST_CLASSIFIER_NAMES = frozenset({"RandomForestClassifier", "ExtraTreesClass
 # Single trees share the forests' max_depth (and random_state); they have no n_estimators, so the strategies
 # move only their depth. Gradient boosting is not here: it wants shallow trees, and the forest moves deepen.
 _TREE_CLASSIFIER_NAMES = frozenset({"DecisionTreeClassifier", "ExtraTreeClassifier"})
-# Modules of scikit-learn whose capitalised names are estimators: an unsupported one is named as such.
-_SKLEARN_ESTIMATOR_MODULES = frozenset(
+# Modules of scikit-learn whose capitalised names are estimators (the model), as opposed to transformers
+# and helpers; an unsupported one is named as such. contract_check reads the same set.
+SKLEARN_ESTIMATOR_MODULES = frozenset(
     {
         "linear_model",
         "svm",
@@ -761,7 +762,7 @@ def _is_sklearn_estimator(qualified_name: str) -> bool:
     return (
         len(parts) == 3
         and parts[0] == "sklearn"
-        and parts[1] in _SKLEARN_ESTIMATOR_MODULES
+        and parts[1] in SKLEARN_ESTIMATOR_MODULES
         and parts[2][:1].isupper()
     )
 
