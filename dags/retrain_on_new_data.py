@@ -13,13 +13,14 @@ without a version, the latest in the store).
    of its repository (`repo:`) is left to the git sensor.
 2. **trigger_retrain** (one per model) starts `tweak_and_retrain` for that pipeline's attempt 1: the usual
    training, evaluation on the new held-out split, gate (the model's `target`) and promotion
-   (champion only if not worse; else challenger).
+   (champion only if not worse; else challenger). Before registering, the champion's registered artifact
+   is scored on the new held-out split by the same label-blind evaluation, and promotion compares the
+   retrained model with that figure; a champion that cannot be re-scored leaves it challenger.
 3. **report_failures** fails the run, naming each model whose retrain could not be prepared (the others are
    triggered all the same), or when plan_retrains itself failed.
 
-Known limit: the champion is not re-scored on the new held-out split; promotion compares the retrained
-model's new-split accuracy with the champion's recorded accuracy on its own split. Both figures are in the
-pipeline's `retrain.json` and in the plan_retrains log.
+The champion's accuracy on its own (older) split and on the new one are both in the pipeline's
+`retrain.json`, the new version's lineage (`retrain`) and the mail.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ def container_spec(
     hparams: dict | None = None,
     warm_start: Path | None = None,
     checkpoints: bool = True,
+    model_dir: Path | None = None,
 ) -> ContainerSpec:
     """The container of one attempt's training (``TRAIN``, ``LOCAL``) or evaluation (``EVALUATE``).
 
@@ -53,6 +54,8 @@ def container_spec(
     :param hparams: training only: values that override the model file's HPARAMS.
     :param warm_start: training only: an earlier attempt's output that this one continues (read-only).
     :param checkpoints: training only: off only for benchmarks (such a run cannot resume).
+    :param model_dir: evaluation only: the saved model to score, when it is not ``output_dir``'s ``model/``
+        (a registered version's artifact), mounted read-only.
     """
     from docker.types import Mount
 
@@ -78,7 +81,7 @@ def container_spec(
         mounts += [
             Mount(
                 contract.EVALUATED_MODEL_MOUNT,
-                str(Path(output_dir) / contract.MODEL_DIR),
+                str(model_dir if model_dir is not None else Path(output_dir) / contract.MODEL_DIR),
                 type="bind",
                 read_only=True,
             ),

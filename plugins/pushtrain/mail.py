@@ -100,13 +100,24 @@ def retrain_html(pipeline_id: str) -> str:
     record = retrain.retrain_record(pipeline_id)
     if not record:
         return ""
-    return (
+    dataset = html.escape(record["dataset"])
+    head = (
         f"<li>Retrain on new data: champion v{record['champion_version']} (its code and final HPARAMS) on "
-        f"{html.escape(record['dataset'])} v{record['to_version']}, trained before on v{record['from_version']}. "
-        f"The champion's accuracy {record['champion_accuracy']:.4f} was measured on "
-        f"{html.escape(record['champion_accuracy_measured_on'])}'s held-out split, not re-scored on the new "
-        "one (a promotion compares with that figure)</li>"
+        f"{dataset} v{record['to_version']}, trained before on v{record['from_version']}. "
+        f"The champion's accuracy: {record['champion_accuracy']:.4f} on "
+        f"{html.escape(record['champion_accuracy_measured_on'])}'s held-out split"
     )
+    if record.get("champion_rescored_on_new_split"):
+        return (
+            f"{head}, {record['champion_accuracy_new_split']:.4f} re-scored on {dataset} "
+            f"v{record['to_version']}'s (promotion compares the retrained model with this figure)</li>"
+        )
+    if record.get("champion_rescore_failure"):
+        return (
+            f"{head}; it could not be re-scored on v{record['to_version']}'s: "
+            f"{html.escape(record['champion_rescore_failure'])} (the retrained model was not promoted)</li>"
+        )
+    return f"{head}; not re-scored on v{record['to_version']}'s: nothing was registered to compare</li>"
 
 
 def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str]:

@@ -365,12 +365,21 @@ class ModelRegistry:
     # -------------------------------------------------------------------------------------------- promotion
 
     def promote_if_not_worse(
-        self, model_name: str, version: ModelVersion | int, *, by: str | None = None
+        self,
+        model_name: str,
+        version: ModelVersion | int,
+        *,
+        by: str | None = None,
+        against: tuple[int, float, str] | None = None,
     ) -> PromotionResult:
         """Make ``version`` the champion if its metric is >= the champion's (or there is none).
 
         A candidate that is not promoted becomes the challenger instead; either move is recorded in the alias
         history with ``by`` (a DAG run or a user; default: the current user).
+
+        ``against`` = (champion version number, its metric value, where it was measured): compare with that
+        figure instead of the champion's recorded one (a champion re-scored on the candidate's held-out
+        split). If the champion is no longer that version, the candidate is kept as challenger.
         """
         number = self._number_of(model_name, version)
         actor = by or default_actor()
@@ -393,10 +402,21 @@ class ModelRegistry:
                 )
                 self._move_aliases(model_name, {CHALLENGER: candidate.number}, reason, actor)
                 return PromotionResult(False, reason, candidate, current, current)
-            if current is not None and candidate.metric_value < current.metric_value:
+            current_value = current.metric_value if current is not None else 0.0
+            measured = ""
+            if current is not None and against is not None:
+                if current.number != against[0]:
+                    reason = (
+                        f"kept {current.label}: the candidate {candidate.label} was compared with v{against[0]}, "
+                        f"which is no longer the champion"
+                    )
+                    self._move_aliases(model_name, {CHALLENGER: candidate.number}, reason, actor)
+                    return PromotionResult(False, reason, candidate, current, current)
+                current_value, measured = float(against[1]), f" on {against[2]}"
+            if current is not None and candidate.metric_value < current_value:
                 reason = (
-                    f"kept {current.label}: its {current.metric} {_fmt(current.metric_value)} beats candidate "
-                    f"{candidate.label}'s {_fmt(candidate.metric_value)}"
+                    f"kept {current.label}: its {current.metric} {_fmt(current_value)}{measured} beats "
+                    f"candidate {candidate.label}'s {_fmt(candidate.metric_value)}"
                 )
                 self._move_aliases(model_name, {CHALLENGER: candidate.number}, reason, actor)
                 return PromotionResult(False, reason, candidate, current, current)
@@ -407,10 +427,10 @@ class ModelRegistry:
                     f"({candidate.metric} {_fmt(candidate.metric_value)})"
                 )
             else:
-                relation = "equals" if candidate.metric_value == current.metric_value else "beats"
+                relation = "equals" if candidate.metric_value == current_value else "beats"
                 reason = (
                     f"promoted {candidate.label}: its {candidate.metric} {_fmt(candidate.metric_value)} "
-                    f"{relation} {current.label}'s {_fmt(current.metric_value)}"
+                    f"{relation} {current.label}'s {_fmt(current_value)}{measured}"
                 )
             _fault_point("promote:decided")
             self._move_aliases(model_name, {CHAMPION: candidate.number}, reason, actor)

@@ -9,9 +9,13 @@ the new version. Attempt 1 of that pipeline is prepared here; a ``tweak_and_retr
 ``{"pipeline_id", "attempt": 1}`` then trains, evaluates and judges it with the usual tasks, and the usual
 gate (the champion's ``target``) and promotion rule (``registry.promote_if_not_worse``) decide.
 
-Known limit: the champion is not re-scored on the new held-out split. The promotion compares the retrained
-model's accuracy on the new split with the champion's recorded accuracy on its own (older) split; both
-figures and the split each was measured on are kept in ``retrain.json`` beside ``pipeline.json`` and logged.
+A fair comparison: before the retrained model is registered, ``rescore.rescore_champion`` scores the
+champion's registered artifact on the new held-out split with the same label-blind evaluation the gate
+uses (its evaluation container, ``pushtrain.blind``), and promotion compares the retrained model with that
+figure (``promote_if_not_worse(against=...)``). The champion's accuracy on its own (older) split and on the
+new one are both kept in ``retrain.json`` beside ``pipeline.json`` and in the new version's lineage. A
+champion that cannot be re-scored (its artifact fails to load or predict, or another version became
+champion meanwhile) leaves the retrained model registered as challenger, never champion, with the reason.
 
 A data set that lives in a model repository (``repo:<folder>``) changes with a commit, which the git sensor
 trains as any push: such champions are left out here.
@@ -20,7 +24,6 @@ trains as any push: such champions are left out here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,11 +31,13 @@ from typing import Any
 
 from pushtrain import pipeline, settings
 from pushtrain.dataset_assets import ASSET_SCHEME
+from pushtrain.rescore import RETRAIN_FILE, is_retrain, retrain_record
 from pushtrain.runner.contract import write_json_atomic
+
+__all__ = ["RETRAIN_FILE", "is_retrain", "retrain_record"]  # kept here for the callers that read them here
 
 log = logging.getLogger(__name__)
 
-RETRAIN_FILE = "retrain.json"  # beside pipeline.json: marks a pipeline as a retrain and says of what
 ATTEMPT = 1  # a retrain is one attempt: the champion's code and knobs on the new data
 _ASSET_PREFIX = f"{ASSET_SCHEME}://"
 _MISSING = object()
@@ -246,7 +251,8 @@ def prepare_retrain(
         "dataset_sha256": manifest.dataset_sha256,
         "champion_accuracy": champion.accuracy,
         "champion_accuracy_measured_on": f"{champion.dataset_name} v{champion.dataset_version}",
-        "champion_rescored_on_new_split": False,
+        "champion_rescored_on_new_split": False,  # rescore_champion, before registering, sets these
+        "champion_accuracy_new_split": None,
     }
     write_json_atomic(pipeline.pipeline_dir(pipeline_id) / RETRAIN_FILE, record)
     steps.detect_model_kind(pipeline_id)  # the adaptation the champion's file had, and its kind
@@ -272,20 +278,10 @@ def prepare_retrain(
         f"{champion.model_name}: retraining champion v{champion.version} (commit {champion.commit[:8]}, "
         f"{len(updates)} HPARAMS set from its lineage) on {new.name} v{manifest.version} as pipeline "
         f"{pipeline_id}; the champion's accuracy {champion.accuracy:.4f} was measured on {new.name} "
-        f"v{champion.dataset_version}'s held-out split, not re-scored on v{manifest.version}'s: promotion "
-        "compares the retrained model's new-split accuracy with that figure"
+        f"v{champion.dataset_version}'s held-out split: it is re-scored on v{manifest.version}'s before "
+        "the retrained model is registered, and promotion compares with that figure"
     )
     return {"pipeline_id": pipeline_id, "attempt": ATTEMPT}
-
-
-def retrain_record(pipeline_id: str) -> dict[str, Any] | None:
-    """``retrain.json`` of a retrain pipeline; None for any other pipeline."""
-    path = pipeline.pipeline_dir(pipeline_id) / RETRAIN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def is_retrain(pipeline_id: str) -> bool:
-    return (pipeline.pipeline_dir(pipeline_id) / RETRAIN_FILE).is_file()
 
 
 def prepared_attempt(pipeline_id: str) -> dict[str, Any]:

@@ -503,6 +503,7 @@ def judge_attempt(prepared: dict, trained: dict | None, evaluation: dict | None,
 def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     """Run the repository's model tests, register the winning attempt, make it champion if the tests pass and
     it is not worse (else challenger), push the tuned file back."""
+    from pushtrain import rescore
     from pushtrain.datasets import ensure_dataset
     from pushtrain.model_tests import run_model_tests
     from pushtrain.registry import CHALLENGER, ModelRegistry
@@ -525,18 +526,35 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         container_name=pipeline.container_name(pipeline_id, attempt, "model-tests"),
     )
     registry = ModelRegistry(settings.registry_dir())
+    against, rescore_failure, lineage = None, "", record.lineage(run)
+    if rescore.is_retrain(
+        pipeline_id
+    ):  # the champion, scored on this (new) held-out split before the compare
+        try:
+            rescored = rescore.rescore_champion(pipeline_id, registry)
+            against = (
+                rescored["champion_version"],
+                rescored["champion_accuracy_new_split"],
+                f"{rescored['dataset']} v{rescored['to_version']}'s held-out split",
+            )
+        except rescore.RescoreError as exc:
+            rescore_failure = f"not promoted: the champion could not be re-scored on the new split: {exc}"
+        lineage["retrain"] = rescore.retrain_record(pipeline_id)
     version = registry.register(
         run.model_name,
         model_dir,
         record.evaluation.model_dump(),
-        record.lineage(run),
+        lineage,
         pipeline_run_id=pipeline_id,
     )
     by = f"pipeline:{pipeline_id}"
     if tests.ran:
         registry.set_tag(run.model_name, version, "model_tests", "passed" if tests.passed else "failed")
-    if tests.passed:
-        promotion = registry.promote_if_not_worse(run.model_name, version, by=by)
+    if tests.passed and rescore_failure:  # no fair comparison: challenger, a person may promote it
+        promotion_reason, is_champion = rescore_failure, False
+        registry.set_alias(run.model_name, CHALLENGER, version, reason=promotion_reason, by=by)
+    elif tests.passed:
+        promotion = registry.promote_if_not_worse(run.model_name, version, by=by, against=against)
         promotion_reason, is_champion = promotion.reason, promotion.candidate_is_champion
     else:  # the model tests hold it back whatever its accuracy: challenger, never champion
         promotion_reason = f"not promoted, {tests.summary()}"

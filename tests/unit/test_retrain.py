@@ -14,9 +14,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from test_steps_git import T0, Origin, data_dir, origin  # noqa: F401  (data_dir, origin: fixtures)
+from test_steps_git import T0, Origin, data_dir, judge, origin  # noqa: F401  (data_dir, origin: fixtures)
 
-from pushtrain import datasets, gitops, mail, pipeline, retrain, settings, tweak
+from pushtrain import datasets, gitops, mail, pipeline, rescore, retrain, settings, steps, tweak
 from pushtrain.registry import ModelRegistry
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "include" / "model_templates" / "linear_sklearn.py"
@@ -189,8 +189,9 @@ def test_the_retrain_pipeline_is_the_champions_commit_and_hparams_on_the_new_ver
         "champion_accuracy": 0.8,
         "champion_accuracy_measured_on": "shapes v1",
         "champion_rescored_on_new_split": False,
+        "champion_accuracy_new_split": None,
     }
-    assert any("not re-scored on v2's" in line for line in said)
+    assert any("re-scored on v2's before the retrained model is registered" in line for line in said)
     line = mail.retrain_html(pipeline_id)
     assert "champion v1" in line and "shapes v2, trained before on v1" in line and "not re-scored" in line
     assert mail.retrain_html("0123abcd-feedbeef") == ""  # any other pipeline
@@ -241,3 +242,126 @@ def test_an_event_for_a_version_the_store_lacks_prepares_nothing(data_dir: Path,
 )
 def test_an_event_with_a_bad_version_is_ignored(data_dir: Path, extra: dict) -> None:
     assert retrain.new_versions({"a": [event("shapes", None, extra=extra)]}) == []
+
+
+def planned_retrain(origin: Origin, tmp_path: Path, champion_accuracy: float) -> str:
+    """A champion on shapes v1 (recorded accuracy ``champion_accuracy``), and its retrain on v2 prepared."""
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    sha = origin.commit({"model.py": TEMPLATE.read_text()}, "linear model", T0)
+    register_champion(
+        "species", "shapes", 1, accuracy=champion_accuracy, repo_url=str(origin.bare), commit=sha
+    )
+    [conf], _ = retrain.plan(
+        {"pushtrain-dataset://shapes": [event("shapes", 2)]},
+        "asset_triggered__1",
+        lambda url: gitops.GitRemote(url=url),
+    )
+    return conf["pipeline_id"]
+
+
+def champion_scores(monkeypatch: pytest.MonkeyPatch, accuracy: float | Exception) -> list[tuple[str, int]]:
+    """The champion's evaluation on the new split (the container run, replaced): ``accuracy`` or a failure."""
+    calls: list[tuple[str, int]] = []
+
+    def evaluate(pipeline_id: str, champion: Any) -> dict:
+        calls.append((pipeline_id, champion.number))
+        if isinstance(accuracy, Exception):
+            raise accuracy
+        return {"accuracy": accuracy, "f1": accuracy, "n_evaluated": 10, "dataset_sha256": "cd" * 32}
+
+    monkeypatch.setattr(rescore, "_evaluate_in_container", evaluate)
+    return calls
+
+
+def test_a_champion_that_scores_better_on_the_new_split_stays_champion(
+    origin: Origin, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recorded 0.80 on v1's split: the retrained 0.85 would have beaten that; re-scored on v2's it is 0.90.
+    pipeline_id = planned_retrain(origin, tmp_path, 0.8)
+    calls = champion_scores(monkeypatch, 0.9)
+    decision = judge(retrain.prepared_attempt(pipeline_id), 0.85)
+
+    registered = steps.register_model(decision.to_xcom(), None)
+
+    assert calls == [(pipeline_id, 1)]
+    registry = ModelRegistry(settings.registry_dir())
+    assert (registered["version"], registered["is_champion"]) == (2, False)
+    assert registry.champion("species").number == 1 and registry.challenger("species").number == 2
+    assert registered["promotion"] == (
+        "kept v1: its accuracy 0.9 on shapes v2's held-out split beats candidate v2's 0.85"
+    )
+    record = retrain.retrain_record(pipeline_id)
+    assert record["champion_rescored_on_new_split"] and record["champion_accuracy_new_split"] == 0.9
+    assert record["champion_accuracy"] == 0.8 and record["champion_accuracy_measured_on"] == "shapes v1"
+    assert registry.get("species", 2).lineage["retrain"] == record
+    line = mail.retrain_html(pipeline_id)
+    assert "0.8000 on shapes v1's held-out split, 0.9000 re-scored on shapes v2's" in line
+
+
+def test_a_champion_that_scores_worse_on_the_new_split_gives_way(
+    origin: Origin, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recorded 0.80 on v1's split would have kept it; re-scored on v2's it is 0.70, below the retrained 0.75.
+    pipeline_id = planned_retrain(origin, tmp_path, 0.8)
+    champion_scores(monkeypatch, 0.7)
+    decision = judge(retrain.prepared_attempt(pipeline_id), 0.75)
+
+    registered = steps.register_model(decision.to_xcom(), None)
+
+    assert (registered["version"], registered["is_champion"]) == (2, True)
+    assert ModelRegistry(settings.registry_dir()).champion("species").number == 2
+    assert registered["promotion"] == (
+        "promoted v2: its accuracy 0.75 beats v1's 0.7 on shapes v2's held-out split"
+    )
+    assert "0.7000 re-scored on shapes v2's" in mail.retrain_html(pipeline_id)
+
+
+def test_a_champion_that_cannot_be_rescored_leaves_the_retrained_model_challenger(
+    origin: Origin, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_id = planned_retrain(origin, tmp_path, 0.8)
+    champion_scores(monkeypatch, rescore.RescoreError("champion v1's evaluation failed: exit 3"))
+    decision = judge(retrain.prepared_attempt(pipeline_id), 0.95)
+
+    registered = steps.register_model(decision.to_xcom(), None)
+
+    assert (registered["version"], registered["is_champion"]) == (2, False)
+    assert ModelRegistry(settings.registry_dir()).challenger("species").number == 2
+    assert (
+        "could not be re-scored on the new split: champion v1's evaluation failed" in registered["promotion"]
+    )
+    record = retrain.retrain_record(pipeline_id)
+    assert not record["champion_rescored_on_new_split"] and record["champion_accuracy_new_split"] is None
+    assert "could not be re-scored on v2's" in mail.retrain_html(pipeline_id)
+
+
+def test_a_champion_replaced_since_the_plan_is_not_rescored(
+    origin: Origin, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_id = planned_retrain(origin, tmp_path, 0.8)
+    calls = champion_scores(monkeypatch, 0.5)
+    register_champion("species", "shapes", 2, accuracy=0.99, commit="4567cdef" * 5)  # v2, promoted meanwhile
+    decision = judge(retrain.prepared_attempt(pipeline_id), 0.95)
+
+    registered = steps.register_model(decision.to_xcom(), None)
+
+    assert calls == [] and (registered["version"], registered["is_champion"]) == (3, False)
+    assert "planned against champion v1 but its champion is v2 now" in registered["promotion"]
+
+
+def test_promote_against_a_figure_for_a_champion_no_longer_in_place_keeps_the_candidate_challenger(
+    data_dir: Path,
+) -> None:
+    register_champion("species", "shapes", 1, accuracy=0.8)
+    register_champion("species", "shapes", 1, accuracy=0.9, commit="4567cdef" * 5)  # v2 champion
+    registry = ModelRegistry(settings.registry_dir())
+    artifact = settings.data_dir() / "artifacts" / "candidate"
+    artifact.mkdir(parents=True)
+    (artifact / "model.joblib").write_bytes(b"candidate")
+    candidate = registry.register("species", artifact, {"accuracy": 0.99}, {}, pipeline_run_id="run-3")
+
+    result = registry.promote_if_not_worse("species", candidate, against=(1, 0.5, "shapes v2's split"))
+
+    assert not result.candidate_is_champion and registry.champion("species").number == 2
+    assert "compared with v1, which is no longer the champion" in result.reason
