@@ -48,6 +48,7 @@ def rescore_champion(
 ) -> dict[str, Any]:
     """Score the champion ``retrain.json`` names on this pipeline's (new) held-out split; the updated record.
 
+    Once scored, the record is returned as it is (a retried ``register_model``).
     ``evaluate(pipeline_id, champion_version)`` returns the evaluation (``blind.score``'s dict); by default
     the champion's registered artifact is run in the evaluation container, label-blind, as the gate does.
     The record (``retrain.json``) gains ``champion_accuracy_new_split`` and ``champion_rescored_on_new_split``
@@ -56,6 +57,8 @@ def rescore_champion(
     record = retrain_record(pipeline_id)
     if record is None:
         raise ValueError(f"pipeline {pipeline_id} is not a retrain: it has no {RETRAIN_FILE}")
+    if record.get("champion_rescored_on_new_split"):
+        return record  # a retried task: the same artifact on the same split, scored already
     try:
         current = registry.champion(record["model_name"])
         if current is None or current.number != record["champion_version"]:

@@ -550,7 +550,10 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     by = f"pipeline:{pipeline_id}"
     if tests.ran:
         registry.set_tag(run.model_name, version, "model_tests", "passed" if tests.passed else "failed")
-    if tests.passed and rescore_failure:  # no fair comparison: challenger, a person may promote it
+    current = registry.champion(run.model_name)
+    # No fair comparison with a champion in place: challenger, a person may promote it. (No champion, or this
+    # version already champion on a retried task: the usual rule says so.)
+    if tests.passed and rescore_failure and current is not None and current.number != version.number:
         promotion_reason, is_champion = rescore_failure, False
         registry.set_alias(run.model_name, CHALLENGER, version, reason=promotion_reason, by=by)
     elif tests.passed:

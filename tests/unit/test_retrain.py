@@ -297,6 +297,10 @@ def test_a_champion_that_scores_better_on_the_new_split_stays_champion(
     assert registry.get("species", 2).lineage["retrain"] == record
     line = mail.retrain_html(pipeline_id)
     assert "0.8000 on shapes v1's held-out split, 0.9000 re-scored on shapes v2's" in line
+    # A retried task registers nothing new, scores the champion no second time and decides the same.
+    again = steps.register_model(decision.to_xcom(), None)
+    assert (again["version"], again["is_champion"], calls) == (2, False, [(pipeline_id, 1)])
+    assert registry.champion("species").number == 1
 
 
 def test_a_champion_that_scores_worse_on_the_new_split_gives_way(
@@ -315,6 +319,11 @@ def test_a_champion_that_scores_worse_on_the_new_split_gives_way(
         "promoted v2: its accuracy 0.75 beats v1's 0.7 on shapes v2's held-out split"
     )
     assert "0.7000 re-scored on shapes v2's" in mail.retrain_html(pipeline_id)
+    # Retried once v2 is champion: it stays champion, and the record keeps the re-scored figure.
+    again = steps.register_model(decision.to_xcom(), None)
+    assert (again["version"], again["is_champion"]) == (2, True)
+    assert again["promotion"] == "v2 is already champion"
+    assert retrain.retrain_record(pipeline_id)["champion_accuracy_new_split"] == 0.7
 
 
 def test_a_champion_that_cannot_be_rescored_leaves_the_retrained_model_challenger(
