@@ -29,6 +29,7 @@ The library-name helpers here (:class:`NameReader`, :func:`canonical_name`) are 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -83,6 +84,9 @@ KIND_OF_ESTIMATOR = {
 }
 GENERIC_SKLEARN_KIND = "sklearn"
 GENERIC_KERAS_KIND = "keras"
+# The one problem that is about the kind rather than the contract: a file whose kind is set in pushtrain.toml
+# may build a model of its own (a duck-typed estimator), and the pipeline does not hold that against it.
+UNKNOWN_MODEL = "builds no model pushtrain knows"
 _SKLEARN_COMPOSITES = frozenset({"Pipeline", "make_pipeline", "FeatureUnion", "make_union"})
 SKLEARN_SEARCHES = frozenset(
     {"GridSearchCV", "RandomizedSearchCV", "HalvingGridSearchCV", "HalvingRandomSearchCV"}
@@ -374,9 +378,14 @@ def parse(source: str, filename: str) -> MetadataWrapper:
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as error:
-        raise ParseError(
-            Problem(error.raw_line, f"the file does not parse: {error.message} (column {error.raw_column})")
-        ) from None
+        line, message = error.raw_line, f"{error.message} (column {error.raw_column})"
+        try:  # Python's own parser (parsing only, nothing runs) names the place a user sees as wrong
+            ast.parse(source, filename)
+        except SyntaxError as exact:
+            line, message = exact.lineno or line, exact.msg
+        except (ValueError, RecursionError, MemoryError):
+            pass
+        raise ParseError(Problem(line, f"the file does not parse: {message}")) from None
     except RecursionError:
         raise ParseError(Problem(None, "the file is nested too deeply to parse")) from None
     return MetadataWrapper(module, unsafe_skip_copy=True)
@@ -759,9 +768,7 @@ def check_source(source: str, filename: str = "model.py") -> CheckResult:
             what = (
                 f"it uses {', '.join(seen)}" if seen else "it calls no Keras layer or scikit-learn estimator"
             )
-            problems.append(
-                Problem(reader.line(function), f"{builder}() builds no model pushtrain knows: {what}")
-            )
+            problems.append(Problem(reader.line(function), f"{builder}() {UNKNOWN_MODEL}: {what}"))
         elif (kind in ("cnn", GENERIC_KERAS_KIND)) != (framework is KERAS):
             problems.append(
                 Problem(

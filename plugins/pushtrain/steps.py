@@ -224,15 +224,18 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
 
     The data set is not changed here: the one the configuration named (or the default) was pinned at
     checkout. When the script loaded another one, a note says which and how to name it in pushtrain.toml.
-    With ``adapt = false`` a file that does not meet the contract fails with the check's problems.
+    With ``adapt = false`` a file that does not meet the contract fails with the check's problems. With the
+    kind set in the configuration, a model of the file's own making (a duck-typed estimator) meets it.
     """
     from pushtrain import adapt
 
     name = run.config.entry
-    if not run.config.adapt:
-        problems = _contract_problems(entry)
+    kind_is_set = run.config.kind != "auto"
+    if not run.config.adapt or kind_is_set:
+        problems = _contract_problems(entry, kind_is_set=kind_is_set)
         if not problems:
             return run
+    if not run.config.adapt:
         raise UserFacingError(
             f"{name} does not meet {_CONTRACT}, and adapt = false in {pipeline.CONFIG_FILE}:\n"
             + "".join(f"  {name}, {problem}\n".replace(str(entry), name) for problem in problems)
@@ -243,7 +246,7 @@ def _meet_the_contract(run: Pipeline, entry: Path) -> Pipeline:
         adaptation = adapt.adapt_bounded(entry)
     except adapt.AdaptRefused as refusal:
         raise UserFacingError(
-            _kind_problem(entry, name)
+            ("" if kind_is_set else _kind_problem(entry, name))
             + f"{name} does not meet {_CONTRACT}, and pushtrain adapt cannot rewrite it:\n"
             + "".join(f"  {name}, {problem}\n".replace(str(entry), name) for problem in refusal.problems)
             + f"Change these lines and push again (`python -m pushtrain adapt {name}` shows the result "
@@ -304,10 +307,14 @@ _CHECK_CHILD = (
 )
 
 
-def _contract_problems(entry: Path) -> list[str]:
-    """Every way the file misses the contract (``pushtrain check``), each at its line; empty if it meets it."""
+def _contract_problems(entry: Path, *, kind_is_set: bool = False) -> list[str]:
+    """Every way the file misses the contract (``pushtrain check``), each at its line; empty if it meets it.
+
+    With the kind set in the configuration, a model pushtrain does not recognise is not a problem: the
+    configuration says how to train it.
+    """
     from pushtrain import adapt
-    from pushtrain.contract_check import Problem
+    from pushtrain.contract_check import UNKNOWN_MODEL, Problem
 
     environment = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": os.environ.get("PATH", "")}
     try:
@@ -321,7 +328,11 @@ def _contract_problems(entry: Path) -> list[str]:
             check=False,
         )
         payload = json.loads(completed.stdout)
-        return [str(Problem(item["line"], item["message"])) for item in payload["problems"]]
+        return [
+            str(Problem(item["line"], item["message"]))
+            for item in payload["problems"]
+            if not (kind_is_set and UNKNOWN_MODEL in item["message"])
+        ]
     except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
         return ["the contract check could not finish: the file is unusually large or complex"]
 

@@ -354,13 +354,6 @@ def no_containers_of(pipeline_id: str) -> bool:
     ("fixture", "fix", "detail"),
     [
         (
-            "syntax_error.py",
-            "What to do: fix the syntax error in model.py at line 4 (marked below), then push again.",
-            "model.py, line 4: SyntaxError: expected ':' (while loading the model file)\n"
-            "    def build_estimator(hp)\n"
-            "                           ^",
-        ),
-        (
             "missing_module.py",
             "What to do: add `xgboost` to requirements.txt next to your model file (model.py), "
             "then push again.",
@@ -372,7 +365,6 @@ def no_containers_of(pipeline_id: str) -> bool:
             "What to do: `sklearn.neighbors` (scikit-learn ",
             "model.py, line 2: ImportError: cannot import name 'KNeighborsClassifer' from 'sklearn.neighbors'",
         ),
-        ("no_builder.py", "", "defines no function build_estimator()"),
         (
             "builder_raises.py",
             "What to do: fix the error below (raised while calling build_estimator()), then push again.",
@@ -407,6 +399,32 @@ def test_training_fails_at_once_without_restart_or_retry_leading_with_the_fix(
     assert not supervision.restarts_path(attempt_dir, TRAIN).exists()
     assert not supervision.lease_path(attempt_dir, TRAIN).exists()
     assert no_containers_of(pipeline_id)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "says"),
+    [
+        ("syntax_error.py", "model.py, line 4: the file does not parse: expected ':'"),
+        ("no_builder.py", "adapt found no model"),
+    ],
+)
+def test_a_file_the_contract_check_refuses_fails_before_any_container(tmp_path, data_dir, fixture, says):
+    """What the runner would refuse in its container (a syntax error, no builder) is refused by the pipeline's
+    first step, parsing only, with the line and what to do: no training container is started."""
+    bare, work = make_model_repo(tmp_path / "repos", config={"dataset": "digits", "kind": "knn"})
+    shutil.copyfile(FIXTURES / fixture, work / "model.py")
+    sha = commit_and_push(work, f"model from {fixture}")
+    found = {"repo_url": str(bare), "branch": "main", "commit": sha, "superseded": []}
+    params = {"target": None, "max_attempts": None, "kind": None, "strategy": None}
+    checked_out = steps.checkout_commit(found, params, f"manual__{fixture}", gitops.GitRemote(url=str(bare)))
+
+    with pytest.raises(steps.UserFacingError) as refused:
+        steps.detect_model_kind(checked_out["pipeline_id"])
+
+    message = str(refused.value)
+    assert says in message and "push again" in message and "no model kind found" not in message
+    assert not pipeline.attempt_dir(checked_out["pipeline_id"], 1).exists()
+    assert no_containers_of(checked_out["pipeline_id"])
 
 
 def test_unreadable_data_set_fails_at_once(training_images, data_dir, templates_dir, tmp_path):

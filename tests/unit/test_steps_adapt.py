@@ -193,3 +193,37 @@ def test_a_file_of_no_kind_fails_first_with_why_no_kind_fits(
         "pushtrain adapt cannot rewrite it" in message
         and str(pipeline.workspace_dir(pipeline_id)) not in message
     )
+
+
+DUCK_TYPED = """import numpy as np
+
+HPARAMS = {"seed": 0}
+
+
+class Majority:
+    def fit(self, x, y):
+        self.label_ = int(np.bincount(y).argmax())
+        return self
+
+    def predict(self, x):
+        return np.full(len(x), self.label_)
+
+
+def build_estimator(hp):
+    return Majority()
+"""
+
+
+def test_with_the_kind_set_a_model_of_the_files_own_making_meets_the_contract(
+    origin: Origin, digits: datasets.Manifest
+) -> None:
+    sha = origin.commit(
+        {"model.py": DUCK_TYPED, "pushtrain.toml": DIGITS_TOML + 'kind = "linear"\n'}, "duck", T0
+    )
+    pipeline_id = checkout(origin, sha)["pipeline_id"]
+
+    assert steps.detect_model_kind(pipeline_id) == "linear"
+
+    run = pipeline.Pipeline.load(pipeline_id)
+    assert (run.adaptation_diff, run.adaptation_notes) == ("", [])
+    assert (pipeline.workspace_dir(pipeline_id) / "repo" / "model.py").read_text() == DUCK_TYPED
