@@ -538,9 +538,8 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     )
     registry = ModelRegistry(settings.registry_dir())
     against, rescore_failure, lineage = None, "", record.lineage(run)
-    if rescore.is_retrain(
-        pipeline_id
-    ):  # the champion, scored on this (new) held-out split before the compare
+    # A retrain compares with the champion scored on this (new) held-out split, not with its old figure.
+    if rescore.is_retrain(pipeline_id):
         try:
             rescored = rescore.rescore_champion(pipeline_id, registry)
             against = (
