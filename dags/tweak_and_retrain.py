@@ -31,7 +31,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from pushtrain import dag_parts, pipeline, retrain, steps
+from pushtrain import dag_parts, pipeline, rescore, retrain, steps
 
 
 @dag(
@@ -66,7 +66,7 @@ def tweak_and_retrain() -> None:
         """Tweak HPARAMS of the best attempt so far into this attempt's copy of the code, or say stop."""
         params = context["params"]
         attempt = int(params["attempt"])
-        if attempt == 1 and retrain.is_retrain(params["pipeline_id"]):  # prepared by retrain_on_new_data
+        if attempt == 1 and rescore.is_retrain(params["pipeline_id"]):  # prepared by retrain_on_new_data
             return retrain.prepared_attempt(params["pipeline_id"])
         config = pipeline.Pipeline.load(params["pipeline_id"]).config
         if not 2 <= attempt <= config.max_attempts:

@@ -95,9 +95,9 @@ def examples_word(run: pipeline.Pipeline) -> str:
 
 def retrain_html(pipeline_id: str) -> str:
     """For a pipeline ``retrain_on_new_data`` made: what it retrained, and what the promotion compared."""
-    from pushtrain import retrain
+    from pushtrain import rescore
 
-    record = retrain.retrain_record(pipeline_id)
+    record = rescore.retrain_record(pipeline_id)
     if not record:
         return ""
     dataset = html.escape(record["dataset"])

@@ -31,10 +31,8 @@ from typing import Any
 
 from pushtrain import pipeline, settings
 from pushtrain.dataset_assets import ASSET_SCHEME
-from pushtrain.rescore import RETRAIN_FILE, is_retrain, retrain_record
+from pushtrain.rescore import RETRAIN_FILE
 from pushtrain.runner.contract import write_json_atomic
-
-__all__ = ["RETRAIN_FILE", "is_retrain", "retrain_record"]  # kept here for the callers that read them here
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from test_evaluate_operator import train_and_evaluate
 
-from pushtrain import datasets, gitops, pipeline, retrain, settings, steps
+from pushtrain import datasets, gitops, pipeline, rescore, retrain, settings, steps
 from pushtrain.demo import commit_and_push, make_model_repo
 from pushtrain.registry import ModelRegistry
 
@@ -82,7 +82,7 @@ def test_the_champion_rescored_on_the_new_split_gives_way_to_the_retrained_model
 
     registered = steps.register_model(decision, None)
 
-    record = retrain.retrain_record(pipeline_id)
+    record = rescore.retrain_record(pipeline_id)
     print(  # the figures, for the log
         f"champion v1: {record['champion_accuracy']:.4f} on v1, {record['champion_accuracy_new_split']:.4f} "
         f"on v2; retrained: {registered['accuracy']:.4f} on v2; {registered['promotion']}"

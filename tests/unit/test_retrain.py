@@ -178,7 +178,7 @@ def test_the_retrain_pipeline_is_the_champions_commit_and_hparams_on_the_new_ver
         {"epochs": 3, "alpha": 0.01},
     )
     assert record.tweak_diff == tweak.unified_diff(template, code, "model.py")
-    assert retrain.retrain_record(pipeline_id) == {
+    assert rescore.retrain_record(pipeline_id) == {
         "model_name": "species",
         "champion_version": 1,
         "champion_pipeline_id": f"{sha[:8]}-0000beef",
@@ -196,7 +196,7 @@ def test_the_retrain_pipeline_is_the_champions_commit_and_hparams_on_the_new_ver
     assert "champion v1" in line and "shapes v2, trained before on v1" in line and "not re-scored" in line
     assert mail.retrain_html("0123abcd-feedbeef") == ""  # any other pipeline
     # What tweak_and_retrain's prepare_attempt hands on for attempt 1 of this pipeline.
-    assert retrain.is_retrain(pipeline_id)
+    assert rescore.is_retrain(pipeline_id)
     assert (
         retrain.prepared_attempt(pipeline_id)
         == pipeline.PreparedAttempt(pipeline_id=pipeline_id, attempt=1, kind="linear").to_xcom()
@@ -291,7 +291,7 @@ def test_a_champion_that_scores_better_on_the_new_split_stays_champion(
     assert registered["promotion"] == (
         "kept v1: its accuracy 0.9 on shapes v2's held-out split beats candidate v2's 0.85"
     )
-    record = retrain.retrain_record(pipeline_id)
+    record = rescore.retrain_record(pipeline_id)
     assert record["champion_rescored_on_new_split"] and record["champion_accuracy_new_split"] == 0.9
     assert record["champion_accuracy"] == 0.8 and record["champion_accuracy_measured_on"] == "shapes v1"
     assert registry.get("species", 2).lineage["retrain"] == record
@@ -323,7 +323,7 @@ def test_a_champion_that_scores_worse_on_the_new_split_gives_way(
     again = steps.register_model(decision.to_xcom(), None)
     assert (again["version"], again["is_champion"]) == (2, True)
     assert again["promotion"] == "v2 is already champion"
-    assert retrain.retrain_record(pipeline_id)["champion_accuracy_new_split"] == 0.7
+    assert rescore.retrain_record(pipeline_id)["champion_accuracy_new_split"] == 0.7
 
 
 def test_a_champion_that_cannot_be_rescored_leaves_the_retrained_model_challenger(
@@ -340,7 +340,7 @@ def test_a_champion_that_cannot_be_rescored_leaves_the_retrained_model_challenge
     assert (
         "could not be re-scored on the new split: champion v1's evaluation failed" in registered["promotion"]
     )
-    record = retrain.retrain_record(pipeline_id)
+    record = rescore.retrain_record(pipeline_id)
     assert not record["champion_rescored_on_new_split"] and record["champion_accuracy_new_split"] is None
     assert "could not be re-scored on v2's" in mail.retrain_html(pipeline_id)
 
