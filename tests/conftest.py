@@ -22,6 +22,9 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# A CLI call in a test never tells an Airflow that happens to run on this machine (the demo's) of its change:
+# nothing listens on the discard port. Tests under a real scheduler point it at their own instance.
+os.environ["PUSHTRAIN_AIRFLOW_URL"] = "http://127.0.0.1:9"
 
 for path in (PROJECT_ROOT / "plugins", PROJECT_ROOT / "dags"):
     if str(path) not in sys.path:

@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     for action in (promote, rollback):
         action.add_argument("--reason", default="", help="why, kept in the alias history")
         action.add_argument("--by", help="who decided (default: the current user)")
+    for action in (promote, rollback, add):
+        action.add_argument(
+            "--no-announce",
+            dest="announce",
+            action="store_false",
+            help="do not tell Airflow (PUSHTRAIN_AIRFLOW_URL): no deploy, no retrain follows",
+        )
     history = registry_actions.add_parser("history", help="every alias move of NAME, oldest first")
     history.add_argument("name")
     history.add_argument("--json", action="store_true", help="as JSON")
@@ -150,9 +157,13 @@ def _registry(args: argparse.Namespace) -> int:
                 args.name, CHAMPION, args.version, by=by, reason=args.reason or "promoted by hand"
             )
             print(f"{args.name}: champion is v{args.version}" + ("" if move else " already"))
+            if move and args.announce:
+                return _announce_champion(args.name, args.version)
         elif args.action == "rollback":
             move = registry.rollback(args.name, args.to, reason=args.reason, by=by)
             print(f"{args.name}: {move.reason}")
+            if args.announce:
+                return _announce_champion(args.name, move.to_version)
         else:
             moves = registry.history(args.name)
             if args.json:
@@ -181,10 +192,12 @@ def _datasets(args: argparse.Namespace) -> int:
             categorical=tuple(c.strip() for c in args.categorical.split(",") if c.strip()),
         )
         try:
-            datasets.add_path(args.name, args.path, options)
+            result = datasets.add_path(args.name, args.path, options)
         except datasets.DatasetError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        if result.created and args.announce:
+            return _announce_dataset(result.manifest)
         return 0
     if args.action == "list":
         manifests = [m for m in datasets.list_datasets() if not args.names or m.name in args.names]
@@ -201,6 +214,46 @@ def _datasets(args: argparse.Namespace) -> int:
             f"sha256 {manifest.dataset_sha256[:12]})"
         )
     return 0
+
+
+def _announce(what: str, asset_uri: str, extra: dict, fallback_dag_id: str, fallback_conf: dict) -> int:
+    """Tell Airflow of a change made here, so the DAGs that follow it run; say so, or say how to do it."""
+    from pushtrain import airflow_api
+
+    try:
+        print(airflow_api.announce(asset_uri, extra, fallback_dag_id, fallback_conf))
+    except airflow_api.AirflowApiError as exc:
+        print(
+            f"warning: {what} is done, but Airflow was not told ({exc}). Trigger {fallback_dag_id} with "
+            f"{json.dumps(fallback_conf)} from the web UI or `airflow dags trigger`, or rerun with "
+            "--no-announce to silence this",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _announce_champion(model_name: str, version: int) -> int:
+    from pushtrain.model_assets import champion_event_extra, model_asset
+
+    return _announce(
+        f"the champion move of {model_name}",
+        model_asset(model_name).uri,
+        champion_event_extra(model_name, version),
+        "deploy_model",
+        {"model_name": model_name},
+    )
+
+
+def _announce_dataset(manifest) -> int:
+    from pushtrain.dataset_assets import dataset_asset
+
+    return _announce(
+        f"{manifest.name} v{manifest.version}",
+        dataset_asset(manifest.name).uri,
+        manifest.asset_extra(),
+        "retrain_on_new_data",
+        {"dataset": manifest.name, "version": manifest.version},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
