@@ -2,15 +2,21 @@
 ### retrain_on_new_data: a new version of a data set retrains the champions trained on an older one
 
 Scheduled on the data set assets (`pushtrain-dataset://<name>`, through the alias `pushtrain-datasets`):
-`register_dataset` emits an event when it makes a new version, and data that changes outside Airflow can
-post one (`POST /api/v2/assets/events` with `{"asset_id": <id>, "extra": {"version": <n>, "sha256": ...}}`;
-without a version, the latest in the store).
+`register_dataset` emits an event when it makes a new version.
 
-1. **plan_retrains** reads name and version from the triggering events' `extra`, finds every registered model
-   whose champion's lineage names that data set at an older version, and makes one pipeline per model: the
-   champion's commit checked out, its final HPARAMS written into the model file, `max_attempts = 1`, the
-   data set pinned to the new version. Attempt 1 of each is prepared here. A model whose data set is a folder
-   of its repository (`repo:`) is left to the git sensor.
+**By hand** (Trigger with the Params form) or from `python -m pushtrain datasets add`, which starts this DAG
+through the REST API with `{"dataset": "<name>", "version": <n>}`: a run without asset events retrains on
+the version the Params name (`version` empty: the latest in the store). A name or version the store lacks
+fails plan_retrains at once, saying what exists. Data that changes outside Airflow starts it the same way
+(`POST /api/v2/dags/retrain_on_new_data/dagRuns` with that conf). An event posted by REST on
+`pushtrain-dataset://<name>` (`POST /api/v2/assets/events`) does not start this DAG: Airflow hands such an
+event only to DAGs scheduled on that asset itself, not to those scheduled on the alias.
+
+1. **plan_retrains** reads name and version from the triggering events' `extra` (else the Params), finds
+   every registered model whose champion's lineage names that data set at an older version, and makes one
+   pipeline per model: the champion's commit checked out, its final HPARAMS written into the model file,
+   `max_attempts = 1`, the data set pinned to the new version. Attempt 1 of each is prepared here. A model
+   whose data set is a folder of its repository (`repo:`) is left to the git sensor.
 2. **trigger_retrain** (one per model) starts `tweak_and_retrain` for that pipeline's attempt 1: the usual
    training, evaluation on the new held-out split, gate (the model's `target`) and promotion
    (champion only if not worse; else challenger). Before registering, the champion's registered artifact
@@ -29,11 +35,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pushtrain import dag_parts
 from pushtrain.dataset_assets import DATASETS_ALIAS
+
+# pushtrain.datasets.NAME_PATTERN, or empty (an asset-triggered run); not imported: this file stays light.
+DATASET_PARAM_PATTERN = "^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def trigger_arguments(planned: dict) -> dict:
@@ -53,6 +62,23 @@ def trigger_arguments(planned: dict) -> dict:
     default_args={"owner": "pushtrain", "retries": 1},
     doc_md=__doc__,
     tags=["pushtrain", "training", "data"],
+    params={
+        "dataset": Param(
+            "",
+            type="string",
+            pattern=DATASET_PARAM_PATTERN,
+            title="Data set",
+            description="For a run by hand: the data set whose new version retrains its champions. "
+            "Runs started by an asset event ignore it.",
+        ),
+        "version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Version",
+            description="For a run by hand: that data set's version. Empty: the latest in the store.",
+        ),
+    },
 )
 def retrain_on_new_data() -> None:
     @task(task_id="plan_retrains")
@@ -63,12 +89,18 @@ def retrain_on_new_data() -> None:
         from pushtrain import retrain
 
         say = logging.getLogger("pushtrain.retrain").info
-        planned, failures = retrain.plan(
-            context["triggering_asset_events"],
-            context["dag_run"].run_id,
-            lambda url: dag_parts.remote_for({"repo_url": url}),
-            say,
-        )
+        params = context["params"]
+        try:
+            planned, failures = retrain.plan(
+                context["triggering_asset_events"],
+                context["dag_run"].run_id,
+                lambda url: dag_parts.remote_for({"repo_url": url}),
+                say,
+                dataset=params.get("dataset") or "",
+                version=params.get("version"),
+            )
+        except retrain.RetrainError as exc:  # Params naming no stored version: the same on every try
+            raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key="failures", value=failures)
         return planned
 

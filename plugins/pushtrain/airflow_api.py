@@ -116,22 +116,26 @@ class AirflowApi:
 def announce(
     asset_uri: str,
     extra: dict[str, Any],
-    fallback_dag_id: str,
-    fallback_conf: dict[str, Any],
+    consumer_dag_id: str,
+    consumer_conf: dict[str, Any],
     api: AirflowApi | None = None,
 ) -> str:
-    """Post an asset event on ``asset_uri``; where Airflow does not know that asset yet (it only learns of an
-    asset from a DAG run's event), start ``fallback_dag_id`` with ``fallback_conf`` instead, which does the
-    same work. Returns what was done, for the user; raises AirflowApiError when neither was possible."""
+    """Start ``consumer_dag_id`` with ``consumer_conf``, and post an asset event on ``asset_uri`` where Airflow
+    knows that asset (for DAGs scheduled on the asset itself, and its history in the UI).
+
+    The run is started in every case: pushtrain's consumers (retrain_on_new_data, deploy_model) are scheduled
+    on an alias, and Airflow queues an alias's DAGs only for events a task emitted through that alias; an
+    event posted by REST carries no alias, so it never starts them (``AssetManager.register_asset_change``).
+    Returns what was done, for the user; raises AirflowApiError when the run could not be started."""
     api = api or AirflowApi.from_environment()
+    done = []
     asset_id = api.asset_id(asset_uri)
     if asset_id is not None:
         event = api.post_asset_event(asset_id, extra)
-        return f"asset event {event.get('id', '?')} posted on {asset_uri} at {api.url}"
-    run = api.trigger_dag(fallback_dag_id, fallback_conf)
-    return (
-        f"{fallback_dag_id} run {run.get('dag_run_id', '?')} started at {api.url} ({asset_uri} not known yet)"
-    )
+        done.append(f"asset event {event.get('id', '?')} posted on {asset_uri}")
+    run = api.trigger_dag(consumer_dag_id, consumer_conf)
+    done.append(f"{consumer_dag_id} run {run.get('dag_run_id', '?')} started")
+    return "; ".join(done) + f" at {api.url}"
 
 
 def _generated_login(airflow_home: str | None) -> tuple[str | None, str | None]:

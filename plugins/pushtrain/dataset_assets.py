@@ -7,10 +7,11 @@ with ``extra`` = ``Manifest.asset_extra()``: ``{"name", "version", "sha256" (the
 data set's own asset through it (``outlet_events[DATASETS_ALIAS].add(dataset_asset(name), extra=...)``). A
 consumer schedules on the alias (every data set) or on ``dataset_asset(name)`` (one).
 
-For data that changes outside Airflow, post the event yourself: ``GET /api/v2/assets?uri_pattern=
-pushtrain-dataset://<name>`` for the asset id, then ``POST /api/v2/assets/events`` with
-``{"asset_id": <id>, "extra": {"version": <n>, "sha256": "<dataset_sha256>"}}`` (a Bearer token from
-``POST /auth/token``).
+An event posted through the REST API (``POST /api/v2/assets/events``) carries no alias, so Airflow hands it
+only to DAGs scheduled on the asset itself, never to an alias consumer such as ``retrain_on_new_data``. For
+data that changes outside Airflow, start that DAG with ``{"dataset": "<name>", "version": <n>}`` instead
+(``POST /api/v2/dags/retrain_on_new_data/dagRuns``), as ``python -m pushtrain datasets add`` does
+(``airflow_api.announce``).
 """
 
 from __future__ import annotations

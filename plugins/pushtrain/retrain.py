@@ -17,6 +17,13 @@ new one are both kept in ``retrain.json`` beside ``pipeline.json`` and in the ne
 champion that cannot be re-scored (its artifact fails to load or predict, or another version became
 champion meanwhile) leaves the retrained model registered as challenger, never champion, with the reason.
 
+A run started by hand or by ``python -m pushtrain datasets add`` (``POST /api/v2/dags/retrain_on_new_data/
+dagRuns``) has no triggering asset events: its Params ``dataset`` and ``version`` name the new version instead
+(``requested_version``; no version: the latest in the store). The CLI triggers the DAG rather than relying on
+an asset event it posts, because an event posted through the REST API reaches only DAGs scheduled on the asset
+itself, never one scheduled on the alias (Airflow queues alias consumers only for events a task emitted
+through the alias): see ``airflow_api.announce``.
+
 A data set that lives in a model repository (``repo:<folder>``) changes with a commit, which the git sensor
 trains as any push: such champions are left out here.
 """
@@ -77,8 +84,8 @@ def new_versions(triggering_asset_events: Mapping[Any, Iterable[Any]] | None) ->
     """The data set versions the triggering asset events announce, each once, by name then version.
 
     An event is read from its ``extra`` (``name``, ``version``, ``sha256``); the name falls back to the asset
-    (``pushtrain-dataset://<name>``), and an event posted without a version (``POST /api/v2/assets/events``)
-    means the data set's latest version in the store. Events on other assets are ignored.
+    (``pushtrain-dataset://<name>``), and an event without a version (one a task of your own emitted through
+    the alias) means the data set's latest version in the store. Events on other assets are ignored.
     """
     from pushtrain import datasets
 
@@ -109,6 +116,66 @@ def new_versions(triggering_asset_events: Mapping[Any, Iterable[Any]] | None) ->
                 continue
             found.setdefault((name, version), NewVersion(name, version, str(extra.get("sha256") or "")))
     return [found[key] for key in sorted(found)]
+
+
+def has_events(triggering_asset_events: Mapping[Any, Iterable[Any]] | None) -> bool:
+    """Whether the run was started by asset events at all (a manual or REST-triggered run has none)."""
+    return any(True for events in (triggering_asset_events or {}).values() for _ in events)
+
+
+def requested_version(dataset: str, version: Any) -> NewVersion:
+    """The data set version a run's Params ask for: ``version`` of ``dataset``, or its latest when None.
+
+    These come from a person (the trigger form) or the CLI (``datasets add``), so a name or version the store
+    does not hold is an error that says what exists, not a line skipped in the log.
+    """
+    from pushtrain import datasets
+
+    if not isinstance(dataset, str) or not datasets.NAME_PATTERN.fullmatch(dataset):
+        raise RetrainError(
+            f"Param dataset {dataset!r} is not a data set name (letters, digits, '.', '_', '-'): "
+            "name a data set that `python -m pushtrain datasets list` shows"
+        )
+    known = datasets.versions(dataset)
+    if not known:
+        raise RetrainError(
+            f"Param dataset {dataset!r}: the store has no version of it; register it first "
+            "(`python -m pushtrain datasets add NAME PATH` or the register_dataset DAG)"
+        )
+    if version is None:
+        return NewVersion(dataset, known[-1])
+    if isinstance(version, str) and version.lstrip("v").isdigit():
+        version = int(version.lstrip("v"))
+    if not isinstance(version, int) or isinstance(version, bool) or version not in known:
+        raise RetrainError(
+            f"Param version {version!r} of data set {dataset!r} is not in the store "
+            f"(it has {', '.join(f'v{v}' for v in known)}): give one of those, or leave it empty for the latest"
+        )
+    return NewVersion(dataset, version)
+
+
+def versions_to_retrain(
+    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
+    dataset: str = "",
+    version: Any = None,
+    say: Callable[[str], None] = log.info,
+) -> list[NewVersion]:
+    """The new data versions a run acts on: its triggering asset events, else its Params.
+
+    An asset-triggered run always has the Params' defaults, so Params given beside events can only come from
+    a test or a future caller; the events win and a line says the Params were not used.
+    """
+    if has_events(triggering_asset_events):
+        if dataset:
+            say(f"Params dataset={dataset!r} version={version!r} not used: the run has asset events")
+        return new_versions(triggering_asset_events)
+    if not dataset:
+        say(
+            "no asset events and no Param dataset: nothing to retrain (trigger with "
+            '{"dataset": "<name>", "version": <n>} to retrain on a version by hand)'
+        )
+        return []
+    return [requested_version(dataset, version)]
 
 
 def _version_number(split_version: Any) -> int | None:
@@ -296,17 +363,21 @@ def plan(
     dag_run_id: str,
     remote_for: Callable[[str], Any],
     say: Callable[[str], None] = log.info,
+    *,
+    dataset: str = "",
+    version: Any = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every retrain the events call for, prepared: (the ``tweak_and_retrain`` confs, the failures).
+    """Every retrain the events (else the Params ``dataset``/``version``) call for, prepared: (the
+    ``tweak_and_retrain`` confs, the failures).
 
     A model whose retrain cannot be prepared (its repository unreachable, its lineage incomplete) is a
-    failure line; the others are prepared all the same.
+    failure line; the others are prepared all the same. Params naming no stored version raise RetrainError.
     """
     from pushtrain.registry import ModelRegistry
 
     registry = ModelRegistry(settings.registry_dir())
     confs, failures = [], []
-    for new in new_versions(triggering_asset_events):
+    for new in versions_to_retrain(triggering_asset_events, dataset, version, say):
         say(f"new data: {new.name} v{new.version}" + (f" (sha256 {new.sha256[:12]})" if new.sha256 else ""))
         champions = affected_champions(new, registry, say)
         if not champions:

@@ -73,3 +73,39 @@ def test_a_cli_change_airflow_cannot_hear_of_is_kept_and_the_user_told_how_to_an
     assert "Airflow was not told" in err and 'deploy_model with {"model_name": "digits"}' in err
     assert cli(["registry", "promote", "digits", "1", "--no-announce"]) == 0
     assert capsys.readouterr().err == ""
+
+
+class RecordingApi(airflow_api.AirflowApi):
+    """An Airflow that knows the assets given to it and records what it was asked to do."""
+
+    def __init__(self, known: dict[str, int]) -> None:
+        super().__init__(url="http://airflow.test", token="jwt")
+        self.known, self.calls = known, []
+
+    def asset_id(self, uri):
+        return self.known.get(uri)
+
+    def post_asset_event(self, asset_id, extra):
+        self.calls.append(("event", asset_id, extra))
+        return {"id": 7}
+
+    def trigger_dag(self, dag_id, conf, run_id=None):
+        self.calls.append(("trigger", dag_id, conf))
+        return {"dag_run_id": "manual__1"}
+
+
+def test_the_consumer_dag_is_started_even_where_the_asset_event_is_posted():
+    # retrain_on_new_data and deploy_model are scheduled on an alias, which a REST-posted event never reaches.
+    conf = {"dataset": "wine", "version": 2}
+    known = RecordingApi({"pushtrain-dataset://wine": 3})
+    said = airflow_api.announce(
+        "pushtrain-dataset://wine", {"version": 2}, "retrain_on_new_data", conf, known
+    )
+    assert known.calls == [("event", 3, {"version": 2}), ("trigger", "retrain_on_new_data", conf)]
+    assert said == (
+        "asset event 7 posted on pushtrain-dataset://wine; retrain_on_new_data run manual__1 started "
+        "at http://airflow.test"
+    )
+    unknown = RecordingApi({})
+    airflow_api.announce("pushtrain-dataset://wine", {"version": 2}, "retrain_on_new_data", conf, unknown)
+    assert unknown.calls == [("trigger", "retrain_on_new_data", conf)]

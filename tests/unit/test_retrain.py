@@ -374,3 +374,64 @@ def test_promote_against_a_figure_for_a_champion_no_longer_in_place_keeps_the_ca
 
     assert not result.candidate_is_champion and registry.champion("species").number == 2
     assert "compared with v1, which is no longer the champion" in result.reason
+
+
+def test_a_run_without_events_retrains_on_the_version_its_params_name(data_dir: Path, tmp_path: Path) -> None:
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    said: list[str] = []
+
+    assert retrain.versions_to_retrain({}, "shapes", None) == [retrain.NewVersion("shapes", 2)]  # latest
+    assert retrain.versions_to_retrain(None, "shapes", 1) == [retrain.NewVersion("shapes", 1)]
+    assert retrain.versions_to_retrain({"a": []}, "shapes", "v1") == [retrain.NewVersion("shapes", 1)]
+    assert retrain.versions_to_retrain({}, "", None, said.append) == []
+    assert "nothing to retrain" in said[-1] and '"dataset"' in said[-1]
+    # Asset events decide where there are any; Params beside them are named as unused.
+    events = {"pushtrain-dataset://shapes": [event("shapes", 2)]}
+    assert retrain.versions_to_retrain(events, "wine", 7, said.append) == [
+        retrain.NewVersion("shapes", 2, "ab" * 32)
+    ]
+    assert said[-1].startswith("Params dataset='wine' version=7 not used")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "version", "message"),
+    [
+        ("../etc", None, "Param dataset '../etc' is not a data set name"),
+        ("wine", None, "Param dataset 'wine': the store has no version of it; register it first"),
+        ("shapes", 3, r"Param version 3 of data set 'shapes' is not in the store \(it has v1, v2\)"),
+        ("shapes", 0, "Param version 0"),
+        ("shapes", True, "Param version True"),
+        ("shapes", "latest", "Param version 'latest'"),
+    ],
+)
+def test_params_naming_no_stored_version_are_an_error_saying_what_exists(
+    data_dir: Path, tmp_path: Path, dataset: str, version: Any, message: str
+) -> None:
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    with pytest.raises(retrain.RetrainError, match=message):
+        retrain.plan({}, "manual__1", lambda url: gitops.GitRemote(url=url), dataset=dataset, version=version)
+
+
+def test_a_retrain_planned_from_params_is_the_one_an_event_plans(
+    origin: Origin, data_dir: Path, tmp_path: Path
+) -> None:
+    table_version(tmp_path, "shapes", 30)
+    table_version(tmp_path, "shapes", 33)
+    sha = origin.commit({"model.py": TEMPLATE.read_text()}, "linear model", T0)
+    register_champion("species", "shapes", 1, repo_url=str(origin.bare), commit=sha)
+
+    [conf], failures = retrain.plan(
+        {}, "manual__2026-11-30", lambda url: gitops.GitRemote(url=url), dataset="shapes", version=2
+    )
+
+    assert failures == []
+    run = pipeline.Pipeline.load(conf["pipeline_id"])
+    assert (run.model_name, run.commit, run.pinned_dataset) == ("species", sha, ("shapes", 2))
+    assert conf["pipeline_id"] == retrain.retrain_pipeline_id(
+        retrain.champion_of(ModelRegistry(settings.registry_dir()), "species"),
+        retrain.NewVersion("shapes", 2),
+        "manual__2026-11-30",
+    )
+    assert pipeline.Attempt.load(conf["pipeline_id"], 1).hparams == CHAMPION_HPARAMS
