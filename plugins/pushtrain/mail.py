@@ -58,6 +58,21 @@ def adaptation_html(run: pipeline.Pipeline) -> str:
     )
 
 
+def approval_html(registered: dict) -> str:
+    """Under ``promotion = "approve"``: the version waits for a person, and where they answer."""
+    if not registered.get("awaiting_approval"):
+        return ""
+    url = registered.get("approval_url") or ""
+    where = f'<a href="{html.escape(url)}">{html.escape(url)}</a>' if url else "the Airflow web UI"
+    hours = registered.get("approval_timeout_hours")
+    timeout = f" No answer within {hours:g} h keeps it challenger." if hours else ""
+    return (
+        f"<li><b>Approval awaited</b>: version {registered['version']} is challenger until a person approves "
+        f"it (promotion = approve): approve or reject it at {where} (Required Actions), where its figures "
+        f"stand against the champion's. Approved, it becomes champion and is deployed.{timeout}</li>"
+    )
+
+
 def leaderboard_html(records: list[pipeline.Attempt], target: float) -> str:
     """One row per attempt, best first; a failed attempt last, with the reason it failed."""
     rows = []
@@ -128,6 +143,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
     subject = (
         f"[pushtrain] {run.model_name} {run.commit[:8]}: target met, accuracy {accuracy:.4f} "
         f">= {run.config.target:.2f} after {len(records)} attempt(s)"
+        + (", approval awaited" if registered.get("awaiting_approval") else "")
     )
     as_is = "the adapted file" if run.adaptation_diff else "the committed code"
     diff = winner.tweak_diff or f"(none: {as_is} met the target as it is)"
@@ -141,7 +157,7 @@ def success_mail(pipeline_id: str, registered: dict[str, Any]) -> tuple[str, str
 <li>Attempts: {len(records)} of at most {run.config.max_attempts}; winner: attempt {winner.attempt}</li>
 {retrain_html(pipeline_id)}<li>Registered: {html.escape(registered["model_name"])} version {registered["version"]} at \
 <code>{html.escape(registered["path"])}</code>; champion: {html.escape(registered["promotion"])}</li>
-{model_tests_html(registered.get("model_tests") or {})}
+{model_tests_html(registered.get("model_tests") or {})}{approval_html(registered)}
 <li>Tuned model file: {html.escape(branch) if branch else "not pushed (commit-back off or read-only remote)"}</li>
 </ul>
 {adaptation_html(run)}<h3>The winning change to {html.escape(run.config.entry)}</h3>

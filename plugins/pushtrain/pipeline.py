@@ -59,6 +59,8 @@ IMPORT_KEYS = ("image_size", "channels", "label_column", "categorical", "test_fr
 # The registry's rule for a model name (a folder name there), checked here so a bad name fails at checkout,
 # not after the whole training loop when the winner is registered.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+PROMOTIONS = ("auto", "approve")  # pushtrain.toml's promotion: the gate's rule, or a person's approval
+MAX_APPROVAL_TIMEOUT_HOURS = 24 * 30
 
 
 class ConfigError(ValueError):
@@ -82,6 +84,10 @@ class PipelineConfig:
     commit_back: bool = True  # push the tuned model file to pushtrain/<short-sha>
     adapt: bool = True  # a model file that does not meet the contract is rewritten by `pushtrain adapt`
     model_tests: str = "model_tests.py"  # the repository's model tests, run before registration if present
+    # "auto": a version that passed the gate becomes champion if not worse; "approve": it becomes challenger
+    # and a person approves or rejects it in Airflow (pushtrain.approval), within approval_timeout_hours.
+    promotion: str = "auto"
+    approval_timeout_hours: float = 24.0
     # How a ``repo:<folder>`` data set is imported (pushtrain.datasets.ImportOptions); empty: from the data.
     image_size: tuple[int, ...] = ()  # [height, width]; default: the most common size in the data
     channels: int = 0  # 1 grey, 3 colour; default: the most common mode in the data
@@ -171,6 +177,13 @@ class PipelineConfig:
             or ".." in Path(self.model_tests).parts
         ):
             problems.append(f"model_tests {self.model_tests!r} must be a path inside the repository")
+        if self.promotion not in PROMOTIONS:
+            problems.append(f"promotion {self.promotion!r} is unknown; choose one of {', '.join(PROMOTIONS)}")
+        if not 0.0 < self.approval_timeout_hours <= MAX_APPROVAL_TIMEOUT_HOURS:
+            problems.append(
+                f"approval_timeout_hours must be in (0, {MAX_APPROVAL_TIMEOUT_HOURS:g}], got "
+                f"{self.approval_timeout_hours}"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
         return self

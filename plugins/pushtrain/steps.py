@@ -561,9 +561,18 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
     if tests.ran:
         registry.set_tag(run.model_name, version, "model_tests", "passed" if tests.passed else "failed")
     current = registry.champion(run.model_name)
+    awaiting_approval = False
+    # promotion = "approve": a person decides (the approve_model task waits for them); until then, challenger.
+    # A retried task finds the version champion already only if someone promoted it meanwhile: left as it is.
+    if tests.passed and run.config.promotion == "approve":
+        awaiting_approval = current is None or current.number != version.number
+        promotion_reason = _awaiting_approval(run, current, version, rescore_failure)
+        is_champion = not awaiting_approval
+        if awaiting_approval:
+            registry.set_alias(run.model_name, CHALLENGER, version, reason=promotion_reason, by=by)
     # No fair comparison with a champion in place: challenger, a person may promote it. (No champion, or this
     # version already champion on a retried task: the usual rule says so.)
-    if tests.passed and rescore_failure and current is not None and current.number != version.number:
+    elif tests.passed and rescore_failure and current is not None and current.number != version.number:
         promotion_reason, is_champion = rescore_failure, False
         registry.set_alias(run.model_name, CHALLENGER, version, reason=promotion_reason, by=by)
     elif tests.passed:
@@ -606,7 +615,22 @@ def register_model(decision: dict, remote: gitops.GitRemote | None) -> dict:
         "model_tests": tests.to_xcom(),
         "pushed_branch": pushed,
         "accuracy": record.accuracy,
+        "awaiting_approval": awaiting_approval,
+        "approval_timeout_hours": run.config.approval_timeout_hours if awaiting_approval else None,
     }
+
+
+def _awaiting_approval(run: Pipeline, current: Any, version: Any, rescore_failure: str) -> str:
+    """The challenger move's reason under ``promotion = "approve"``: what the person is asked to decide."""
+    if current is not None and current.number == version.number:
+        return f"{version.label} is already champion"
+    against = f"champion {current.label}" if current is not None else "no champion yet"
+    note = f" ({rescore_failure.removeprefix('not promoted: ')})" if rescore_failure else ""
+    return (
+        f"awaiting approval: {version.label} is challenger until a person approves it in Airflow "
+        f'(promotion = "approve" in {pipeline.CONFIG_FILE}; {against}{note}); no answer within '
+        f"{run.config.approval_timeout_hours:g} h keeps it challenger"
+    )
 
 
 def _what_was_done(run: Pipeline, attempt: int) -> str:

@@ -286,3 +286,26 @@ def test_a_retried_trigger_asks_for_the_same_child_run(dag_bag: DagBag, dag_id: 
     assert conf == {"pipeline_id": "1a2b3c4d-5e6f7a8b", "attempt": "3"}
     assert trigger.trigger_dag_id == "tweak_and_retrain"
     assert trigger.skip_when_already_exists is True  # the second try finds the run and starts nothing
+
+
+@pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
+def test_a_registered_version_may_wait_for_a_person_without_holding_up_the_cleanup(
+    dag_bag: DagBag, dag_id: str
+) -> None:
+    """promotion = "approve": approve_model follows register_model, emits through the models alias, and
+    counts for the run's outcome; finish_pipeline does not wait for it."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from pushtrain.model_assets import MODELS_ALIAS
+
+    dag = dag_bag.dags[dag_id]
+    approve = dag.get_task("approve_model")
+
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.upstream_task_ids == {"register_model"}
+    assert approve.downstream_task_ids == {"fail_if_any_step_failed"}
+    assert dag.get_edge_info("register_model", "approve_model") == {"label": "promotion = approve"}
+    assert MODELS_ALIAS in approve.outlets and MODELS_ALIAS in dag.get_task("register_model").outlets
+    assert "approve_model" not in dag.get_task("finish_pipeline").upstream_task_ids
+    assert approve.options == ["Approve", "Reject"] and set(approve.params) == {"reason"}
+    assert approve.execution_timeout is None  # the repository's approval_timeout_hours bounds the wait
