@@ -14,15 +14,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from pushtrain import datasets, ledger, pipeline, settings, tweak
+from pushtrain import datasets, ledger, pipeline, rescore, settings, tweak
 from pushtrain.demo import commit, commit_and_push, make_model_repo, wait_for_pipeline
 from pushtrain.mailsink import MailSink
 from pushtrain.registry import ModelRegistry
@@ -38,7 +41,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 # The module-level MNIST script at one epoch: 0.80 validation accuracy, 0.89 at two (measured on mnist5k).
 SCRIPT_TARGET = 0.93
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "model_templates"
-DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health"]
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health", "retrain_on_new_data"]
+SIGNS = "e2e-signs"  # a registered table: v1 made in the fixture, v2 added by the test through the CLI
 HEALTH_INTERVAL_S = 30
 TRAINING_TIMEOUT_S = 150  # above the ~3 health intervals a crashing container takes to use its budget
 MEDIUM_TRAINING = {"epochs": 12, "filters": 16, "dense_units": 64, "learning_rate": 0.002}  # 1-2 s an epoch
@@ -78,6 +82,40 @@ def build_estimator(hp):
 '''
 
 
+def signs_table(path: Path, seed: int) -> Path:
+    """300 rows whose label is the sign of x (y is noise); another seed is other content, so another version."""
+    rng = np.random.default_rng(seed)
+    rows = ["x,y,label"]
+    for _ in range(300):
+        x, y = rng.uniform(-1, 1, size=2)
+        rows.append(f"{x:.4f},{y:.4f},{'pos' if x > 0 else 'neg'}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def colour_folder(root: Path) -> None:
+    """``<root>/<colour>/<n>.png``: 40 noisy 8x8 RGB images per class, told apart by their dominant channel."""
+    rng = np.random.default_rng(5)
+    for channel, colour in enumerate(("red", "green", "blue")):
+        (root / colour).mkdir(parents=True)
+        for n in range(40):
+            pixels = rng.integers(0, 90, size=(8, 8, 3))
+            pixels[..., channel] += 150
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(root / colour / f"{n}.png")
+
+
+def pushtrain_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m pushtrain ...`` as a user runs it, in its own process."""
+    plugins = str(settings.PROJECT_ROOT / "plugins")
+    return subprocess.run(
+        [sys.executable, "-m", "pushtrain", *args],
+        env={**env, "PYTHONPATH": plugins},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -115,6 +153,34 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
     data_dir = root / "data"
     monkeypatch_module.setenv("PUSHTRAIN_DATA_DIR", str(data_dir))
     datasets.ensure_dataset("digits")
+    # v1 of a registered data set, made before Airflow runs (so nothing to announce) by the CLI users run.
+    added = pushtrain_cli(
+        "datasets",
+        "add",
+        SIGNS,
+        str(signs_table(root / "signs-v1.csv", seed=1)),
+        "--label-column",
+        "label",
+        "--no-announce",
+        env=dict(os.environ),
+    )
+    assert added.returncode == 0 and datasets.versions(SIGNS) == [1], added.stdout + added.stderr
+    registered = Scenario(
+        root,
+        "registered-data-repo",
+        "knn_sklearn.py",
+        {"dataset": SIGNS, "kind": "knn", "target": 0.8, "max_attempts": 1},
+    )
+    # A repository that carries its data: a folder of colour images, trained on from its own checkout.
+    repo_data = Scenario(
+        root,
+        "repo-data-repo",
+        "knn_sklearn.py",
+        {"dataset": "repo:data/colours", "kind": "knn", "target": 0.9, "max_attempts": 1},
+    )
+    colour_folder(repo_data.work / "data" / "colours")
+    model = repo_data.work / "model.py"
+    model.write_text(apply_hparams(model.read_text(), {"n_neighbors": 5}))  # 96 training images: few voters
 
     watched = Scenario(
         root, "watched", "cnn_keras.py", {"dataset": "digits", "target": 0.90, "max_attempts": 5}
@@ -212,6 +278,8 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
                 airflow.airflow(*backfill)
             # Scenarios that inject a fault at a moment of their training start in their own test instead.
             for scenario, conf in (
+                (registered, {}),
+                (repo_data, {}),
                 (knn, {}),
                 (unreachable, {"target": 0.999, "max_attempts": 3}),
                 (unknown, {}),
@@ -239,6 +307,8 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
                 "exhausted": exhausted,
                 "unbuildable": unbuildable,
                 "script": script,
+                "registered": registered,
+                "repo_data": repo_data,
             }
         finally:
             airflow.stop()
@@ -291,6 +361,91 @@ def mails_about(sink: MailSink, commit: str) -> list:
 
 def body(message) -> str:
     return message.get_body(("html",)).get_content()
+
+
+def retrain_of(commit: str) -> tuple[str, pipeline.Summary] | None:
+    """The retrain pipeline of a champion's commit (it has a retrain.json) and its summary, once it ended."""
+    for folder in sorted(settings.runs_dir().glob(f"{commit[:8]}-*")):
+        if (folder / rescore.RETRAIN_FILE).is_file():
+            summary = pipeline.Summary.load(folder.name)
+            return (folder.name, summary) if summary is not None else None
+    return None
+
+
+# First in this module: the retrain it starts then overlaps the other scenarios instead of following them.
+def test_a_version_added_by_the_cli_retrains_the_champion_under_the_scheduler(e2e):
+    registered, airflow = e2e["registered"], e2e["airflow"]
+    summary = wait_for_pipeline(registered.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary.outcome == "met", summary
+    registry = ModelRegistry(e2e["data_dir"] / "registry")
+    champion = registry.champion(registered.name)
+    assert champion is not None and champion.lineage["commit"] == registered.commit
+    assert (champion.lineage["dataset"]["name"], champion.lineage["dataset"]["split_version"]) == (
+        SIGNS,
+        "v1",
+    )
+
+    # The user's CLI, told where this Airflow is; its login is the admin one the instance generated.
+    env = {**airflow.environment(), "PUSHTRAIN_AIRFLOW_URL": airflow.url}
+    for key in ("PUSHTRAIN_AIRFLOW_USERNAME", "PUSHTRAIN_AIRFLOW_PASSWORD", "PUSHTRAIN_AIRFLOW_TOKEN"):
+        env.pop(key, None)
+    v2_source = signs_table(e2e["root"] / "signs-v2.csv", seed=2)
+    added = pushtrain_cli("datasets", "add", SIGNS, str(v2_source), "--label-column", "label", env=env)
+    assert added.returncode == 0 and "warning" not in added.stderr, added.stdout + added.stderr
+    started = re.search(r"retrain_on_new_data run (\S+) started", added.stdout)
+    assert started, added.stdout
+    assert datasets.versions(SIGNS) == [1, 2]
+
+    pipeline_id, retrained = wait_until(
+        lambda: retrain_of(registered.commit), PIPELINE_TIMEOUT, "the retrain pipeline to end"
+    )
+    assert retrained.outcome == "met", retrained
+    run = pipeline.Pipeline.load(pipeline_id)
+    assert run.origin_dag_run_id == started.group(1)  # planned by the run the CLI started
+    assert (run.commit, run.model_name, run.pinned_dataset) == (
+        registered.commit,
+        registered.name,
+        (SIGNS, 2),
+    )
+    record = json.loads((pipeline.pipeline_dir(pipeline_id) / rescore.RETRAIN_FILE).read_text())
+    assert (record["dataset"], record["from_version"], record["to_version"]) == (SIGNS, 1, 2)
+    assert record["champion_version"] == champion.number
+    assert record["champion_rescored_on_new_split"] is True, record
+    assert 0.0 <= record["champion_accuracy_new_split"] <= 1.0
+    [attempt] = pipeline.attempt_records(pipeline_id)
+    assert attempt.hparams == champion.lineage["hparams"]  # the champion's knobs, on the new data
+
+    versions = registry.versions(registered.name)
+    assert [v.number for v in versions] == [champion.number, champion.number + 1]
+    new = versions[-1]
+    v2 = datasets.ensure_dataset(SIGNS, 2)
+    assert (new.lineage["dataset"]["name"], new.lineage["dataset"]["split_version"]) == (SIGNS, "v2")
+    assert new.lineage["dataset"]["test_sha256"] == v2.test_sha256
+    assert new.lineage["commit"] == registered.commit and new.pipeline_run_id == pipeline_id
+    assert new.lineage["retrain"]["champion_version"] == champion.number
+    report = task_instance(airflow, "retrain_on_new_data", started.group(1), "report_failures")
+    assert report["state"] == "success", report
+
+
+def test_a_repository_with_its_data_in_a_folder_trains_from_it_under_the_scheduler(e2e):
+    repo_data = e2e["repo_data"]
+    summary = wait_for_pipeline(repo_data.commit, PIPELINE_TIMEOUT, report=lambda _: None)
+    assert summary.outcome == "met", summary
+    name = datasets.repo_dataset_name(str(repo_data.bare), "data/colours")
+    run = pipeline.Pipeline.load(summary.pipeline_id)
+    assert run.pinned_dataset == (name, 1)
+    manifest = datasets.ensure_dataset(name, 1)
+    assert manifest.kind == datasets.IMAGES and manifest.class_names == ["blue", "green", "red"]
+    assert manifest.source["commit"] == repo_data.commit and manifest.image_shape[-1] == 3
+    [record] = pipeline.attempt_records(summary.pipeline_id)
+    assert (record.dataset.name, record.dataset.split_version) == (name, "v1")
+    assert record.evaluation.n_evaluated == manifest.counts["test"] == 24
+    [version] = ModelRegistry(e2e["data_dir"] / "registry").versions(repo_data.name)
+    lineage = version.lineage
+    assert (lineage["dataset"]["name"], lineage["dataset"]["split_version"]) == (name, "v1")
+    assert lineage["dataset"]["test_sha256"] == manifest.test_sha256
+    assert lineage["pipeline"]["config"]["dataset"] == "repo:data/colours"
+    assert lineage["commit"] == repo_data.commit
 
 
 def test_weak_cnn_push_reaches_target_registers_once_and_mails_once(e2e):
