@@ -222,3 +222,26 @@ def test_approval_through_the_api_promotes_and_deploys_and_a_cli_rollback_redepl
     wait_until(lambda: served_version() == 1, DEPLOY_TIMEOUT, "deploy_model to serve v1 again")
     history = registry.history(MODEL)
     assert [m.to_version for m in history if m.alias == "serving"][-3:] == [1, 2, 1]
+
+
+def test_no_answer_within_the_timeout_keeps_the_version_challenger(production) -> None:
+    """The scheduler's awaiting-input sweep ends the wait; the task succeeds with the outcome stated."""
+    api, registry = Api(production["airflow"]), ModelRegistry(settings.registry_dir())
+    config = production["work"] / "pushtrain.toml"
+    config.write_text(config.read_text() + "approval_timeout_hours = 0.005\n")  # 18 s
+    champion_before = registry.aliases(MODEL).get(CHAMPION)
+
+    run_id = awaiting_approval(api, push(production["work"], "nobody answers"))
+    waiting = registry.challenger(MODEL).number
+    wait_until(
+        lambda: api.call("GET", api.approval_path(run_id))["state"] == "success",
+        90,
+        "the approval to time out",
+        poll=3.0,
+    )
+
+    assert registry.aliases(MODEL).get(CHAMPION) == champion_before
+    assert registry.aliases(MODEL)[CHALLENGER] == waiting
+    refusal = [m for m in registry.history(MODEL) if m.alias == CHAMPION][-1]
+    assert refusal.reason == f"refused v{waiting}: no answer within 0.005 h; stays challenger"
+    assert refusal.by == f"dag_run:train_on_push/{run_id}"
