@@ -14,8 +14,9 @@ Each new commit is trained once:
    the held-out split in a sandboxed container; **target_met** is the accuracy gate.
 5. Target met: **register_model** and a success mail. Below target with budget left: **trigger_retrain**
    starts `tweak_and_retrain` for attempt 2. Budget spent: **report_budget_spent** mails the leaderboard.
-   With `promotion = "approve"` in `pushtrain.toml`, **approve_model** then waits (no worker slot) for a
-   person to approve the new version in Required Actions before it becomes champion; else it is skipped.
+   With `promotion = "approve"` in `pushtrain.toml`, **request_approval** then starts an `approve_model`
+   run where a person approves the new version before it becomes champion; this run does not wait for the
+   answer, so the next push trains meanwhile. Else it is skipped.
 
 Trigger by hand with the Params form (a commit to train now, target, attempts, kind), or replay history with
 `airflow backfill create --dag-id train_on_push --from-date ... --to-date ...`.

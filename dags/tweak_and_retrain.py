@@ -14,7 +14,8 @@ Started by `train_on_push` (and by itself) through a `TriggerDagRunOperator` who
    training (**nothing_left_to_try**) and ends in **report_budget_spent**, whose mail says so: a normal
    end, not a failure.
 2. Then the same steps as attempt 1: train in the kind's image, evaluate on the held-out split, gate,
-   register (and, with `promotion = "approve"`, wait in **approve_model** for a person's approval).
+   register (and, with `promotion = "approve"`, **request_approval** starts the `approve_model` run
+   where a person answers; this run does not wait for it).
    A tweak whose model cannot be built (say one more pooling block than the images are wide) is recorded
    as a failed attempt with the builder's message; it counts against `max_attempts`, and the next attempt
    starts again from the best one with another move.

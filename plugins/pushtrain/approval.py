@@ -1,11 +1,15 @@
 """``promotion = "approve"``: a person approves or rejects a new version in Airflow before it becomes champion.
 
 With ``promotion = "approve"`` in ``pushtrain.toml``, ``register_model`` makes a version that met its target
-and passed its model tests ``challenger``, and the pipeline's ``approve_model`` task (a
-:class:`ModelApprovalOperator`, the standard provider's ``ApprovalOperator``) asks in the web UI's
-*Required Actions* (or ``PATCH .../taskInstances/approve_model/-1/hitlDetails`` of the REST API), showing
-the candidate's figures against the champion's. The wait holds no worker slot: the task is parked in
-Airflow's ``awaiting_input`` state until the answer or the timeout arrives.
+and passed its model tests ``challenger``, and the pipeline's ``request_approval`` task (a
+:class:`RequestApprovalOperator`) starts a run of the ``approve_model`` DAG for it, run id
+``approval__<model>__v<N>``, and does not wait for it: the pipeline run ends at once, so a version waiting
+for a person holds up no other push's training (``train_on_push`` runs one pipeline at a time). That run's
+``approve_model`` task (a :class:`ModelApprovalOperator`, the standard provider's ``ApprovalOperator``)
+asks in the web UI's *Required Actions* (or ``PATCH /api/v2/dags/approve_model/dagRuns/<run id>/
+taskInstances/approve_model/-1/hitlDetails``), showing the candidate's figures against the champion's. The
+wait holds no worker slot: the task is parked in Airflow's ``awaiting_input`` state until the answer or the
+timeout arrives.
 
 * **Approve**: ``champion`` moves to the version (the alias history names the approving user, else the
   DAG run) and the champion event goes out on ``pushtrain-model://<name>`` through ``MODELS_ALIAS``, so
@@ -24,8 +28,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from pushtrain.model_assets import MODELS_ALIAS, champion_event_extra, model_asset
 
@@ -34,13 +39,35 @@ if TYPE_CHECKING:
 
     from pushtrain.registry import ModelRegistry, ModelVersion
 
+APPROVAL_DAG_ID = "approve_model"
 APPROVAL_TASK_ID = "approve_model"
+REQUEST_TASK_ID = "request_approval"
 REGISTER_TASK_ID = "register_model"
 APPROVED, REJECTED, TIMED_OUT = "approved", "rejected", "timed_out"
 MAX_DIFF_CHARS = 6000  # the approval page shows the winning change; a huge diff is cut, the registry has it
 
 
-def approval_page_url(base_url: str, dag_id: str, run_id: str, task_id: str = APPROVAL_TASK_ID) -> str:
+def approval_run_id(model_name: str, number: int) -> str:
+    """The ``approve_model`` run of one candidate: known before it exists (the mail links to it), and the same
+    on a retried request, which then finds the run and starts no second one."""
+    return f"approval__{model_name}__v{number}"
+
+
+def approval_conf(registered: dict, requested_by: str) -> dict[str, Any]:
+    """The ``approve_model`` run's conf for ``register_model``'s candidate: what its request shows."""
+    return {
+        "model_name": registered["model_name"],
+        "version": registered["version"],
+        "pipeline_id": registered.get("pipeline_id") or "",
+        "approval_timeout_hours": registered["approval_timeout_hours"],
+        "model_tests": registered.get("model_tests") or {},
+        "requested_by": requested_by,
+    }
+
+
+def approval_page_url(
+    base_url: str, run_id: str, dag_id: str = APPROVAL_DAG_ID, task_id: str = APPROVAL_TASK_ID
+) -> str:
     """The web UI's page where a person approves or rejects this run's candidate (its *Required Actions*)."""
     quote = urllib.parse.quote
     return (
@@ -274,19 +301,36 @@ def _actor(responded_by: Any, dag_id: str, run_id: str) -> str:
     return f"dag_run:{dag_id}/{run_id}"
 
 
-class ModelApprovalOperator(ApprovalOperator):
-    """Ask a person to approve ``register_model``'s challenger; act on the answer (see the module doc).
+def _candidate(context: Context) -> dict[str, Any]:
+    """The ``approve_model`` run's candidate (its conf, read as the DAG's Params); a clear error if none."""
+    params = context["params"]
+    name, number = params.get("model_name") or "", params.get("version")
+    if not name or not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        raise AirflowFailException(
+            f"no candidate to approve (model_name={name!r}, version={number!r}): trigger approve_model with "
+            "the model_name and version of a registered version; the pipelines' request_approval does"
+        )
+    return {
+        "model_name": name,
+        "version": number,
+        "approval_timeout_hours": float(params.get("approval_timeout_hours") or 24.0),
+        "model_tests": params.get("model_tests") or {},
+    }
 
-    Skipped when ``register_model`` did not ask for approval (``promotion = "auto"``, failed model tests).
-    The request's subject, body and timeout are made at run time from the registry and the repository's
-    ``approval_timeout_hours``; a rejection or a timeout is an outcome, not a skip: nothing downstream is
-    skipped and the task succeeds.
+
+class ModelApprovalOperator(ApprovalOperator):
+    """Ask a person to approve the ``approve_model`` run's candidate; act on the answer (see the module doc).
+
+    The candidate (model_name, version) and what the request shows (approval_timeout_hours, model_tests)
+    come from the run's conf, read through the DAG's Params. The request's subject, body and timeout are
+    made at run time from the registry; a rejection or a timeout is an outcome, not a failure: the task
+    succeeds.
     """
 
     def __init__(self, *, task_id: str = APPROVAL_TASK_ID, **kwargs: Any) -> None:
         kwargs.setdefault("subject", "Promote the new model version to champion?")
-        # The form's one field. Set here, not defaulted: Airflow hands __init__ the DAG's Params (repo_url, ...),
-        # which the provider filters out, and a field needs source "task" to stay.
+        # The form's one field. Set here, not defaulted: Airflow hands __init__ the DAG's Params (model_name,
+        # ...), which the provider filters out, and a field needs source "task" to stay.
         kwargs["params"] = {
             "reason": Param(
                 "", type="string", title="Reason", description="Kept in the alias history", source="task"
@@ -296,17 +340,21 @@ class ModelApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Context) -> Any:
         from pushtrain import settings
-        from pushtrain.registry import ModelRegistry
+        from pushtrain.registry import ModelRegistry, VersionNotFoundError
 
-        registered = context["ti"].xcom_pull(task_ids=REGISTER_TASK_ID) or {}
-        if not registered.get("awaiting_approval"):
-            raise AirflowSkipException("no approval needed: the promotion rule decided (promotion = auto)")
+        candidate = _candidate(context)
         registry = ModelRegistry(settings.registry_dir())
-        self.subject, self.body = approval_request(
-            registry, registered["model_name"], registered["version"], registered
+        try:
+            self.subject, self.body = approval_request(
+                registry, candidate["model_name"], candidate["version"], candidate
+            )
+        except VersionNotFoundError as exc:
+            raise AirflowFailException(f"nothing to approve: {exc}") from None
+        self.response_timeout = timedelta(hours=candidate["approval_timeout_hours"])
+        ti = context["ti"]
+        self.log.info(
+            "waiting for a person's answer at %s", approval_page_url(airflow_base_url(), ti.run_id, ti.dag_id)
         )
-        self.response_timeout = timedelta(hours=float(registered["approval_timeout_hours"]))
-        self.log.info("waiting for a person's answer at %s", registered.get("approval_url", "the web UI"))
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -314,8 +362,8 @@ class ModelApprovalOperator(ApprovalOperator):
         from pushtrain.registry import ModelRegistry
 
         ti = context["ti"]
-        registered = ti.xcom_pull(task_ids=REGISTER_TASK_ID) or {}
-        name, number = registered["model_name"], registered["version"]
+        candidate = _candidate(context)
+        name, number = candidate["model_name"], candidate["version"]
         registry = ModelRegistry(settings.registry_dir())
         if event.get("error_type") == "timeout":
             outcome, chosen, answer = TIMED_OUT, None, {}
@@ -332,7 +380,7 @@ class ModelApprovalOperator(ApprovalOperator):
             outcome,
             by=_actor(event.get("responded_by_user"), ti.dag_id, ti.run_id),
             reason=str((answer.get("params_input") or {}).get("reason") or ""),
-            timeout_hours=registered.get("approval_timeout_hours"),
+            timeout_hours=candidate["approval_timeout_hours"],
         )
         if outcome == APPROVED:
             context["outlet_events"][MODELS_ALIAS].add(
@@ -340,3 +388,37 @@ class ModelApprovalOperator(ApprovalOperator):
             )
         self.log.info("%s v%s: %s (%s)", name, number, result["reason"], result["by"])
         return result
+
+
+class RequestApprovalOperator(TriggerDagRunOperator):
+    """Start the ``approve_model`` run of ``register_model``'s candidate, and do not wait for it.
+
+    Skipped when ``register_model`` did not ask for approval (``promotion = "auto"``, failed model tests).
+    The run id is :func:`approval_run_id`: a retried request finds the run and starts no second one.
+    """
+
+    def __init__(self, *, task_id: str = REQUEST_TASK_ID, **kwargs: Any) -> None:
+        super().__init__(
+            task_id=task_id,
+            trigger_dag_id=APPROVAL_DAG_ID,
+            skip_when_already_exists=True,
+            # A paused approve_model would leave the request queued and the person with nothing to answer.
+            fail_when_dag_is_paused=True,
+            wait_for_completion=False,  # the pipeline run ends now; the approval runs on its own
+            **kwargs,
+        )
+
+    def execute(self, context: Context) -> Any:
+        ti = context["ti"]
+        registered = ti.xcom_pull(task_ids=REGISTER_TASK_ID) or {}
+        if not registered.get("awaiting_approval"):
+            raise AirflowSkipException("no approval needed: the promotion rule decided (promotion = auto)")
+        self.trigger_run_id = approval_run_id(registered["model_name"], registered["version"])
+        self.conf = approval_conf(registered, requested_by=f"dag_run:{ti.dag_id}/{ti.run_id}")
+        self.log.info(
+            "approval of %s v%s requested: %s",
+            registered["model_name"],
+            registered["version"],
+            approval_page_url(airflow_base_url(), self.trigger_run_id),
+        )
+        return super().execute(context)

@@ -8,7 +8,7 @@ task per kind of ``pushtrain.kinds``::
                                       ─linear─> train_linear ─┼─> evaluate ─────────┐
                                       ─knn────> train_knn ────┘                     ├─> judge_attempt
                                       ─strategy exhausted─> nothing_left_to_try ────┘
-    judge_attempt >> target_met    >> register_model        (success mail) >> approve_model (promotion = approve)
+    judge_attempt >> target_met    >> register_model        (success mail) >> request_approval (if approve)
                   >> retry_allowed >> trigger_retrain       (next tweak_and_retrain run)
                   >> budget_spent  >> report_budget_spent   (leaderboard mail)
     all of them   >> finish_pipeline                        (clean-up once the pipeline ended)
@@ -18,8 +18,10 @@ A strategy with nothing left to try is a normal end, not a failure: ``prepare_at
 tweak whose model cannot be built is trained and judged as a failed attempt; the loop goes on.
 
 With ``promotion = "approve"`` in ``pushtrain.toml``, ``register_model`` makes the version challenger and
-``approve_model`` (``pushtrain.approval``) waits, holding no worker slot, for a person to approve it in the
-web UI or the REST API; with ``"auto"`` it is skipped and register_model's rule decides, as it always did.
+``request_approval`` (``pushtrain.approval``) starts an ``approve_model`` DAG run, run id
+``approval__<model>__v<N>``, where a person approves or rejects it; the pipeline run does not wait for the
+answer, so no other push waits for a person either. With ``"auto"`` it is skipped and register_model's rule
+decides, as it always did.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from airflow.sdk import Label, TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pushtrain import settings, steps
-from pushtrain.approval import APPROVAL_TASK_ID, ModelApprovalOperator, airflow_base_url, approval_page_url
+from pushtrain.approval import RequestApprovalOperator, airflow_base_url, approval_page_url, approval_run_id
 from pushtrain.kinds import KINDS
 from pushtrain.mail import BUDGET_SPENT, FAILURE, SUCCESS, PipelineMailNotifier
 from pushtrain.model_assets import MODELS_ALIAS, champion_event_extra, model_asset
@@ -133,8 +135,9 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         """
         registered = steps.register_model(decision, _remote_of_pipeline(decision["pipeline_id"]))
         if registered["awaiting_approval"]:  # the success mail links to the page where a person answers
-            ti = context["ti"]
-            registered["approval_url"] = approval_page_url(airflow_base_url(), ti.dag_id, ti.run_id)
+            run_id = approval_run_id(registered["model_name"], registered["version"])
+            registered["approval_run_id"] = run_id  # request_approval starts that run next
+            registered["approval_url"] = approval_page_url(airflow_base_url(), run_id)
         if registered["is_champion"]:
             context["outlet_events"][MODELS_ALIAS].add(
                 model_asset(registered["model_name"]),
@@ -184,9 +187,9 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
     nothing_left_to_try >> decision
     met, retry, spent = target_met(decision), retry_allowed(decision), budget_spent(decision)
     registered = register_model(decision)
-    # Skipped unless register_model asked for approval; the cleanup need not wait for a person.
-    approve = ModelApprovalOperator(task_id=APPROVAL_TASK_ID)
-    registered >> Label("promotion = approve") >> approve
+    # Skipped unless register_model asked for approval; starts the approve_model run and ends at once.
+    request_approval = RequestApprovalOperator()
+    registered >> Label("promotion = approve") >> request_approval
     outcomes = [
         met >> Label("target met") >> registered,
         retry >> Label("below target, budget left") >> trigger_retrain,
@@ -217,7 +220,7 @@ def attempt_tail(prepared, *, earlier: list | tuple = ()) -> None:
         retry,
         spent,
         *outcomes,
-        approve,
+        request_approval,
         finish,
     ]
     every_step >> fail_if_any_step_failed()

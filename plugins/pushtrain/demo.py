@@ -28,7 +28,7 @@ from pushtrain.mailsink import MailSink, read_mails
 from pushtrain.standalone import EmbeddedAirflow
 from pushtrain.ui.webhook import SECRET_ENV, deliver_push
 
-DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health", "deploy_model"]
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health", "deploy_model", "approve_model"]
 AUTHOR = ("Dana Scientist", "dana@example.com")
 
 

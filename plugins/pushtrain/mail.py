@@ -63,13 +63,15 @@ def approval_html(registered: dict) -> str:
     if not registered.get("awaiting_approval"):
         return ""
     url = registered.get("approval_url") or ""
+    run_id = registered.get("approval_run_id") or ""
     where = f'<a href="{html.escape(url)}">{html.escape(url)}</a>' if url else "the Airflow web UI"
+    of_run = f" of the approve_model run {html.escape(run_id)}" if run_id else ""
     hours = registered.get("approval_timeout_hours")
     timeout = f" No answer within {hours:g} h keeps it challenger." if hours else ""
     return (
         f"<li><b>Approval awaited</b>: version {registered['version']} is challenger until a person approves "
-        f"it (promotion = approve): approve or reject it at {where} (Required Actions), where its figures "
-        f"stand against the champion's. Approved, it becomes champion and is deployed.{timeout}</li>"
+        f"it (promotion = approve): approve or reject it at {where} (Required Actions{of_run}), where its "
+        f"figures stand against the champion's. Approved, it becomes champion and is deployed.{timeout}</li>"
     )
 
 

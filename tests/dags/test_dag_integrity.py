@@ -41,8 +41,8 @@ def dags_of(dag_bag: DagBag, file_name: str) -> list:
 
 
 def test_the_dags_folder_holds_the_pipeline_dags(dag_bag: DagBag) -> None:
-    assert {"train_on_push.py", "tweak_and_retrain.py"} <= set(DAG_FILES)
-    assert PIPELINE_DAG_IDS <= set(dag_bag.dag_ids)
+    assert {"train_on_push.py", "tweak_and_retrain.py", "approve_model.py"} <= set(DAG_FILES)
+    assert PIPELINE_DAG_IDS | {"approve_model", "deploy_model"} <= set(dag_bag.dag_ids)
 
 
 @pytest.mark.parametrize("file_name", DAG_FILES)
@@ -288,24 +288,75 @@ def test_a_retried_trigger_asks_for_the_same_child_run(dag_bag: DagBag, dag_id: 
     assert trigger.skip_when_already_exists is True  # the second try finds the run and starts nothing
 
 
+# ----------------------------------------------------------------------------------- promotion = approve
+
+
 @pytest.mark.parametrize("dag_id", sorted(PIPELINE_DAG_IDS))
-def test_a_registered_version_may_wait_for_a_person_without_holding_up_the_cleanup(
+def test_a_version_awaiting_approval_is_handed_to_approve_model_without_holding_the_pipeline(
     dag_bag: DagBag, dag_id: str
 ) -> None:
-    """promotion = "approve": approve_model follows register_model, emits through the models alias, and
-    counts for the run's outcome; finish_pipeline does not wait for it."""
+    """promotion = "approve": request_approval follows register_model and starts the candidate's own
+    approve_model run without waiting for it, so the pipeline run (one at a time) ends at once."""
+    from pushtrain.approval import RequestApprovalOperator
+    from pushtrain.model_assets import MODELS_ALIAS
+
+    dag = dag_bag.dags[dag_id]
+    request = dag.get_task("request_approval")
+
+    assert "approve_model" not in dag.task_ids  # no task of the pipeline waits for a person
+    assert isinstance(request, RequestApprovalOperator)
+    assert request.trigger_dag_id == "approve_model"
+    assert request.wait_for_completion is False and request.deferrable is False
+    assert request.skip_when_already_exists is True  # a retried request starts no second approval
+    assert request.upstream_task_ids == {"register_model"}
+    assert request.downstream_task_ids == {"fail_if_any_step_failed"}
+    assert dag.get_edge_info("register_model", "request_approval") == {"label": "promotion = approve"}
+    assert MODELS_ALIAS in dag.get_task("register_model").outlets
+
+
+def test_approve_model_waits_for_a_person_per_candidate(dag_bag: DagBag) -> None:
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
     from pushtrain.model_assets import MODELS_ALIAS
 
-    dag = dag_bag.dags[dag_id]
-    approve = dag.get_task("approve_model")
+    dag = dag_bag.dags["approve_model"]
+    (approve,) = dag.tasks
 
-    assert isinstance(approve, ApprovalOperator)
-    assert approve.upstream_task_ids == {"register_model"}
-    assert approve.downstream_task_ids == {"fail_if_any_step_failed"}
-    assert dag.get_edge_info("register_model", "approve_model") == {"label": "promotion = approve"}
-    assert MODELS_ALIAS in approve.outlets and MODELS_ALIAS in dag.get_task("register_model").outlets
-    assert "approve_model" not in dag.get_task("finish_pipeline").upstream_task_ids
+    assert dag.schedule is None and dag.max_active_runs >= 16  # many candidates may wait at once
+    assert approve.task_id == "approve_model" and isinstance(approve, ApprovalOperator)
+    assert MODELS_ALIAS in approve.outlets  # approval announces the new champion to deploy_model
     assert approve.options == ["Approve", "Reject"] and set(approve.params) == {"reason"}
     assert approve.execution_timeout is None  # the repository's approval_timeout_hours bounds the wait
+    assert approve.retries == 0  # a retry would ask the person a second time
+    assert set(dag.params) == {
+        "model_name",
+        "version",
+        "approval_timeout_hours",
+        "pipeline_id",
+        "requested_by",
+        "model_tests",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "valid"),
+    [
+        ("model_name", "digits-knn", True),
+        ("model_name", "bad name!", False),
+        ("version", 3, True),
+        ("version", 0, False),
+        ("version", "3", False),
+        ("approval_timeout_hours", 0.005, True),
+        ("approval_timeout_hours", 0, False),
+        ("approval_timeout_hours", 1000, False),
+    ],
+)
+def test_approve_model_params_reject_bad_values(
+    dag_bag: DagBag, key: str, value: object, valid: bool
+) -> None:
+    param = dag_bag.dags["approve_model"].params.get_param(key)
+    if valid:
+        assert param.resolve(value) == value
+    else:
+        with pytest.raises(ParamValidationError):
+            param.resolve(value)

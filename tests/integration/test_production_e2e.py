@@ -1,8 +1,9 @@
 """From a push to production under a real scheduler: a repository with ``promotion = "approve"``.
 
 Airflow standalone, a real git repository, real training and serving containers. A fast KNN on the
-bundled ``digits`` set with an easy target; each push's version waits for approval, is approved through the
-REST API (as a person's answer in the web UI's Required Actions is), becomes champion and is served by
+bundled ``digits`` set with an easy target; each push's version is handed to its own ``approve_model`` run
+(the push's ``train_on_push`` run ends meanwhile: training never waits for a person), is approved through
+the REST API (as a person's answer in the web UI's Required Actions is), becomes champion and is served by
 ``deploy_model`` at the stable endpoint; then ``python -m pushtrain registry rollback`` moves ``champion``
 back and announces it to this Airflow, which serves the previous version again.
 """
@@ -30,7 +31,7 @@ from pushtrain.tweak import apply_hparams
 
 pytestmark = pytest.mark.slow
 MODEL = "approve-knn"
-DAG_IDS = ["train_on_push", "tweak_and_retrain", "deploy_model"]
+DAG_IDS = ["train_on_push", "tweak_and_retrain", "approve_model", "deploy_model"]
 PIPELINE_TIMEOUT = 240
 DEPLOY_TIMEOUT = 150
 BETTER = {"n_neighbors": 3, "weights": "distance", "p": 2}  # >= 0.97 on digits; the template's ~0.85
@@ -121,9 +122,11 @@ class Api:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
-    def approval_path(self, run_id: str) -> str:
-        run = urllib.parse.quote(run_id, safe="")
-        return f"/api/v2/dags/train_on_push/dagRuns/{run}/taskInstances/approve_model"
+    def run_path(self, dag_id: str, run_id: str) -> str:
+        return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def approval_path(self, approval_run_id: str) -> str:
+        return self.run_path("approve_model", approval_run_id) + "/taskInstances/approve_model"
 
 
 def push(work: Path, message: str, hparams: dict | None = None) -> str:
@@ -135,17 +138,30 @@ def push(work: Path, message: str, hparams: dict | None = None) -> str:
     return commit_and_push(work, message)
 
 
-def awaiting_approval(api: Api, commit: str) -> str:
-    """Wait until the push's train_on_push run asks for approval; its run id."""
+def awaiting_approval(api: Api, commit: str, version: int, answer_soon: bool = False) -> str:
+    """Wait until the version's approve_model run asks a person and the push's train_on_push run has ENDED;
+    the approval run's id. ``answer_soon``: the wait may end (a short timeout) before it is checked again."""
     summary = wait_for_pipeline(commit, PIPELINE_TIMEOUT, report=lambda _: None)
     assert summary.outcome == "met", summary
-    run_id = pipeline.Pipeline.load(summary.pipeline_id).origin_dag_run_id
+    pipeline_run = pipeline.Pipeline.load(summary.pipeline_id).origin_dag_run_id
+    approval_run = f"approval__{MODEL}__v{version}"
     wait_until(
-        lambda: api.call("GET", api.approval_path(run_id))["state"] == "awaiting_input",
+        lambda: api.call("GET", api.approval_path(approval_run))["state"] == "awaiting_input",
         60,
-        f"approve_model of {run_id} to await input",
+        f"approve_model of {approval_run} to await input",
     )
-    return run_id
+    wait_until(
+        lambda: api.call("GET", api.run_path("train_on_push", pipeline_run))["state"] == "success",
+        60,
+        f"train_on_push run {pipeline_run} to end while the approval waits",
+    )
+    # The point of the separate DAG: the pipeline run is over (the next push may train), the person not yet.
+    if not answer_soon:
+        assert api.call("GET", api.approval_path(approval_run))["state"] == "awaiting_input"
+    conf = api.call("GET", api.run_path("approve_model", approval_run))["conf"]
+    assert (conf["model_name"], conf["version"], conf["pipeline_id"]) == (MODEL, version, summary.pipeline_id)
+    assert conf["requested_by"] == f"dag_run:train_on_push/{pipeline_run}"
+    return approval_run
 
 
 def approve(api: Api, run_id: str, reason: str) -> dict:
@@ -169,7 +185,7 @@ def test_approval_through_the_api_promotes_and_deploys_and_a_cli_rollback_redepl
     api = Api(airflow)
 
     first = push(production["work"], "the template as it is")
-    run_one = awaiting_approval(api, first)
+    run_one = awaiting_approval(api, first, 1)
     assert registry.aliases(MODEL) == {CHALLENGER: 1}, "nothing is champion before a person approves"
     detail = api.call("GET", api.approval_path(run_one) + "/-1/hitlDetails")
     assert (
@@ -184,9 +200,7 @@ def test_approval_through_the_api_promotes_and_deploys_and_a_cli_rollback_redepl
     )[0]
     assert mail["subject"].endswith("approval awaited")
     html = mail.get_body(("html",)).get_content()
-    assert (
-        f"{airflow.url}/dags/train_on_push/runs/" in html and "/tasks/approve_model/required_actions" in html
-    )
+    assert f"{airflow.url}/dags/approve_model/runs/{run_one}/tasks/approve_model/required_actions" in html
 
     answered = approve(api, run_one, "first model")
     assert answered["chosen_options"] == ["Approve"] and answered["responded_by"]["name"] == "admin"
@@ -196,7 +210,7 @@ def test_approval_through_the_api_promotes_and_deploys_and_a_cli_rollback_redepl
     wait_until(lambda: served_version() == 1, DEPLOY_TIMEOUT, "deploy_model to serve v1")
 
     second = push(production["work"], "closer neighbours", BETTER)
-    run_two = awaiting_approval(api, second)
+    run_two = awaiting_approval(api, second, 2)
     assert registry.aliases(MODEL)[CHAMPION] == 1 and registry.aliases(MODEL)[CHALLENGER] == 2
     detail = api.call("GET", api.approval_path(run_two) + "/-1/hitlDetails")
     assert "beats champion v1" in detail["subject"] and "`n_neighbors`: 75 -> 3" in detail["body"]
@@ -231,8 +245,9 @@ def test_no_answer_within_the_timeout_keeps_the_version_challenger(production) -
     config.write_text(config.read_text() + "approval_timeout_hours = 0.005\n")  # 18 s
     champion_before = registry.aliases(MODEL).get(CHAMPION)
 
-    run_id = awaiting_approval(api, push(production["work"], "nobody answers"))
-    waiting = registry.challenger(MODEL).number
+    waiting = len(registry.versions(MODEL)) + 1
+    run_id = awaiting_approval(api, push(production["work"], "nobody answers"), waiting, answer_soon=True)
+    assert registry.challenger(MODEL).number == waiting
     wait_until(
         lambda: api.call("GET", api.approval_path(run_id))["state"] == "success",
         90,
@@ -244,4 +259,4 @@ def test_no_answer_within_the_timeout_keeps_the_version_challenger(production) -
     assert registry.aliases(MODEL)[CHALLENGER] == waiting
     refusal = [m for m in registry.history(MODEL) if m.alias == CHAMPION][-1]
     assert refusal.reason == f"refused v{waiting}: no answer within 0.005 h; stays challenger"
-    assert refusal.by == f"dag_run:train_on_push/{run_id}"
+    assert refusal.by == f"dag_run:approve_model/{run_id}"

@@ -1,9 +1,10 @@
-"""``promotion = "approve"`` (issue 13): the pipeline registers a version that met its target as challenger, and
-a person's answer in Airflow promotes it, or keeps it challenger with the reason (a rejection, or no answer).
+"""``promotion = "approve"`` (issue 13): the pipeline registers a version that met its target as challenger
+and hands it to its own ``approve_model`` DAG run, where a person's answer promotes it, or keeps it
+challenger with the reason (a rejection, or no answer); the pipeline run does not wait for the answer.
 
 Real git repositories and a real registry under a temporary data dir, as in test_steps_git (whose fixtures
-and helpers are reused); the approval task is the real operator, run with a task context made here: no
-scheduler, no container.
+and helpers are reused); the request and approval tasks are the real operators, run with a task
+context made here: no scheduler, no container.
 """
 
 # ruff: noqa: F811  (the fixtures imported from test_steps_git are parameters of the tests here)
@@ -15,7 +16,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException, TaskAwaitingInput
+from airflow.providers.standard.operators.trigger_dagrun import DagIsPaused
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowSkipException,
+    DagRunTriggerException,
+    TaskAwaitingInput,
+)
 from test_steps_git import CNN_TOML, T0, Origin, checkout, commented_cnn, data_dir, digits, judge, origin  # noqa: F401
 
 from pushtrain import approval, mail, pipeline, settings, steps
@@ -96,18 +103,21 @@ def test_under_approve_the_success_mail_says_approval_is_awaited_and_links_to_th
 ) -> None:
     decision = judge(steps.prepare_tweaked_attempt(approve_attempt, 2), 0.95)
     registered = steps.register_model(decision.to_xcom(), None)
-    url = approval.approval_page_url("http://airflow.test:8080/", "train_on_push", "manual__2026-03-01T12:00")
-    registered["approval_url"] = url
+    run_id = approval.approval_run_id(registered["model_name"], registered["version"])
+    url = approval.approval_page_url("http://airflow.test:8080/", run_id)
+    registered["approval_run_id"], registered["approval_url"] = run_id, url
 
     subject, body = mail.success_mail(approve_attempt, registered)
 
+    assert run_id == f"approval__{registered['model_name']}__v1"
     assert url == (
-        "http://airflow.test:8080/dags/train_on_push/runs/manual__2026-03-01T12%3A00/tasks/approve_model"
+        f"http://airflow.test:8080/dags/approve_model/runs/{run_id}/tasks/approve_model"
         "/required_actions?map_index=-1"
     )
     assert subject.endswith(", approval awaited")
     assert "<b>Approval awaited</b>: version 1 is challenger" in body
     assert f'<a href="{url}">' in body and "No answer within 2 h keeps it challenger" in body
+    assert f"(Required Actions of the approve_model run {run_id})" in body
 
 
 def test_under_auto_nothing_waits(origin: Origin, templates_dir: Path, digits) -> None:
@@ -214,7 +224,7 @@ def test_a_rejection_or_no_answer_keeps_it_challenger_with_the_reason(
     assert (move.alias, move.from_version, move.to_version, move.reason) == (CHAMPION, 1, 1, recorded)
 
 
-# --- the operator ---------------------------------------------------------------------------------------
+# --- the operators ---------------------------------------------------------------------------------------
 
 
 class OutletEvents:
@@ -227,23 +237,48 @@ class OutletEvents:
         return SimpleNamespace(add=lambda asset, extra: self.added.append((key, asset, extra)))
 
 
-def context_for(registered: dict) -> dict:
+APPROVAL_RUN_ID = "approval__digits-knn__v2"
+
+
+def approval_context(params: dict) -> dict:
+    """The context of the approve_model task of the run ``approval__digits-knn__v2``, conf read as Params."""
     ti = SimpleNamespace(
         id="0190a1b2-0000-7000-8000-000000000001",
-        dag_id="train_on_push",
-        run_id="manual__1",
+        dag_id="approve_model",
+        run_id=APPROVAL_RUN_ID,
         map_index=-1,
-        xcom_pull=lambda task_ids: registered if task_ids == "register_model" else None,
     )
-    return {"ti": ti, "task_instance": ti, "outlet_events": OutletEvents()}
+    return {"ti": ti, "task_instance": ti, "params": params, "outlet_events": OutletEvents()}
 
 
+def pipeline_context(registered: dict, approve_model_paused: bool = False) -> dict:
+    """The context of train_on_push's request_approval task once register_model returned ``registered``."""
+    ti = SimpleNamespace(
+        dag_id="train_on_push",
+        run_id="scheduled__1",
+        xcom_pull=lambda task_ids: registered if task_ids == "register_model" else None,
+        get_dag=lambda dag_id: SimpleNamespace(is_paused=approve_model_paused),
+        xcom_push=lambda key, value: None,
+    )
+    return {"ti": ti, "task_instance": ti}
+
+
+MODEL_TESTS = {"ran": False, "passed": True, "summary": "no model tests", "tests": []}
 AWAITING = {
     "model_name": "digits-knn",
     "version": 2,
+    "pipeline_id": "1a2b3c4d-5e6f7a8b",
     "awaiting_approval": True,
     "approval_timeout_hours": 2.0,
-    "model_tests": {"ran": False, "passed": True, "summary": "no model tests", "tests": []},
+    "model_tests": MODEL_TESTS,
+}
+CONF = {
+    "model_name": "digits-knn",
+    "version": 2,
+    "pipeline_id": "1a2b3c4d-5e6f7a8b",
+    "approval_timeout_hours": 2.0,
+    "model_tests": MODEL_TESTS,
+    "requested_by": "dag_run:train_on_push/scheduled__1",
 }
 
 
@@ -257,9 +292,43 @@ def answer(option: str, user: dict | None, reason: str = "") -> dict:
     }
 
 
-def test_the_operator_skips_when_register_model_decided_itself() -> None:
+def test_the_request_is_skipped_when_register_model_decided_itself() -> None:
     with pytest.raises(AirflowSkipException, match="no approval needed"):
-        approval.ModelApprovalOperator().execute(context_for({"awaiting_approval": False}))
+        approval.RequestApprovalOperator().execute(pipeline_context({"awaiting_approval": False}))
+
+
+def test_the_request_starts_the_candidates_approve_model_run_and_does_not_wait() -> None:
+    request = approval.RequestApprovalOperator()
+
+    for _try in range(2):  # a retried request asks for the same run, which then already exists
+        with pytest.raises(DagRunTriggerException) as trigger:
+            request.execute(pipeline_context(AWAITING))
+        asked = trigger.value
+        assert (asked.trigger_dag_id, asked.dag_run_id) == ("approve_model", APPROVAL_RUN_ID)
+        assert asked.conf == CONF
+        assert asked.skip_when_already_exists is True and asked.wait_for_completion is False
+
+
+def test_the_request_fails_while_approve_model_is_paused() -> None:
+    """A queued request on a paused DAG would leave the person with nothing to answer: say so instead."""
+    with pytest.raises(DagIsPaused, match="approve_model is paused"):
+        approval.RequestApprovalOperator().execute(pipeline_context(AWAITING, approve_model_paused=True))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"model_name": "", "version": 2}, {"model_name": "digits-knn", "version": None}],
+)
+def test_an_approval_run_without_a_candidate_fails_saying_what_to_give(params: dict) -> None:
+    with pytest.raises(AirflowFailException, match="trigger approve_model with the model_name and version"):
+        approval.ModelApprovalOperator().execute(approval_context(params))
+
+
+def test_an_approval_run_of_an_unknown_version_fails_naming_the_versions(two_versions: ModelRegistry) -> None:
+    with pytest.raises(
+        AirflowFailException, match=r"nothing to approve: digits-knn has no v9 \(versions: v1, v2\)"
+    ):
+        approval.ModelApprovalOperator().execute(approval_context({**CONF, "version": 9}))
 
 
 def test_the_operator_parks_the_task_awaiting_input_with_the_repository_timeout(
@@ -273,17 +342,19 @@ def test_the_operator_parks_the_task_awaiting_input_with_the_repository_timeout(
     operator = approval.ModelApprovalOperator()
 
     with pytest.raises(TaskAwaitingInput) as parked:
-        operator.execute(context_for(AWAITING))
+        operator.execute(approval_context(CONF))
 
     assert parked.value.timeout == timedelta(hours=2) and parked.value.method_name == "execute_complete"
     assert written[0]["options"] == ["Approve", "Reject"]
     assert written[0]["subject"].startswith("Promote digits-knn v2 to champion?")
     assert "| held-out accuracy | 0.9700 | 0.9500 |" in written[0]["body"]
+    assert "| model tests | no model tests | - |" in written[0]["body"]
+    assert "No answer within 2 h: it stays challenger." in written[0]["body"]
     assert set(written[0]["params"]) == {"reason"}
 
 
 def test_the_operator_promotes_on_approval_and_emits_the_champion_event(two_versions: ModelRegistry) -> None:
-    context = context_for(AWAITING)
+    context = approval_context(CONF)
 
     result = approval.ModelApprovalOperator().execute_complete(
         context, answer("Approve", {"id": "admin", "name": "admin"}, "ok")
@@ -304,7 +375,7 @@ def test_the_operator_promotes_on_approval_and_emits_the_champion_event(two_vers
 def test_the_operator_on_rejection_keeps_the_challenger_and_emits_nothing(
     two_versions: ModelRegistry,
 ) -> None:
-    context = context_for(AWAITING)
+    context = approval_context(CONF)
 
     result = approval.ModelApprovalOperator().execute_complete(
         context, answer("Reject", {"id": "ada", "name": "ada"}, "recall of 0 too low")
@@ -317,12 +388,12 @@ def test_the_operator_on_rejection_keeps_the_challenger_and_emits_nothing(
 
 
 def test_the_operator_on_timeout_states_the_outcome_by_the_run(two_versions: ModelRegistry) -> None:
-    context = context_for(AWAITING)
+    context = approval_context(CONF)
     timeout = {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"}
 
     result = approval.ModelApprovalOperator().execute_complete(context, timeout)
 
-    assert (result["outcome"], result["by"]) == ("timed_out", "dag_run:train_on_push/manual__1")
+    assert (result["outcome"], result["by"]) == ("timed_out", f"dag_run:approve_model/{APPROVAL_RUN_ID}")
     assert result["reason"] == "refused v2: no answer within 2 h; stays challenger"
     assert two_versions.aliases("digits-knn") == {CHAMPION: 1, CHALLENGER: 2}
     assert context["outlet_events"].added == []
