@@ -41,8 +41,15 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "scripts"
 # The module-level MNIST script at one epoch: 0.80 validation accuracy, 0.89 at two (measured on mnist5k).
 SCRIPT_TARGET = 0.93
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "model_templates"
-DAG_IDS = ["train_on_push", "tweak_and_retrain", "container_health", "retrain_on_new_data"]
+DAG_IDS = [
+    "train_on_push",
+    "tweak_and_retrain",
+    "container_health",
+    "retrain_on_new_data",
+    "register_dataset",
+]
 SIGNS = "e2e-signs"  # a registered table: v1 made in the fixture, v2 added by the test through the CLI
+PROBE = "e2e-probe"  # a table no model trains on: v1 through register_dataset (an alias event), v2 by the CLI
 HEALTH_INTERVAL_S = 30
 TRAINING_TIMEOUT_S = 150  # above the ~3 health intervals a crashing container takes to use its budget
 MEDIUM_TRAINING = {"epochs": 12, "filters": 16, "dense_units": 64, "learning_rate": 0.002}  # 1-2 s an epoch
@@ -289,6 +296,14 @@ def e2e(tmp_path_factory, training_images, monkeypatch_module):
                 (script, {}),
             ):
                 trigger(airflow, scenario, conf)
+            probe_v1 = signs_table(root / "probe-v1.csv", seed=3)
+            airflow.airflow(
+                "dags",
+                "trigger",
+                "register_dataset",
+                "--conf",
+                json.dumps({"name": PROBE, "path": str(probe_v1)}),
+            )
             yield {
                 "history": history,
                 "airflow": airflow,
@@ -385,12 +400,10 @@ def test_a_version_added_by_the_cli_retrains_the_champion_under_the_scheduler(e2
         "v1",
     )
 
-    # The user's CLI, told where this Airflow is; its login is the admin one the instance generated.
-    env = {**airflow.environment(), "PUSHTRAIN_AIRFLOW_URL": airflow.url}
-    for key in ("PUSHTRAIN_AIRFLOW_USERNAME", "PUSHTRAIN_AIRFLOW_PASSWORD", "PUSHTRAIN_AIRFLOW_TOKEN"):
-        env.pop(key, None)
     v2_source = signs_table(e2e["root"] / "signs-v2.csv", seed=2)
-    added = pushtrain_cli("datasets", "add", SIGNS, str(v2_source), "--label-column", "label", env=env)
+    added = pushtrain_cli(
+        "datasets", "add", SIGNS, str(v2_source), "--label-column", "label", env=cli_environment(airflow)
+    )
     assert added.returncode == 0 and "warning" not in added.stderr, added.stdout + added.stderr
     started = re.search(r"retrain_on_new_data run (\S+) started", added.stdout)
     assert started, added.stdout
@@ -425,6 +438,66 @@ def test_a_version_added_by_the_cli_retrains_the_champion_under_the_scheduler(e2
     assert new.lineage["retrain"]["champion_version"] == champion.number
     report = task_instance(airflow, "retrain_on_new_data", started.group(1), "report_failures")
     assert report["state"] == "success", report
+
+
+def cli_environment(airflow: EmbeddedAirflow) -> dict[str, str]:
+    """The user's CLI, told where this Airflow is; its login is the admin one the instance generated."""
+    env = {**airflow.environment(), "PUSHTRAIN_AIRFLOW_URL": airflow.url}
+    for key in ("PUSHTRAIN_AIRFLOW_USERNAME", "PUSHTRAIN_AIRFLOW_PASSWORD", "PUSHTRAIN_AIRFLOW_TOKEN"):
+        env.pop(key, None)
+    return env
+
+
+def test_an_event_posted_by_rest_does_not_reach_the_alias_consumer_so_the_cli_starts_it(e2e):
+    """register_dataset's event (through the alias) starts retrain_on_new_data; one posted by REST on the same
+    asset is recorded but starts nothing, which is why the CLI triggers the DAG beside posting it."""
+    airflow = e2e["airflow"]
+
+    def retrain_runs(run_type: str) -> list[dict]:
+        runs = rest(airflow, "/api/v2/dags/retrain_on_new_data/dagRuns?limit=100")["dag_runs"]
+        return [run for run in runs if run["run_type"] == run_type]
+
+    [from_alias] = wait_until(
+        lambda: [r for r in retrain_runs("asset_triggered") if r["state"] == "success"],
+        PIPELINE_TIMEOUT,
+        "retrain_on_new_data started by register_dataset's event",
+    )
+    assert datasets.versions(PROBE) == [1]
+
+    added = pushtrain_cli(
+        "datasets",
+        "add",
+        PROBE,
+        str(signs_table(e2e["root"] / "probe-v2.csv", seed=4)),
+        env=cli_environment(airflow),
+    )
+    assert added.returncode == 0 and "warning" not in added.stderr, added.stdout + added.stderr
+    said = re.search(
+        rf"asset event (\d+) posted on pushtrain-dataset://{PROBE}/?; retrain_on_new_data run (\S+) started",
+        added.stdout,
+    )
+    assert said, added.stdout
+    run_path = f"/api/v2/dags/retrain_on_new_data/dagRuns/{urllib.parse.quote(said.group(2))}"
+    manual = wait_until(
+        lambda: (run := rest(airflow, run_path))["state"] in ("success", "failed") and run,
+        PIPELINE_TIMEOUT,
+        "the run the CLI started",
+    )
+    assert manual["state"] == "success" and manual["conf"] == {"dataset": PROBE, "version": 2}, manual
+    # A scheduler loop takes seconds: an asset-triggered run the posted event had queued would be here by now.
+    started_by_rest = wait_until(
+        lambda: [r for r in retrain_runs("asset_triggered") if r["dag_run_id"] != from_alias["dag_run_id"]],
+        20,
+        "a run started by the REST-posted event",
+        raise_on_timeout=False,
+    )
+    assert started_by_rest is None
+    asset_id = rest(airflow, f"/api/v2/assets?uri_pattern=pushtrain-dataset://{PROBE}")["assets"][0]["id"]
+    events = rest(airflow, f"/api/v2/assets/events?asset_id={asset_id}")["asset_events"]
+    assert sorted((e["source_dag_id"] or "", e["extra"]["version"]) for e in events) == [
+        ("", 2),
+        ("register_dataset", 1),
+    ]
 
 
 def test_a_repository_with_its_data_in_a_folder_trains_from_it_under_the_scheduler(e2e):
@@ -714,7 +787,8 @@ def container_exists(docker, name: str) -> bool:
     return any(c["Names"][0] == f"/{name}" for c in docker.containers(all=True, filters={"name": name}))
 
 
-def task_instance(airflow: EmbeddedAirflow, dag_id: str, run_id: str, task_id: str, **patch) -> dict:
+def rest(airflow: EmbeddedAirflow, path: str, patch: dict | None = None) -> dict:
+    """GET (or PATCH with ``patch``) ``path`` of the instance's REST API as its admin."""
     token_request = urllib.request.Request(
         f"{airflow.url}/auth/token",
         method="POST",
@@ -723,15 +797,19 @@ def task_instance(airflow: EmbeddedAirflow, dag_id: str, run_id: str, task_id: s
     )
     with urllib.request.urlopen(token_request, timeout=30) as response:
         token = json.load(response)["access_token"]
-    url = f"{airflow.url}/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}"
     request = urllib.request.Request(
-        url,
+        airflow.url + path,
         method="PATCH" if patch else "GET",
         data=json.dumps(patch).encode() if patch else None,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
+
+
+def task_instance(airflow: EmbeddedAirflow, dag_id: str, run_id: str, task_id: str, **patch) -> dict:
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances/{task_id}"
+    return rest(airflow, path, patch or None)
 
 
 def holder_parts(lease: dict) -> dict:
