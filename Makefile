@@ -8,12 +8,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: help setup venv images datasets test test-deps test-unit test-docker lint demo bench bench-search clean
+.PHONY: help setup venv images datasets test test-deps test-unit test-docker lint demo bench bench-search clean \
+	compose-images compose-up compose-down
 
 help:
 	@echo "make demo   - set up everything and run the main job end to end (web UI on http://localhost:8080)"
 	@echo "make test   - set up everything and run the test suite"
 	@echo "make images / datasets / lint / bench / bench-search / clean"
+	@echo "make compose-up / compose-down / compose-images - the team deployment (docker-compose.yaml)"
 
 venv: $(VENV)/.installed
 
@@ -75,6 +77,18 @@ $(BENCH_VENV)/.installed: benchmarks/requirements-search.txt images/tensorflow/r
 # make bench-search ARGS=--quick   (digits tasks, 2 seeds: a few minutes; the full run takes about an hour)
 bench-search: datasets $(BENCH_VENV)/.installed
 	@$(BENCH_VENV)/bin/python benchmarks/search_efficiency.py $(ARGS)
+
+# The team deployment (docker-compose.yaml). compose-images uses the public service images where they can
+# be pulled and builds local stand-ins (images/compose/) where not; compose-up and compose-down run docker
+# compose with the image variables set to what it chose (plugins/pushtrain/compose_images.py).
+compose-images: venv
+	@$(PY) -m pushtrain.compose_images images
+
+compose-up: setup
+	@$(PY) -m pushtrain.compose_images up
+
+compose-down: venv
+	@$(PY) -m pushtrain.compose_images down
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) data airflow_home
