@@ -6,6 +6,7 @@ that fails its smoke test never taking traffic, and a killed serving container c
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import shutil
@@ -212,6 +213,62 @@ def test_transport_level_bad_requests(served) -> None:
     assert status == 400 and "not JSON" in answer["message"]
     assert serving.request(port, "GET", "/nowhere")[0] == 404
     assert serving.request(port, "GET", "/health")[0] == 200
+
+
+def test_a_batch_with_one_bad_input_names_that_input(served) -> None:
+    """A batch converted in one step when every input is good still names the bad one when one is not."""
+    good = [0.5] * 64
+    cases = [
+        ({"instances": [good, good, [255.0] * 64]}, "input 2 has pixels outside [0, 1]"),
+        ({"instances": [good, [True] * 64]}, "input 1 holds booleans"),
+        ({"instances": [good, [0.5] * 63]}, "input 1 has shape [63]"),
+        ({"instances": [good, [[0.5] * 8] * 8, "not base64 %%%"]}, "input 2 is a string but not base64"),
+    ]
+    for port in (served["port"], serving.upstream(MODEL)["port"]):
+        for body, message in cases:
+            status, answer = serving.request(port, "POST", "/invocations", body)
+            assert status == 400 and message in answer["message"], (body, answer)
+        status, answer = serving.request(port, "POST", "/invocations", {"instances": [good, [[0.5] * 8] * 8]})
+        assert status == 200 and len(answer["predictions"]) == 2
+
+
+def test_keep_alive_requests_do_not_wait_for_delayed_acks(served) -> None:
+    """Small requests on one kept connection answer in milliseconds, not the 40 ms of a Nagle stall."""
+    body = json.dumps({"instances": [[0.5] * 64]}).encode()
+    for port in (served["port"], serving.upstream(MODEL)["port"]):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        seconds = []
+        for _ in range(25):
+            started = time.perf_counter()
+            connection.request(
+                "POST", "/invocations", body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            seconds.append(time.perf_counter() - started)
+        connection.close()
+        assert sorted(seconds)[len(seconds) // 2] < 0.025, seconds
+
+
+def test_expect_100_continue_is_answered_at_once(served) -> None:
+    body = json.dumps({"instances": [[0.5] * 64]}).encode()
+    head = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    for port in (served["port"], serving.upstream(MODEL)["port"]):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(head)
+            interim = connection.recv(65536)  # within the timeout, before any body is sent
+            assert interim.startswith(b"HTTP/1.1 100"), interim
+            connection.sendall(body)
+            received = b""
+            while b"predictions" not in received:
+                chunk = connection.recv(65536)
+                assert chunk, received
+                received += chunk
+        assert b"HTTP/1.1 200" in received
 
 
 class Load:
