@@ -19,7 +19,8 @@ import time
 import pytest
 import requests
 
-from pushtrain import compose_images, settings
+from pushtrain import compose_images, demo, settings
+from pushtrain.mailsink import MailSink
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -43,6 +44,13 @@ def stack(tmp_path_factory):
     (data_dir / "kept.txt").write_text("a file of the data dir: compose-down must leave it\n")
     env_file = root / ".env"
     port = _free_port()
+    mail_port = _free_port()
+    # The watched repository: a bare repo in the data dir, which the workers see at the same path. Pushed
+    # before the stack starts: airflow-init then hands the data dir to the workers' uid.
+    bare, work = demo.make_model_repo(
+        data_dir / "repos", "knn_sklearn.py", {"dataset": "digits", "target": 0.80, "max_attempts": 3}, "knn"
+    )
+    commit = demo.commit_and_push(work, "a KNN on digits")
     overrides = {
         "COMPOSE_PROJECT_NAME": PROJECT,
         "PUSHTRAIN_COMPOSE_ENV_FILE": str(env_file),
@@ -51,10 +59,31 @@ def stack(tmp_path_factory):
         "AIRFLOW_LOGS_DIR": str(root / "logs"),
         "AIRFLOW_CONFIG_DIR": str(root / "config"),
         "PYTHONPATH": str(settings.PROJECT_ROOT / "plugins"),
+        "AIRFLOW_CONN_GIT_DEFAULT": json.dumps(
+            {"conn_type": "git", "host": str(bare), "extra": {"read_only": "true"}}
+        ),
+        # The host's SMTP sink, through the compose file's host.docker.internal.
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "host.docker.internal",
+                "port": mail_port,
+                "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "pushtrain@localhost"},
+            }
+        ),
     }
     environment = {**os.environ, **overrides}
+    # The data set the model trains on, exported into this data dir as `make datasets` does.
+    subprocess.run(
+        [sys.executable, "-c", "from pushtrain import datasets; datasets.ensure_dataset('digits')"],
+        env=environment,
+        check=True,
+        timeout=300,
+    )
     command = [sys.executable, "-m", "pushtrain.compose_images"]
     started = time.monotonic()
+    sink = MailSink(root / "mail", host="0.0.0.0", port=mail_port)
+    sink.controller.start()
     try:
         subprocess.run([*command, "up"], env=environment, check=True, timeout=UP_TIMEOUT_S)
         up_seconds = time.monotonic() - started
@@ -68,8 +97,11 @@ def stack(tmp_path_factory):
             "url": f"http://127.0.0.1:{port}",
             "username": login["_AIRFLOW_WWW_USER_USERNAME"],
             "password": login["_AIRFLOW_WWW_USER_PASSWORD"],
+            "commit": commit,
+            "sink": sink,
         }
     finally:
+        sink.controller.stop()
         subprocess.run(
             [*compose_images.compose_command(environment), "down", "--volumes", "--remove-orphans"],
             env=environment,
@@ -130,6 +162,27 @@ def test_the_pushtrain_dags_are_unpaused_through_the_rest_api(stack):
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["is_paused"] is False
+
+
+def test_a_pushed_commit_goes_through_the_whole_loop_on_the_celery_worker(stack):
+    """Sensor, detect, training container started through the proxy, evaluate, gate, register, mail."""
+    headers = {"Authorization": f"Bearer {_api_token(stack)}"}
+    started = time.monotonic()
+    answer = requests.post(
+        f"{stack['url']}/api/v2/dags/train_on_push/dagRuns",
+        json={"logical_date": None, "conf": {"commit": stack["commit"]}},
+        headers=headers,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    deadline = started + 420
+    while time.monotonic() < deadline and not stack["sink"].messages():
+        time.sleep(3)
+    mails = stack["sink"].messages()
+    assert mails, "no mail within 420 s: see the task logs under the test's logs dir"
+    print(f"push-to-mail on the compose stack: {time.monotonic() - started:.0f}s")
+    subject = mails[0]["Subject"]
+    assert stack["commit"][:8] in subject and "target met" in subject, subject
 
 
 # Run inside a worker: what the proxy lets a worker (and so any task code) do with the Docker engine.
