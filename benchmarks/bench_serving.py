@@ -7,13 +7,18 @@
 3. **HTTP**: one keep-alive client posts ``{"instances": <pixel arrays>}`` to ``/invocations`` of the
    serving container directly and through the stable endpoint (the proxy); p50/p99 latency and
    throughput (images/s), batch 1 and batch 64.
+   Steps 2 and 3 take turns, ``--requests / --rounds`` requests at a time against a floor container that
+   stays up (the machine is shared: load comes and goes, and falls on all three alike this way); each
+   figure pools the samples of all rounds.
+   The floor also times the server's own request decoding (``json.loads`` and the conversion to a batch)
+   of the very bodies the client sends: the part of the overhead that is CPU work, not transport.
 4. **Blue-green**: a second version is promoted and deployed while a client sends 50 requests/s to the
    stable endpoint; every answer is checked, failures counted.
 
 Goals (issue 13): HTTP overhead at batch 1 within 2 ms of the floor at p50; throughput at batch 64 within
 1.2x of the floor; zero failed requests during the switch.
 
-    PYTHONPATH=plugins .venv/bin/python benchmarks/bench_serving.py [--requests 300]
+    PYTHONPATH=plugins .venv/bin/python benchmarks/bench_serving.py [--requests 300] [--rounds 10]
 
 Writes ``benchmarks/results/bench_serving.json``.
 """
@@ -36,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_results  # noqa: E402
 
-from pushtrain import datasets, localrun, serving  # noqa: E402
+from pushtrain import datasets, images, localrun, serving, settings  # noqa: E402
 from pushtrain.registry import ModelRegistry  # noqa: E402
 from pushtrain.runner import contract  # noqa: E402
 from pushtrain.sandbox import docker_client  # noqa: E402
@@ -49,22 +54,34 @@ BATCHES = (1, 64)
 FLOOR_SCRIPT = """
 import json, sys, time
 import numpy as np
-from pushtrain.runner.serve import LoadedModel
-requests, batches = int(sys.argv[1]), json.loads(sys.argv[2])
+from pushtrain.runner.serve import LoadedModel, payload_items, to_batch
+batches = json.loads(sys.argv[1])
 model = LoadedModel("/model")
 rng = np.random.default_rng(0)
-result = {}
+bodies_rng = np.random.default_rng(0)  # the HTTP client's bodies, drawn as it draws them
+inputs, bodies = {}, {}
 for batch in batches:
-    inputs = rng.random((batch, *model.input_shape), dtype=np.float32)
+    inputs[batch] = rng.random((batch, *model.input_shape), dtype=np.float32)
+    sent = np.round(bodies_rng.random((batch, *model.input_shape)), 4).tolist()
+    bodies[batch] = json.dumps({"instances": sent}).encode()
+def predict(batch):
+    model.predict(inputs[batch])
+def decode(batch):
+    to_batch(payload_items(json.loads(bodies[batch])), model.input_shape, model.is_image, 256,
+             may_hold_booleans=False)
+for batch in batches:
     for _ in range(20):
-        model.predict(inputs)
+        predict(batch)
+print("ready", flush=True)
+for line in sys.stdin:
+    what, batch, count = line.split()
+    call, batch = (predict if what == "predict" else decode), int(batch)
     times = []
-    for _ in range(requests):
+    for _ in range(int(count)):
         start = time.perf_counter()
-        model.predict(inputs)
+        call(batch)
         times.append(time.perf_counter() - start)
-    result[str(batch)] = times
-print(json.dumps(result))
+    print(json.dumps(times), flush=True)
 """
 
 
@@ -77,18 +94,22 @@ def figures(seconds: list[float], batch: int) -> dict:
     }
 
 
-def floor(version, requests: int) -> dict:
-    image = serving.serving_image(version)
-    completed = subprocess.run(
-        [
+class Floor:
+    """The in-process floor: a long-lived container in the serving image and sandbox, timing on request."""
+
+    def __init__(self, version, stderr) -> None:
+        command = [
             "docker",
             "run",
+            "-i",
             "--rm",
             "--network",
             "none",
             "--read-only",
             "--tmpfs",
             "/tmp",
+            "--cpus",  # the serving container's CPU quota: the floor gets the same CPUs
+            str(settings.container_cpus()),
             "--cap-drop",
             "ALL",
             "--security-opt",
@@ -99,39 +120,77 @@ def floor(version, requests: int) -> dict:
             f"{version.artifact_dir}:/model:ro",
             "--entrypoint",
             "/opt/venv/bin/python",
-            image,
+            serving.serving_image(version),
             "-c",
             FLOOR_SCRIPT,
-            str(requests),
             json.dumps(BATCHES),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    times = json.loads(completed.stdout.strip().splitlines()[-1])
-    return {batch: figures(times[str(batch)], batch) for batch in BATCHES}
+        ]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the floor container did not start: {self.process.wait()}")
+
+    def times(self, what: str, batch: int, count: int) -> list[float]:
+        self.process.stdin.write(f"{what} {batch} {count}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
-def http_figures(port: int, input_shape: list[int], requests: int) -> dict:
-    rng = np.random.default_rng(0)
-    result = {}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for batch in BATCHES:
-        body = json.dumps({"instances": np.round(rng.random((batch, *input_shape)), 4).tolist()}).encode()
+class Client:
+    """One keep-alive client posting the same ``{"instances": ...}`` bodies the floor decodes."""
+
+    def __init__(self, port: int, input_shape: list[int]) -> None:
+        rng = np.random.default_rng(0)
+        self.bodies = {
+            batch: json.dumps({"instances": np.round(rng.random((batch, *input_shape)), 4).tolist()}).encode()
+            for batch in BATCHES
+        }
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for batch in BATCHES:
+            self.times(batch, 20)  # warm up
+
+    def times(self, batch: int, count: int) -> list[float]:
         headers = {"Content-Type": "application/json"}
         times = []
-        for index in range(requests + 20):
+        for _ in range(count):
             start = time.perf_counter()
-            connection.request("POST", "/invocations", body=body, headers=headers)
-            response = connection.getresponse()
+            self.connection.request("POST", "/invocations", body=self.bodies[batch], headers=headers)
+            response = self.connection.getresponse()
             answer = response.read()
             if response.status != 200:
                 raise RuntimeError(f"{response.status}: {answer[:300]!r}")
-            if index >= 20:
-                times.append(time.perf_counter() - start)
-        result[batch] = figures(times, batch)
-    connection.close()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+def interleaved(version, ports: dict[str, int], input_shape: list[int], requests: int, rounds: int) -> dict:
+    """Floor, direct and stable endpoint timed in turn, ``requests / rounds`` at a time, so that the load of a
+    shared machine falls on all three alike; the samples of all rounds pooled."""
+    per_round = max(1, requests // rounds)
+    samples: dict[str, dict[int, list[float]]] = {
+        key: {batch: [] for batch in BATCHES} for key in ("floor", "decode", *ports)
+    }
+    with tempfile.TemporaryFile("w+") as stderr:
+        floor = Floor(version, stderr)
+        try:
+            clients = {key: Client(port, input_shape) for key, port in ports.items()}
+            for _ in range(rounds):
+                for batch in BATCHES:
+                    samples["floor"][batch] += floor.times("predict", batch, per_round)
+                    samples["decode"][batch] += floor.times("decode", batch, per_round)
+                    for key, client in clients.items():
+                        samples[key][batch] += client.times(batch, per_round)
+        finally:
+            floor.close()
+    result = {key: {batch: figures(samples[key][batch], batch) for batch in BATCHES} for key in samples}
+    for batch in BATCHES:
+        result["floor"][batch]["server_decoding_p50_ms"] = result["decode"][batch]["p50_ms"]
+    del result["decode"]
     return result
 
 
@@ -181,8 +240,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="floor and HTTP timed in turn, requests/rounds at a time"
+    )
     args = parser.parse_args()
 
+    images.ensure_all_images(("tensorflow",))  # rebuilt (layer cache) when the runner's code has changed
     digits = datasets.ensure_dataset("digits")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as temp:
         root = Path(temp)
@@ -212,9 +275,14 @@ def main() -> None:
             if not deployed.switched:
                 raise SystemExit(deployed.reason)
             input_shape = json.loads((first.artifact_dir / "signature.json").read_text())["input_shape"]
-            in_process = floor(first, args.requests)
-            direct = http_figures(serving.upstream(MODEL)["port"], input_shape, args.requests)
-            stable = http_figures(serving.endpoint(MODEL).port, input_shape, args.requests)
+            measured = interleaved(
+                first,
+                {"direct": serving.upstream(MODEL)["port"], "stable": serving.endpoint(MODEL).port},
+                input_shape,
+                args.requests,
+                args.rounds,
+            )
+            in_process, direct, stable = measured["floor"], measured["direct"], measured["stable"]
             switch = switch_under_load(registry, artifact, lineage, accuracy, 50.0)
         finally:
             serving.undeploy(MODEL, client)
@@ -235,6 +303,7 @@ def main() -> None:
         "model": "cnn_keras template on digits",
         "epochs": args.epochs,
         "requests": args.requests,
+        "rounds": args.rounds,
         "floor_in_process": in_process,
         "http_direct": direct,
         "http_stable_endpoint": stable,
