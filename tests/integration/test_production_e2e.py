@@ -242,8 +242,12 @@ def test_approval_through_the_api_promotes_and_deploys_and_a_cli_rollback_redepl
     assert rolled.returncode == 0, rolled.stderr
     assert registry.champion(MODEL).number == 1
     wait_until(lambda: served_version() == 1, DEPLOY_TIMEOUT, "deploy_model to serve v1 again")
-    history = registry.history(MODEL)
-    assert [m.to_version for m in history if m.alias == "serving"][-3:] == [1, 2, 1]
+    # The endpoint switches first, then deploy_model records the serving alias move: wait for the record.
+    wait_until(
+        lambda: [m.to_version for m in registry.history(MODEL) if m.alias == "serving"][-3:] == [1, 2, 1],
+        30,
+        "the serving history to record v1, v2, v1",
+    )
 
 
 def test_no_answer_within_the_timeout_keeps_the_version_challenger(production) -> None:
